@@ -1,0 +1,84 @@
+"""Build the Cython extensions of tinytown against the system's libhiredis.
+
+hiredis is found with pkg-config (``TINYTOWN_HIREDIS_PREFIX`` overrides it, for
+wheels built against a hiredis compiled from a pinned release). Only the API
+shared by hiredis 0.14 and 1.x is used.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+INSTALL_HINT = (
+    "tinytown: libhiredis not found (pkg-config hiredis failed); "
+    "install it first: apt-get install libhiredis-dev (Debian/Ubuntu), "
+    "dnf install hiredis-devel (Fedora), brew install hiredis (macOS)"
+)
+
+
+def hiredis_flags() -> dict[str, list[str]]:
+    prefix = os.environ.get("TINYTOWN_HIREDIS_PREFIX")
+    if prefix:
+        return {
+            "include_dirs": [os.path.join(prefix, "include")],
+            "library_dirs": [os.path.join(prefix, "lib")],
+            "libraries": ["hiredis"],
+            "extra_link_args": [],
+        }
+    try:
+        out = subprocess.run(
+            ["pkg-config", "--cflags", "--libs", "hiredis"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        sys.exit(INSTALL_HINT)
+    flags: dict[str, list[str]] = {
+        "include_dirs": [], "library_dirs": [], "libraries": [], "extra_link_args": [],
+    }
+    for tok in shlex.split(out):
+        if tok.startswith("-I"):
+            flags["include_dirs"].append(tok[2:])
+        elif tok.startswith("-L"):
+            flags["library_dirs"].append(tok[2:])
+        elif tok.startswith("-l"):
+            flags["libraries"].append(tok[2:])
+        else:
+            flags["extra_link_args"].append(tok)
+    return flags
+
+
+def extensions() -> list[Extension]:
+    from Cython.Build import cythonize
+
+    flags = hiredis_flags()
+    # hiredis headers are included as <hiredis/xxx.h>; pkg-config points inside
+    # that folder, so add its parent too.
+    flags["include_dirs"] += [os.path.dirname(d) for d in flags["include_dirs"]]
+    modules = [
+        Extension(
+            f"tinytown.{name}",
+            [os.path.join("ext", f"{name}.pyx")],
+            extra_compile_args=["-O2", "-Wno-unused-function"],
+            **flags,
+        )
+        for name in ("_transport",)
+    ]
+    return cythonize(
+        modules,
+        include_path=[os.path.join(HERE, "ext"), os.path.join(HERE, "ext", "includes")],
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=extensions())

@@ -1,0 +1,61 @@
+"""The exceptions tinytown raises.
+
+Every error tinytown raises on purpose is a :class:`TinytownError`, so one
+``except tinytown.TinytownError`` is enough to guard an agent loop.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TinytownError",
+    "ConnectionError",
+    "ReplyError",
+    "DecodeError",
+    "EncodeError",
+    "InvalidArgumentError",
+    "ChannelClosedError",
+    "ServerError",
+]
+
+
+class TinytownError(Exception):
+    """Base class of every error raised by tinytown."""
+
+
+class ConnectionError(TinytownError):  # noqa: A001 - the public name is part of the API
+    """The connection to Redis could not be made or was lost.
+
+    Every call pending on a connection that drops fails with this error; the
+    next call on the channel reconnects.
+    """
+
+
+class ReplyError(TinytownError):
+    """Redis answered a command with an error reply (``WRONGTYPE``, ``NOAUTH``...)."""
+
+
+class DecodeError(TinytownError, ValueError):
+    """Bytes read from Redis (or given to ``from_json``) are not valid tinytown data.
+
+    ``raw`` holds the offending bytes so that nothing is lost.
+    """
+
+    def __init__(self, message: str, raw: bytes | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class EncodeError(TinytownError, ValueError):
+    """A value cannot be written in Tinytown's wire format (e.g. a lone surrogate)."""
+
+
+class InvalidArgumentError(TinytownError, ValueError):
+    """An argument is malformed: a bad id, town name, URL or timeout."""
+
+
+class ChannelClosedError(TinytownError):
+    """The channel was used after :meth:`Channel.close`."""
+
+
+class ServerError(TinytownError):
+    """The managed local redis-server could not be found, started or stopped."""
