@@ -29,6 +29,7 @@ def hiredis_flags() -> dict[str, list[str]]:
             "include_dirs": [os.path.join(prefix, "include")],
             "library_dirs": [os.path.join(prefix, "lib")],
             "libraries": ["hiredis"],
+            "extra_compile_args": [],
             "extra_link_args": [],
         }
     try:
@@ -39,7 +40,8 @@ def hiredis_flags() -> dict[str, list[str]]:
     except (OSError, subprocess.CalledProcessError):
         sys.exit(INSTALL_HINT)
     flags: dict[str, list[str]] = {
-        "include_dirs": [], "library_dirs": [], "libraries": [], "extra_link_args": [],
+        "include_dirs": [], "library_dirs": [], "libraries": [],
+        "extra_compile_args": [], "extra_link_args": [],
     }
     for tok in shlex.split(out):
         if tok.startswith("-I"):
@@ -48,6 +50,8 @@ def hiredis_flags() -> dict[str, list[str]]:
             flags["library_dirs"].append(tok[2:])
         elif tok.startswith("-l"):
             flags["libraries"].append(tok[2:])
+        elif tok.startswith(("-D", "-U")):
+            flags["extra_compile_args"].append(tok)
         else:
             flags["extra_link_args"].append(tok)
     return flags
@@ -60,11 +64,11 @@ def extensions() -> list[Extension]:
     # hiredis headers are included as <hiredis/xxx.h>; pkg-config points inside
     # that folder, so add its parent too.
     flags["include_dirs"] += [os.path.dirname(d) for d in flags["include_dirs"]]
+    flags["extra_compile_args"] += ["-O2", "-Wno-unused-function"]
     modules = [
         Extension(
             f"tinytown.{name}",
             [os.path.join("ext", f"{name}.pyx")],
-            extra_compile_args=["-O2", "-Wno-unused-function"],
             **flags,
         )
         for name in ("_transport",)

@@ -1,0 +1,25 @@
+# cython: language_level=3, freethreading_compatible=False
+"""tinytown's transport: Redis connections on hiredis, driven by asyncio.
+
+Private module; the public API is :mod:`tinytown.channel`.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_WriteUnraisable
+from cpython.list cimport PyList_New
+from cpython.long cimport PyLong_FromLongLong
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+
+from hiredis cimport *
+
+from tinytown.errors import (
+    ConnectionError,
+    EncodeError,
+    InvalidArgumentError,
+    ReplyError,
+)
+
+include "reply.pyx"
+include "connection.pyx"

@@ -1,0 +1,496 @@
+# An asyncio transport over hiredis's async context.
+#
+# hiredis owns the socket and the protocol; the asyncio loop owns the waiting.
+# hiredis asks for read/write interest through the ev.* hooks below, which
+# map onto loop.add_reader/add_writer. Replies arrive in command order and
+# resolve the future (or batch) that was passed to hiredis as privdata; one
+# reference to that object is held for every callback hiredis has pending,
+# and released in the callback, which hiredis always calls exactly once
+# (with a NULL reply when the connection goes away).
+#
+# Writes are pipelined automatically: a command issued on an idle connection
+# is written at once (lowest latency); commands issued while replies are
+# outstanding are appended to hiredis's output buffer and written together by
+# one call_soon flush at the end of the loop iteration.
+
+cdef enum:
+    STACK_ARGS = 8
+
+
+cdef object _coerce_arg(object arg):
+    """Bytes for an argument that is neither bytes nor str."""
+    if isinstance(arg, (bytes, bytearray, memoryview)):
+        return bytes(arg)
+    if isinstance(arg, bool):
+        raise InvalidArgumentError("cannot send a bool to Redis; send 0/1 or text")
+    if isinstance(arg, (int, float)):
+        return repr(arg).encode("ascii")
+    raise InvalidArgumentError(
+        f"cannot send a {type(arg).__name__} to Redis; send bytes, str, int or float")
+
+
+cdef class _Argv:
+    """The argv/argvlen arrays of one command, borrowing the arguments' buffers."""
+    cdef const char *stack_ptrs[STACK_ARGS]
+    cdef size_t stack_lens[STACK_ARGS]
+    cdef const char **ptrs
+    cdef size_t *lens
+    cdef Py_ssize_t argc
+    cdef list keep      # converted arguments whose buffers are borrowed
+
+    cdef int fill(self, object args) except -1:
+        cdef Py_ssize_t i, n
+        cdef object arg
+        cdef const char *text
+        if not isinstance(args, tuple):
+            args = tuple(args)
+        self.argc = len(<tuple>args)
+        if self.argc == 0:
+            raise InvalidArgumentError("empty Redis command")
+        if self.argc > STACK_ARGS:
+            self.ptrs = <const char **>PyMem_Malloc(self.argc * sizeof(char *))
+            self.lens = <size_t *>PyMem_Malloc(self.argc * sizeof(size_t))
+            if self.ptrs == NULL or self.lens == NULL:
+                raise MemoryError()
+        else:
+            self.ptrs = self.stack_ptrs
+            self.lens = self.stack_lens
+        for i in range(self.argc):
+            arg = (<tuple>args)[i]
+            if PyBytes_CheckExact(arg):
+                self.ptrs[i] = PyBytes_AS_STRING(arg)
+                self.lens[i] = <size_t>PyBytes_GET_SIZE(arg)
+            elif isinstance(arg, str):
+                try:
+                    text = PyUnicode_AsUTF8AndSize(arg, &n)
+                except UnicodeEncodeError as exc:
+                    raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
+                self.ptrs[i] = text
+                self.lens[i] = <size_t>n
+            else:
+                arg = _coerce_arg(arg)
+                if self.keep is None:
+                    self.keep = []
+                self.keep.append(arg)
+                self.ptrs[i] = PyBytes_AS_STRING(arg)
+                self.lens[i] = <size_t>PyBytes_GET_SIZE(arg)
+        return 0
+
+    cdef void release(self) noexcept:
+        if self.ptrs != self.stack_ptrs and self.ptrs != NULL:
+            PyMem_Free(<void *>self.ptrs)
+            PyMem_Free(self.lens)
+        self.ptrs = NULL
+        self.lens = NULL
+        self.keep = None
+
+    def __dealloc__(self):
+        self.release()
+
+
+cdef class _Batch:
+    """One future for many commands: resolved when the last reply is in."""
+    cdef object future
+    cdef Py_ssize_t remaining
+    cdef object error          # first error reply or connection error
+    cdef list results          # None when the caller does not want replies
+
+
+cdef object _lost(const redisAsyncContext *ac):
+    if ac.err:
+        return ConnectionError(f"connection to Redis lost: {(<bytes>ac.errstr).decode('utf-8', 'replace')}")
+    return ConnectionError("connection to Redis closed")
+
+
+cdef inline void _settle(object fut, object value, bint failed) noexcept:
+    # A future cancelled by its caller is done already: its reply is dropped
+    # here, which keeps the reply stream in step with the commands.
+    try:
+        if fut.done():
+            return
+        if failed:
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+    except BaseException:
+        # The loop may be closed during interpreter shutdown; nothing to do.
+        pass
+
+
+cdef void _on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
+    cdef object fut = <object>privdata
+    Py_DECREF(fut)                      # the reference taken in Connection.execute
+    cdef object value
+    if ac.data != NULL:
+        (<Connection>ac.data).pending -= 1
+    if reply == NULL:
+        _settle(fut, _lost(ac), True)
+        return
+    try:
+        value = reply_to_py(<redisReply *>reply)
+    except BaseException as exc:
+        _settle(fut, exc, True)
+        return
+    _settle(fut, value, type(value) is ReplyError)
+
+
+cdef void _on_batch_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
+    cdef _Batch batch = <_Batch>privdata
+    Py_DECREF(batch)                    # one reference per command of the batch
+    cdef object value
+    if ac.data != NULL:
+        (<Connection>ac.data).pending -= 1
+    try:
+        if reply == NULL:
+            value = _lost(ac)
+        else:
+            value = reply_to_py(<redisReply *>reply)
+    except BaseException as exc:
+        value = exc
+    if isinstance(value, BaseException):
+        if batch.error is None:
+            batch.error = value
+    if batch.results is not None:
+        try:
+            batch.results.append(value)
+        except BaseException as exc:
+            if batch.error is None:
+                batch.error = exc
+    batch.remaining -= 1
+    if batch.remaining == 0:
+        if batch.error is not None:
+            _settle(batch.future, batch.error, True)
+        else:
+            _settle(batch.future, batch.results, False)
+
+
+cdef void _on_push(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
+    # Pub/sub replies; the handler lives on the Connection, so no reference
+    # is held in privdata (hiredis keeps this callback for the whole session).
+    if reply == NULL or ac.data == NULL:
+        return
+    cdef Connection conn = <Connection>ac.data
+    if conn.push_handler is None:
+        return
+    try:
+        conn.push_handler(reply_to_py(<redisReply *>reply))
+    except BaseException as exc:
+        PyErr_WriteUnraisable(exc)
+
+
+cdef void _on_connect(const redisAsyncContext *ac, int status) noexcept:
+    if ac.data != NULL:
+        (<Connection>ac.data)._connected(status)
+
+
+cdef void _on_disconnect(const redisAsyncContext *ac, int status) noexcept:
+    if ac.data != NULL:
+        (<Connection>ac.data)._disconnected(_lost(ac) if status != REDIS_OK else None)
+
+
+cdef void _hook_add_read(void *data) noexcept:
+    if data != NULL:
+        (<Connection>data)._want_read(True)
+
+
+cdef void _hook_del_read(void *data) noexcept:
+    if data != NULL:
+        (<Connection>data)._want_read(False)
+
+
+cdef void _hook_add_write(void *data) noexcept:
+    if data != NULL:
+        (<Connection>data)._want_write(True)
+
+
+cdef void _hook_del_write(void *data) noexcept:
+    if data != NULL:
+        (<Connection>data)._want_write(False)
+
+
+cdef void _hook_cleanup(void *data) noexcept:
+    if data != NULL:
+        (<Connection>data)._detach_from_loop()
+
+
+cdef class Connection:
+    """One Redis connection on hiredis's async context, driven by an asyncio loop.
+
+    Made by :meth:`open_unix` or :meth:`open_tcp`. Every command method returns
+    an asyncio future. Not thread-safe: use it from its loop's thread only.
+    """
+
+    cdef redisAsyncContext *ac
+    cdef object loop
+    cdef int fd
+    cdef str where
+    cdef readonly Py_ssize_t pending
+    cdef bint connected
+    cdef bint closed
+    cdef bint reading          # registered with loop.add_reader
+    cdef bint writing          # registered with loop.add_writer
+    cdef bint in_command       # inside redisAsyncCommandArgv
+    cdef bint needs_flush      # hiredis has output waiting
+    cdef bint flush_scheduled  # a call_soon flush is queued
+    cdef object connect_waiter
+    cdef object push_handler
+    cdef object _create_future
+    cdef object _call_soon
+    cdef object _read_cb
+    cdef object _write_cb
+    cdef object _flush_cb
+
+    def __cinit__(self, loop):
+        self.loop = loop
+        self.fd = -1
+        self._create_future = loop.create_future
+        self._call_soon = loop.call_soon
+        self._read_cb = self._on_readable
+        self._write_cb = self._on_writable
+        self._flush_cb = self._flush
+
+    def __dealloc__(self):
+        cdef redisAsyncContext *ac = self.ac
+        if ac != NULL:
+            # The object is going away: detach it so that hiredis's final
+            # callbacks (run by redisAsyncFree) do not touch it.
+            self.ac = NULL
+            ac.data = NULL
+            ac.ev.data = NULL
+            redisAsyncFree(ac)
+
+    # -- opening ----------------------------------------------------------
+
+    @staticmethod
+    def open_unix(loop, str path):
+        """Start connecting to a Unix socket; returns a future of the Connection."""
+        cdef Connection conn = Connection(loop)
+        cdef bytes cpath = path.encode()
+        return conn._attach(redisAsyncConnectUnix(cpath), f"unix:{path}")
+
+    @staticmethod
+    def open_tcp(loop, str host, int port):
+        """Start connecting to a numeric IP address; returns a future of the Connection."""
+        cdef Connection conn = Connection(loop)
+        cdef bytes chost = host.encode()
+        return conn._attach(redisAsyncConnect(chost, port), f"{host}:{port}")
+
+    cdef object _attach(self, redisAsyncContext *ac, str where):
+        if ac == NULL:
+            raise MemoryError()
+        if ac.err:
+            message = (<bytes>ac.errstr).decode("utf-8", "replace")
+            redisAsyncFree(ac)
+            raise ConnectionError(f"cannot connect to Redis at {where}: {message}")
+        self.where = where
+        self.ac = ac
+        self.fd = ac.c.fd
+        ac.data = <void *>self
+        ac.ev.data = <void *>self
+        ac.ev.addRead = _hook_add_read
+        ac.ev.delRead = _hook_del_read
+        ac.ev.addWrite = _hook_add_write
+        ac.ev.delWrite = _hook_del_write
+        ac.ev.cleanup = _hook_cleanup
+        self.connect_waiter = self._create_future()
+        redisAsyncSetDisconnectCallback(ac, _on_disconnect)
+        # Setting the connect callback asks for write interest: the socket
+        # turning writable is how hiredis learns the connect finished.
+        redisAsyncSetConnectCallback(ac, _on_connect)
+        return self.connect_waiter
+
+    cdef void _connected(self, int status) noexcept:
+        waiter = self.connect_waiter
+        self.connect_waiter = None
+        if status == REDIS_OK:
+            self.connected = True
+            if waiter is not None:
+                _settle(waiter, self, False)
+            return
+        # hiredis frees the context right after this callback returns.
+        error = ConnectionError(
+            f"cannot connect to Redis at {self.where}: "
+            f"{(<bytes>self.ac.errstr).decode('utf-8', 'replace')}")
+        self.ac = NULL
+        self.closed = True
+        if waiter is not None:
+            _settle(waiter, error, True)
+
+    cdef void _disconnected(self, object error) noexcept:
+        self.ac = NULL
+        self.closed = True
+        self.connected = False
+        handler = self.push_handler
+        if handler is not None:
+            try:
+                handler(error if error is not None else ConnectionError("connection to Redis closed"))
+            except BaseException as exc:
+                PyErr_WriteUnraisable(exc)
+
+    # -- event loop hooks -------------------------------------------------
+
+    cdef void _want_read(self, bint on) noexcept:
+        try:
+            if on and not self.reading:
+                self.loop.add_reader(self.fd, self._read_cb)
+                self.reading = True
+            elif not on and self.reading:
+                self.reading = False
+                self.loop.remove_reader(self.fd)
+        except BaseException as exc:
+            PyErr_WriteUnraisable(exc)
+
+    cdef void _want_write(self, bint on) noexcept:
+        self.needs_flush = on
+        if on and self.in_command:
+            return      # the caller decides between writing now and a batched flush
+        try:
+            if on and not self.writing:
+                self.loop.add_writer(self.fd, self._write_cb)
+                self.writing = True
+            elif not on and self.writing:
+                self.writing = False
+                self.loop.remove_writer(self.fd)
+        except BaseException as exc:
+            PyErr_WriteUnraisable(exc)
+
+    cdef void _detach_from_loop(self) noexcept:
+        self._want_read(False)
+        self.needs_flush = False
+        self._want_write(False)
+
+    def _on_readable(self):
+        if self.ac != NULL:
+            redisAsyncHandleRead(self.ac)
+
+    def _on_writable(self):
+        if self.ac != NULL:
+            redisAsyncHandleWrite(self.ac)
+
+    def _flush(self):
+        self.flush_scheduled = False
+        if self.ac != NULL and self.needs_flush and not self.writing:
+            redisAsyncHandleWrite(self.ac)
+
+    cdef inline void _after_issue(self, bint was_idle) noexcept:
+        if not self.needs_flush or self.writing or self.flush_scheduled or self.ac == NULL:
+            return
+        if was_idle:
+            redisAsyncHandleWrite(self.ac)
+        else:
+            self.flush_scheduled = True
+            try:
+                self._call_soon(self._flush_cb)
+            except BaseException as exc:
+                self.flush_scheduled = False
+                PyErr_WriteUnraisable(exc)
+
+    # -- commands ---------------------------------------------------------
+
+    cdef int _check_open(self) except -1:
+        if self.ac == NULL or not self.connected:
+            raise ConnectionError(
+                "connection to Redis is closed" if self.closed else "connection to Redis is not open")
+        return 0
+
+    cdef int _issue(self, object args, redisCallbackFn *fn, void *privdata) except -1:
+        cdef _Argv argv = _Argv.__new__(_Argv)
+        cdef int rc
+        argv.fill(args)
+        self.in_command = True
+        try:
+            rc = redisAsyncCommandArgv(self.ac, fn, privdata, <int>argv.argc, argv.ptrs, argv.lens)
+        finally:
+            self.in_command = False
+            argv.release()
+        if rc != REDIS_OK:
+            raise ConnectionError("connection to Redis is closing; command not sent")
+        return 0
+
+    def execute(self, *args):
+        """Send one command; returns a future of its reply.
+
+        Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
+        list. An error reply sets :class:`tinytown.ReplyError` on the future.
+        """
+        self._check_open()
+        cdef bint was_idle = self.pending == 0
+        fut = self._create_future()
+        self._issue(args, _on_reply, <void *>fut)
+        Py_INCREF(fut)                  # released by _on_reply
+        self.pending += 1
+        self._after_issue(was_idle)
+        return fut
+
+    def execute_many(self, commands, bint replies=True):
+        """Send many commands in one write; returns one future.
+
+        It resolves to the list of replies (error replies included as
+        ReplyError instances) or, with ``replies=False``, to None; if any
+        reply is an error, the future fails with the first one, once every
+        reply is in. Commands are sent in order.
+        """
+        self._check_open()
+        cdef _Batch batch = _Batch.__new__(_Batch)
+        cdef bint was_idle = self.pending == 0
+        batch.future = self._create_future()
+        batch.results = [] if replies else None
+        for command in commands:
+            self._issue(command, _on_batch_reply, <void *>batch)
+            Py_INCREF(batch)            # released by _on_batch_reply
+            batch.remaining += 1
+            self.pending += 1
+        if batch.remaining == 0:
+            batch.future.set_result(batch.results)
+        else:
+            self._after_issue(was_idle)
+        return batch.future
+
+    def subscribe(self, handler, *channels):
+        """Turn this connection into a subscriber of ``channels``.
+
+        Every pub/sub reply (subscribe confirmations and messages, as lists)
+        is passed to ``handler``; when the connection goes away, ``handler``
+        receives the ConnectionError instead. No other command may be sent
+        on a subscribed connection.
+        """
+        self._check_open()
+        if not channels:
+            raise InvalidArgumentError("subscribe needs at least one channel")
+        self.push_handler = handler
+        self._issue((b"SUBSCRIBE",) + channels, _on_push, NULL)
+        self._after_issue(True)
+
+    def close(self):
+        """Close now; every pending call fails with ConnectionError."""
+        cdef redisAsyncContext *ac = self.ac
+        self.push_handler = None
+        if ac == NULL:
+            return
+        waiter = self.connect_waiter
+        self.connect_waiter = None
+        self.closed = True
+        # redisAsyncFree runs every pending callback with a NULL reply, then
+        # the cleanup hook and the disconnect callback, then frees.
+        redisAsyncFree(ac)
+        self.ac = NULL
+        self.connected = False
+        if waiter is not None:
+            _settle(waiter, ConnectionError("connection closed before it was established"), True)
+
+    @property
+    def is_closed(self):
+        """True once the connection is closed or lost."""
+        return self.closed or self.ac == NULL
+
+    @property
+    def pending_replies(self):
+        """Number of commands sent whose replies have not arrived."""
+        return self.pending
+
+    def fileno(self):
+        return self.fd
+
+    def __repr__(self):
+        state = "closed" if self.is_closed else ("open" if self.connected else "connecting")
+        return f"<tinytown Connection {self.where} {state} pending={self.pending}>"

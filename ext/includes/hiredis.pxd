@@ -1,0 +1,71 @@
+# Declarations of the part of hiredis that tinytown uses.
+#
+# Only the API shared by hiredis 0.14 (Debian 12) and 1.x is declared, so the
+# extension builds against either. Struct layouts are not copied: Cython only
+# needs the member names it touches, and the C compiler sees the real headers.
+
+cdef extern from "hiredis/hiredis.h" nogil:
+    enum:
+        REDIS_OK
+        REDIS_ERR
+
+    enum:
+        REDIS_REPLY_STRING
+        REDIS_REPLY_ARRAY
+        REDIS_REPLY_INTEGER
+        REDIS_REPLY_NIL
+        REDIS_REPLY_STATUS
+        REDIS_REPLY_ERROR
+
+    ctypedef struct redisReply:
+        int type
+        long long integer
+        size_t len
+        char *str
+        size_t elements
+        redisReply **element
+
+    ctypedef struct redisContext:
+        int err
+        char *errstr
+        int fd
+        int flags
+
+# The callbacks and event hooks are called by hiredis from inside
+# redisAsyncHandleRead/Write, which tinytown only calls with the GIL held:
+# they are declared without nogil so that they may touch Python objects.
+cdef extern from "hiredis/async.h":
+    ctypedef struct redisAsyncContext
+
+    ctypedef void redisCallbackFn(redisAsyncContext *ac, void *reply, void *privdata) noexcept
+    ctypedef void redisConnectCallback(const redisAsyncContext *ac, int status) noexcept
+    ctypedef void redisDisconnectCallback(const redisAsyncContext *ac, int status) noexcept
+
+    # Not a C type of its own (it is an anonymous struct inside
+    # redisAsyncContext): declared so that Cython can address ac.ev.<hook>.
+    ctypedef struct redisAsyncEventHooks:
+        void *data
+        void (*addRead)(void *privdata) noexcept
+        void (*delRead)(void *privdata) noexcept
+        void (*addWrite)(void *privdata) noexcept
+        void (*delWrite)(void *privdata) noexcept
+        void (*cleanup)(void *privdata) noexcept
+
+cdef extern from "hiredis/async.h" nogil:
+    ctypedef struct redisAsyncContext:
+        redisContext c
+        int err
+        char *errstr
+        void *data
+        redisAsyncEventHooks ev
+
+    redisAsyncContext *redisAsyncConnect(const char *ip, int port)
+    redisAsyncContext *redisAsyncConnectUnix(const char *path)
+    int redisAsyncSetConnectCallback(redisAsyncContext *ac, redisConnectCallback *fn)
+    int redisAsyncSetDisconnectCallback(redisAsyncContext *ac, redisDisconnectCallback *fn)
+    void redisAsyncDisconnect(redisAsyncContext *ac)
+    void redisAsyncFree(redisAsyncContext *ac)
+    void redisAsyncHandleRead(redisAsyncContext *ac)
+    void redisAsyncHandleWrite(redisAsyncContext *ac)
+    int redisAsyncCommandArgv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata,
+                              int argc, const char **argv, const size_t *argvlen)
