@@ -216,7 +216,8 @@ cdef void _hook_cleanup(void *data) noexcept:
 cdef class Connection:
     """One Redis connection on hiredis's async context, driven by an asyncio loop.
 
-    Made by :meth:`open_unix` or :meth:`open_tcp`. Every command method returns
+    ``Connection(loop)``, then ``await conn.connect_unix(path)`` or
+    ``await conn.connect_tcp(ip, port)``. Every command method returns
     an asyncio future. Not thread-safe: use it from its loop's thread only.
     """
 
@@ -261,21 +262,25 @@ cdef class Connection:
 
     # -- opening ----------------------------------------------------------
 
-    @staticmethod
-    def open_unix(loop, str path):
-        """Start connecting to a Unix socket; returns a future of the Connection."""
-        cdef Connection conn = Connection(loop)
-        cdef bytes cpath = path.encode()
-        return conn._attach(redisAsyncConnectUnix(cpath), f"unix:{path}")
+    def connect_unix(self, str path):
+        """Start connecting to a Unix socket; returns a future resolved when connected.
 
-    @staticmethod
-    def open_tcp(loop, str host, int port):
-        """Start connecting to a numeric IP address; returns a future of the Connection."""
-        cdef Connection conn = Connection(loop)
+        Call :meth:`close` to abandon a connect that takes too long.
+        """
+        cdef bytes cpath = path.encode()
+        return self._attach(redisAsyncConnectUnix(cpath), f"unix:{path}")
+
+    def connect_tcp(self, str host, int port):
+        """Start connecting to a numeric IP address and port (resolve names first:
+        hiredis would resolve them with a blocking call)."""
         cdef bytes chost = host.encode()
-        return conn._attach(redisAsyncConnect(chost, port), f"{host}:{port}")
+        return self._attach(redisAsyncConnect(chost, port), f"{host}:{port}")
 
     cdef object _attach(self, redisAsyncContext *ac, str where):
+        if self.ac != NULL or self.closed or self.connect_waiter is not None:
+            if ac != NULL:
+                redisAsyncFree(ac)
+            raise InvalidArgumentError("a Connection can be connected only once")
         if ac == NULL:
             raise MemoryError()
         if ac.err:

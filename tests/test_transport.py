@@ -1,0 +1,205 @@
+"""The Cython transport (tinytown._transport.Connection) against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+
+from tinytown import _transport
+from tinytown.errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
+
+
+async def connect(server) -> _transport.Connection:
+    conn = _transport.Connection(asyncio.get_running_loop())
+    await conn.connect_unix(server.unix_path)
+    return conn
+
+
+async def test_reply_types(redis_server, redis_url):
+    conn = await connect(redis_server)
+    try:
+        assert await conn.execute("PING") == b"PONG"
+        assert await conn.execute(b"SET", "k", "v\x00\xff".encode("latin-1")) == b"OK"
+        assert await conn.execute("GET", "k") == b"v\x00\xff"
+        assert await conn.execute("GET", "missing") is None
+        assert await conn.execute("INCRBY", "n", 41) == 41
+        assert await conn.execute("INCRBYFLOAT", "f", 0.5) == b"0.5"
+        assert await conn.execute("RPUSH", "l", "a", "é", b"c") == 3
+        assert await conn.execute("LRANGE", "l", 0, -1) == [b"a", "é".encode(), b"c"]
+        assert await conn.execute("LRANGE", "nothing", 0, -1) == []
+        with pytest.raises(ReplyError, match="WRONGTYPE"):
+            await conn.execute("LPUSH", "k", "x")
+        with pytest.raises(ReplyError, match="unknown command"):
+            await conn.execute("NO-SUCH-COMMAND")
+        # the connection is still in step after error replies
+        assert await conn.execute("ECHO", "still here") == b"still here"
+    finally:
+        conn.close()
+
+
+async def test_many_arguments_use_heap_argv(redis_server, redis_url):
+    conn = await connect(redis_server)
+    values = [str(i) for i in range(500)]
+    assert await conn.execute("RPUSH", "big", *values) == 500
+    assert await conn.execute("LRANGE", "big", 0, -1) == [v.encode() for v in values]
+    conn.close()
+
+
+async def test_large_values_cross_partial_writes_and_reads(redis_server, redis_url):
+    conn = await connect(redis_server)
+    blob = bytes(range(256)) * 40_000  # 10 MB: several partial writes and reads
+    assert await conn.execute("SET", "blob", blob) == b"OK"
+    assert await conn.execute("GET", "blob") == blob
+    conn.close()
+
+
+async def test_bad_arguments_raise_typed_errors_and_send_nothing(redis_server, redis_url):
+    conn = await connect(redis_server)
+    with pytest.raises(InvalidArgumentError):
+        conn.execute()
+    with pytest.raises(InvalidArgumentError):
+        conn.execute("SET", "k", object())
+    with pytest.raises(InvalidArgumentError):
+        conn.execute("SET", "k", True)
+    with pytest.raises(EncodeError):
+        conn.execute("SET", "k", "lone \ud800 surrogate")
+    assert conn.pending_replies == 0
+    assert await conn.execute("EXISTS", "k") == 0
+    conn.close()
+
+
+async def test_replies_resolve_in_order_under_concurrency(redis_server, redis_url):
+    conn = await connect(redis_server)
+    futures = [conn.execute("INCR", "counter") for _ in range(2000)]
+    assert conn.pending_replies == 2000
+    assert await asyncio.gather(*futures) == list(range(1, 2001))
+    assert conn.pending_replies == 0
+    conn.close()
+
+
+async def test_cancelled_caller_does_not_desynchronise(redis_server, redis_url):
+    conn = await connect(redis_server)
+    await conn.execute("SET", "a", "A")
+    await conn.execute("SET", "b", "B")
+    first = conn.execute("GET", "a")
+    first.cancel()
+    second = conn.execute("GET", "b")
+    assert await second == b"B"
+
+    async def slow_get():
+        return await conn.execute("GET", "a")
+
+    tasks = [asyncio.ensure_future(slow_get()) for _ in range(50)]
+    await asyncio.sleep(0)
+    for t in tasks[::2]:
+        t.cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(r == b"A" for r in done[1::2])
+    assert await conn.execute("GET", "b") == b"B"
+    conn.close()
+
+
+async def test_execute_many_returns_all_replies_or_first_error(redis_server, redis_url):
+    conn = await connect(redis_server)
+    assert await conn.execute_many([("SET", "s", "1"), ("INCR", "s"), ("GET", "s")]) == [b"OK", 2, b"2"]
+    assert await conn.execute_many([], False) is None
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        await conn.execute_many([("RPUSH", "l", "x"), ("LPUSH", "s", "y"), ("RPUSH", "l", "z")], False)
+    # the commands after the failing one still ran, in order
+    assert await conn.execute("LRANGE", "l", 0, -1) == [b"x", b"z"]
+    conn.close()
+
+
+async def test_connection_refused_is_a_connection_error(tmp_path):
+    conn = _transport.Connection(asyncio.get_running_loop())
+    with pytest.raises(ConnectionError, match="No such file"):
+        conn.connect_unix(str(tmp_path / "nothing.sock"))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nobody listens there now
+    conn = _transport.Connection(asyncio.get_running_loop())
+    with pytest.raises(ConnectionError, match="cannot connect"):
+        await conn.connect_tcp("127.0.0.1", port)
+    assert conn.is_closed
+
+
+async def test_tcp_connection(tcp_redis):
+    conn = _transport.Connection(asyncio.get_running_loop())
+    await conn.connect_tcp("127.0.0.1", tcp_redis.port)
+    assert await conn.execute("PING") == b"PONG"
+    conn.close()
+
+
+async def test_close_fails_pending_calls(fresh_redis):
+    conn = await connect(fresh_redis)
+    blocked = conn.execute("BLPOP", "never", 10)
+    await asyncio.sleep(0.05)
+    conn.close()
+    with pytest.raises(ConnectionError):
+        await blocked
+    assert conn.is_closed
+    with pytest.raises(ConnectionError, match="closed"):
+        conn.execute("PING")
+    conn.close()  # idempotent
+
+
+async def test_server_death_fails_pending_calls_at_once(fresh_redis):
+    conn = await connect(fresh_redis)
+    blocked = conn.execute("BLPOP", "never", 30)
+    await asyncio.sleep(0.05)
+    fresh_redis.kill()
+    with pytest.raises(ConnectionError, match="lost"):
+        await asyncio.wait_for(blocked, 5)  # far less than BLPOP's 30 s
+    assert conn.is_closed
+
+
+async def test_killed_by_client_kill(fresh_redis):
+    conn = await connect(fresh_redis)
+    pending = conn.execute("BLPOP", "never", 30)
+    await asyncio.sleep(0.05)
+    fresh_redis.command("CLIENT", "KILL", "TYPE", "normal")
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(pending, 5)
+
+
+class _CountingProxy:
+    """Forwards a Unix socket to redis-server, counting the chunks the client writes."""
+
+    def __init__(self, target: str, path: str) -> None:
+        self.target, self.path, self.chunks = target, path, 0
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        client, _ = self.listener.accept()
+        upstream = socket.socket(socket.AF_UNIX)
+        upstream.connect(self.target)
+
+        def back() -> None:
+            while data := upstream.recv(65536):
+                client.sendall(data)
+
+        threading.Thread(target=back, daemon=True).start()
+        while data := client.recv(1 << 20):
+            self.chunks += 1
+            upstream.sendall(data)
+
+
+async def test_commands_of_one_iteration_leave_in_one_write(redis_server, redis_url, tmp_path):
+    proxy = _CountingProxy(redis_server.unix_path, str(tmp_path / "proxy.sock"))
+    conn = _transport.Connection(asyncio.get_running_loop())
+    await conn.connect_unix(proxy.path)
+    assert await conn.execute("PING") == b"PONG"
+    assert proxy.chunks == 1
+    # 200 commands issued in the same loop iteration: the first goes out at
+    # once (idle connection), the other 199 together at the end of the iteration.
+    futures = [conn.execute("INCR", "n") for _ in range(200)]
+    assert (await asyncio.gather(*futures))[-1] == 200
+    assert proxy.chunks <= 3, proxy.chunks
+    conn.close()
