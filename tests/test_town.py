@@ -30,7 +30,11 @@ def town_dir() -> Iterator[Path]:
     finally:
         for pidfile in path.rglob("redis.pid"):
             try:
-                os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+                pid = int(pidfile.read_text().strip())
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                if b"redis" in cmdline or b"valkey" in cmdline:
+                    os.kill(pid, signal.SIGKILL)
             except (OSError, ValueError):
                 pass
         shutil.rmtree(path, ignore_errors=True)
@@ -344,6 +348,7 @@ async def test_aof_survives_crash(town_dir: Path) -> None:
         assert raw(again, "GET", "written") == b"before the crash"
     finally:
         await again.stop()
+        await town.stop()  # its server is gone: only reaps the process
 
 
 async def test_persistence_choices_remembered(town_dir: Path) -> None:
