@@ -1,0 +1,55 @@
+"""tinytown: Tinytown's Channel for Python.
+
+Agent inboxes, broadcasts and agent/task state over Redis, with the keys and
+JSON of Tinytown's Rust code, on a Cython transport over hiredis's async
+context.
+"""
+
+from .agent import Agent
+from .channel import BroadcastSubscription, Channel
+from .enums import AgentState, AgentType, Priority, SpawnMode, TaskState
+from .errors import (
+    ChannelClosedError,
+    ConnectionError,
+    DecodeError,
+    EncodeError,
+    InvalidArgumentError,
+    ReplyError,
+    ServerError,
+    TinytownError,
+)
+from .ids import AgentId, MessageId, TaskId
+from .message import ConfirmationType, Message, MessageType
+from .task import Task
+from .timestamp import Timestamp
+from .town import Town
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentId",
+    "AgentState",
+    "AgentType",
+    "BroadcastSubscription",
+    "Channel",
+    "ChannelClosedError",
+    "ConfirmationType",
+    "ConnectionError",
+    "DecodeError",
+    "EncodeError",
+    "InvalidArgumentError",
+    "Message",
+    "MessageId",
+    "MessageType",
+    "Priority",
+    "ReplyError",
+    "ServerError",
+    "SpawnMode",
+    "Task",
+    "TaskId",
+    "TaskState",
+    "Timestamp",
+    "TinytownError",
+    "Town",
+]

@@ -1,0 +1,68 @@
+"""Parsing of the Redis URLs a Channel accepts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from .errors import InvalidArgumentError
+
+__all__ = ["Address", "parse_url"]
+
+_FORMS = "unix:///absolute/path/redis.sock or redis://[user:password@]host:port[/db]"
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a Redis server is and how to log in to it."""
+
+    unix_path: str | None = None
+    host: str | None = None
+    port: int = 6379
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+    def __str__(self) -> str:
+        where = f"unix://{self.unix_path}" if self.unix_path else f"redis://{self.host}:{self.port}"
+        return where + (f"/{self.db}" if self.db and not self.unix_path else "")
+
+
+def parse_url(url: str) -> Address:
+    """Parse ``unix:///abs/path`` or ``redis://[user:password@]host:port[/db]``.
+
+    Anything else raises :class:`InvalidArgumentError` naming the accepted forms.
+    """
+    if not isinstance(url, str):
+        raise InvalidArgumentError(f"Redis URL must be a str, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidArgumentError(f"bad Redis URL {url!r}: {exc}; expected {_FORMS}") from None
+    if parts.scheme == "unix":
+        path = unquote(parts.path)
+        if parts.netloc or not os.path.isabs(path):
+            raise InvalidArgumentError(
+                f"bad Redis URL {url!r}: a unix URL needs an absolute path (unix:///path/redis.sock)")
+        return Address(unix_path=path)
+    if parts.scheme == "rediss":
+        raise InvalidArgumentError(
+            f"Redis URL {url!r}: TLS (rediss://) is not supported by this build of tinytown")
+    if parts.scheme != "redis":
+        raise InvalidArgumentError(f"unsupported Redis URL {url!r}; expected {_FORMS}")
+    if not parts.hostname:
+        raise InvalidArgumentError(f"bad Redis URL {url!r}: no host; expected {_FORMS}")
+    db_text = parts.path.lstrip("/")
+    if db_text and not db_text.isdigit():
+        raise InvalidArgumentError(f"bad Redis URL {url!r}: database {db_text!r} is not a number")
+    if parts.query or parts.fragment:
+        raise InvalidArgumentError(f"bad Redis URL {url!r}: query strings are not supported")
+    return Address(
+        host=parts.hostname,
+        port=port if port is not None else 6379,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        db=int(db_text) if db_text else 0,
+    )

@@ -1,0 +1,566 @@
+"""The Channel: Tinytown's message transport over Redis.
+
+Each agent has an inbox (a Redis list at ``tt:<town>:inbox:<agent>``); the
+channel pushes messages into inboxes, pops them with blocking waits,
+broadcasts over pub/sub and stores agent and task state, with the same keys
+and JSON as Tinytown's Rust code, so Python and Rust agents share a town.
+
+Connections: one multiplexed connection carries every non-blocking command,
+pipelined automatically; each blocking receive borrows a connection from a
+small pool, so a ``receive()`` waiting 30 s never delays a ``send()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+from collections import deque
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from ._transport import Connection
+from .address import Address, parse_url
+from .agent import Agent
+from .errors import (
+    ChannelClosedError,
+    ConnectionError,
+    DecodeError,
+    InvalidArgumentError,
+    ReplyError,
+)
+from .ids import AgentId, TaskId
+from .keys import BROADCAST_CHANNEL, TownKeys
+from .message import Message
+from .task import Task
+
+__all__ = ["Channel", "BroadcastSubscription"]
+
+log = logging.getLogger("tinytown")
+
+_LPUSH = b"LPUSH"
+_RPUSH = b"RPUSH"
+_BROADCAST = BROADCAST_CHANNEL.encode()
+# Values per LPUSH/RPUSH in send_many: large enough to amortise the command,
+# small enough not to stall the server on one huge command.
+_MAX_VALUES_PER_PUSH = 1000
+
+
+def _timeout_seconds(timeout: float | timedelta) -> str:
+    """BLPOP's timeout argument; rejects what would block forever by accident."""
+    if isinstance(timeout, timedelta):
+        seconds = timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise InvalidArgumentError(
+            f"timeout must be seconds (int/float) or a timedelta, not {type(timeout).__name__}")
+    if not seconds > 0 or math.isinf(seconds):
+        raise InvalidArgumentError(
+            f"timeout must be a positive, finite number of seconds, not {timeout!r}"
+            " (Redis would read 0 as 'wait forever')")
+    # Redis counts blocking timeouts in milliseconds; round tiny ones up so
+    # that they do not become 0.
+    return f"{max(seconds, 0.001):.3f}"
+
+
+def _pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
+    it = iter(flat)
+    return dict(zip(it, it))
+
+
+class _ReceiverPool:
+    """Connections for blocking commands, at most ``size`` in use at once."""
+
+    def __init__(self, channel: Channel, size: int) -> None:
+        self._channel = channel
+        self._idle: list[Connection] = []
+        self._busy: set[Connection] = set()
+        self._slots = asyncio.Semaphore(size)
+
+    async def acquire(self) -> Connection:
+        await self._slots.acquire()
+        try:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.is_closed:
+                    break
+            else:
+                conn = await self._channel._open_connection()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._busy.add(conn)
+        return conn
+
+    def release(self, conn: Connection) -> None:
+        self._busy.discard(conn)
+        if conn.is_closed or conn.pending_replies or self._channel._closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+        self._slots.release()
+
+    def close(self) -> None:
+        for conn in self._idle + list(self._busy):
+            conn.close()
+        self._idle.clear()
+
+
+class Channel:
+    """Tinytown's message transport on one Redis server, scoped to one town.
+
+    Create it with :meth:`connect` (or ``await town.channel()``); close it with
+    :meth:`close` or ``async with channel:``. Every method that takes an id
+    accepts the id type, a :class:`uuid.UUID` or its string form.
+
+    A Channel belongs to the event loop it was connected on and is not
+    thread-safe. If the connection drops, calls in flight fail with
+    :class:`tinytown.ConnectionError` and the next call reconnects.
+    """
+
+    def __init__(self, address: Address, town: str, *, loop: asyncio.AbstractEventLoop,
+                 max_receivers: int, connect_timeout: float) -> None:
+        # Use Channel.connect(); this only wires the parts together.
+        self._address = address
+        self._keys = TownKeys(town)
+        self._loop = loop
+        self._connect_timeout = connect_timeout
+        self._conn: Connection | None = None
+        self._reconnecting: asyncio.Task[Connection] | None = None
+        self._receivers = _ReceiverPool(self, max_receivers)
+        self._subscriptions: set[BroadcastSubscription] = set()
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, url: str, town: str, *, max_receivers: int = 16,
+                      connect_timeout: float = 5.0) -> Channel:
+        """Connect to the Redis at ``url`` for the town ``town``.
+
+        ``url`` is ``unix:///abs/path/redis.sock`` or
+        ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
+        connect). ``max_receivers`` bounds the connections used by concurrent
+        blocking receives. Raises :class:`InvalidArgumentError` for a bad URL
+        or town name and :class:`ConnectionError` if Redis cannot be reached.
+        """
+        address = parse_url(url)
+        if not isinstance(max_receivers, int) or max_receivers < 1:
+            raise InvalidArgumentError(f"max_receivers must be a positive int, not {max_receivers!r}")
+        if not connect_timeout > 0:
+            raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
+        channel = cls(address, town, loop=asyncio.get_running_loop(),
+                      max_receivers=max_receivers, connect_timeout=connect_timeout)
+        channel._conn = await channel._open_connection()
+        return channel
+
+    # -- connections --------------------------------------------------------
+
+    async def _open_connection(self) -> Connection:
+        """A new logged-in connection to this channel's server."""
+        if self._closed:
+            raise ChannelClosedError("the channel is closed")
+        address = self._address
+        conn = Connection(self._loop)
+        try:
+            if address.unix_path is not None:
+                waiter = conn.connect_unix(address.unix_path)
+            else:
+                infos = await self._loop.getaddrinfo(
+                    address.host, address.port, type=socket.SOCK_STREAM)
+                if not infos:
+                    raise ConnectionError(f"cannot resolve Redis host {address.host!r}")
+                waiter = conn.connect_tcp(infos[0][4][0], address.port)
+            await asyncio.wait_for(waiter, self._connect_timeout)
+            await self._log_in(conn)
+        except asyncio.TimeoutError:
+            conn.close()
+            raise ConnectionError(
+                f"cannot connect to Redis at {address}: no answer in {self._connect_timeout} s") from None
+        except socket.gaierror as exc:
+            conn.close()
+            raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _log_in(self, conn: Connection) -> None:
+        address = self._address
+        commands: list[tuple[Any, ...]] = []
+        if address.password is not None:
+            if address.username:
+                commands.append((b"AUTH", address.username, address.password))
+            else:
+                commands.append((b"AUTH", address.password))
+        if address.db:
+            commands.append((b"SELECT", address.db))
+        if commands:
+            try:
+                await conn.execute_many(commands, False)
+            except ReplyError as exc:
+                raise ConnectionError(f"Redis at {address} refused the login: {exc}") from None
+
+    async def _reconnect(self) -> Connection:
+        """The main connection, reopened; concurrent callers share one attempt."""
+        if self._closed:
+            raise ChannelClosedError("the channel is closed")
+        task = self._reconnecting
+        if task is None:
+            task = self._reconnecting = self._loop.create_task(self._open_connection())
+        try:
+            conn = await asyncio.shield(task)
+        finally:
+            if task.done() and self._reconnecting is task:
+                self._reconnecting = None
+        self._conn = conn
+        return conn
+
+    async def _main(self) -> Connection:
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            conn = await self._reconnect()
+        return conn
+
+    # -- messages -------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        """Put ``message`` in its recipient's inbox.
+
+        Urgent and high priority go to the front (LPUSH), normal and low to
+        the back (RPUSH).
+        """
+        if not isinstance(message, Message):
+            raise InvalidArgumentError(f"send() takes a Message, not {type(message).__name__}")
+        payload = message.to_json()
+        key = self._keys.inbox_prefix + AgentId(message.to)
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            conn = await self._reconnect()
+        await conn.execute(_LPUSH if message.priority.is_front else _RPUSH, key, payload)
+
+    async def send_many(self, messages: Iterable[Message]) -> None:
+        """Send many messages in one pipelined round trip, in order.
+
+        Placement follows :meth:`send`. Every message is encoded before
+        anything is sent, so a message that cannot be encoded sends nothing.
+        Consecutive messages for the same inbox and end travel in one
+        variadic push, which leaves each inbox exactly as one send per
+        message would.
+        """
+        commands: list[list[Any]] = []
+        current: list[Any] = []
+        prefix = self._keys.inbox_prefix
+        for message in messages:
+            if not isinstance(message, Message):
+                raise InvalidArgumentError(
+                    f"send_many() takes Messages, not {type(message).__name__}")
+            verb = _LPUSH if message.priority.is_front else _RPUSH
+            key = prefix + AgentId(message.to)
+            if current and current[0] is verb and current[1] == key \
+                    and len(current) < _MAX_VALUES_PER_PUSH + 2:
+                current.append(message.to_json())
+            else:
+                current = [verb, key, message.to_json()]
+                commands.append(current)
+        if not commands:
+            return
+        conn = await self._main()
+        await conn.execute_many(commands, False)
+
+    async def receive(self, agent_id: AgentId | Any, timeout: float | timedelta) -> Message | None:
+        """Wait up to ``timeout`` (seconds or timedelta) for a message; None if none came.
+
+        Runs BLPOP on a connection of its own. If the caller is cancelled
+        while a message is on its way, the message is put back at the front
+        of the inbox rather than lost.
+        """
+        agent = AgentId(agent_id)
+        key = self._keys.inbox_prefix + agent
+        seconds = _timeout_seconds(timeout)
+        if self._closed:
+            raise ChannelClosedError("the channel is closed")
+        conn = await self._receivers.acquire()
+        try:
+            fut = conn.execute(b"BLPOP", key, seconds)
+        except BaseException:
+            self._receivers.release(conn)
+            raise
+        try:
+            reply = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(lambda f: self._abandoned_pop(conn, f))
+            raise
+        except BaseException:
+            self._receivers.release(conn)
+            raise
+        self._receivers.release(conn)
+        if reply is None:
+            return None
+        return await self._decode(agent, reply[1])
+
+    def _abandoned_pop(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
+        """A BLPOP whose caller was cancelled finished: put its message back."""
+        self._receivers.release(conn)
+        if fut.cancelled() or fut.exception() is not None or fut.result() is None:
+            return
+        key, raw = fut.result()
+        main = self._conn
+        if main is None or main.is_closed:
+            log.error("tinytown: receive() cancelled and Redis unreachable; message lost: %r", raw)
+            return
+        main.execute(_LPUSH, key, raw).add_done_callback(
+            lambda f: f.cancelled() or f.exception() is None
+            or log.error("tinytown: could not requeue %r: %s", raw, f.exception()))
+
+    async def try_receive(self, agent_id: AgentId | Any) -> Message | None:
+        """Take the first message of the inbox without waiting (LPOP); None if empty."""
+        agent = AgentId(agent_id)
+        key = self._keys.inbox_prefix + agent
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            conn = await self._reconnect()
+        raw = await conn.execute(b"LPOP", key)
+        if raw is None:
+            return None
+        return await self._decode(agent, raw)
+
+    async def _decode(self, agent: AgentId, raw: bytes) -> Message:
+        """Decode a popped message; an undecodable one goes to the dead-letter list.
+
+        It is already out of the inbox, so it is kept at ``tt:<town>:dead:<agent>``
+        before the DecodeError (carrying ``raw``) reaches the caller.
+        """
+        try:
+            return Message.from_json(raw)
+        except DecodeError as exc:
+            try:
+                conn = await self._main()
+                await conn.execute(_RPUSH, self._keys.dead(agent), raw)
+            except Exception as store_exc:  # the caller still gets raw
+                log.error("tinytown: could not dead-letter %r: %s", raw, store_exc)
+            exc.raw = raw
+            raise
+
+    async def inbox_len(self, agent_id: AgentId | Any) -> int:
+        """Number of messages waiting in the agent's inbox (LLEN)."""
+        key = self._keys.inbox_prefix + AgentId(agent_id)
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            conn = await self._reconnect()
+        return await conn.execute(b"LLEN", key)
+
+    async def broadcast(self, message: Message) -> int:
+        """Publish ``message`` on ``tt:broadcast``; returns how many subscribers got it."""
+        if not isinstance(message, Message):
+            raise InvalidArgumentError(f"broadcast() takes a Message, not {type(message).__name__}")
+        payload = message.to_json()
+        conn = await self._main()
+        return await conn.execute(b"PUBLISH", _BROADCAST, payload)
+
+    def broadcasts(self) -> BroadcastSubscription:
+        """Subscribe to broadcasts: ``async for message in channel.broadcasts(): ...``.
+
+        The subscription has a connection of its own, opened on first
+        iteration (or on ``async with``/``await sub.start()``, to be sure to
+        be subscribed before something is published).
+        """
+        if self._closed:
+            raise ChannelClosedError("the channel is closed")
+        return BroadcastSubscription(self)
+
+    # -- state ----------------------------------------------------------------
+
+    async def set_agent_state(self, agent: Agent) -> None:
+        """Store ``agent`` at ``tt:<town>:agent:<id>`` (JSON, as Tinytown's Rust code does)."""
+        if not isinstance(agent, Agent):
+            raise InvalidArgumentError(f"set_agent_state() takes an Agent, not {type(agent).__name__}")
+        payload = agent.to_json()
+        conn = await self._main()
+        await conn.execute(b"SET", self._keys.agent_prefix + AgentId(agent.id), payload)
+
+    async def get_agent_state(self, agent_id: AgentId | Any) -> Agent | None:
+        """The stored Agent, or None when absent (JSON or the newer Hash layout)."""
+        key = self._keys.agent_prefix + AgentId(agent_id)
+        raw = await self._get_state(key)
+        if raw is None:
+            return None
+        return Agent.from_hash(raw) if isinstance(raw, dict) else Agent.from_json(raw)
+
+    async def set_task(self, task: Task) -> None:
+        """Store ``task`` at ``tt:<town>:task:<id>``."""
+        if not isinstance(task, Task):
+            raise InvalidArgumentError(f"set_task() takes a Task, not {type(task).__name__}")
+        payload = task.to_json()
+        conn = await self._main()
+        await conn.execute(b"SET", self._keys.task_prefix + TaskId(task.id), payload)
+
+    async def get_task(self, task_id: TaskId | Any) -> Task | None:
+        """The stored Task, or None when absent (JSON or the newer Hash layout)."""
+        key = self._keys.task_prefix + TaskId(task_id)
+        raw = await self._get_state(key)
+        if raw is None:
+            return None
+        return Task.from_hash(raw) if isinstance(raw, dict) else Task.from_json(raw)
+
+    async def _get_state(self, key: str) -> bytes | dict[bytes, bytes] | None:
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            conn = await self._reconnect()
+        try:
+            return await conn.execute(b"GET", key)
+        except ReplyError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+        # Newer Tinytown releases keep state as a Hash at the same key.
+        fields = await conn.execute(b"HGETALL", key)
+        return _pairs_to_dict(fields) if fields else None
+
+    # -- raw access and lifetime ------------------------------------------------
+
+    async def execute(self, *args: Any) -> Any:
+        """Run one raw Redis command on the shared connection and return its reply.
+
+        Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
+        list; an error reply raises :class:`ReplyError`. Do not send blocking
+        or subscribing commands here: they would hold up every other call.
+        """
+        conn = await self._main()
+        return await conn.execute(*args)
+
+    @property
+    def town(self) -> str:
+        """The town this channel's keys belong to."""
+        return self._keys.town
+
+    @property
+    def keys(self) -> TownKeys:
+        """The key builders of this channel's town."""
+        return self._keys
+
+    @property
+    def is_closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    async def close(self) -> None:
+        """Close every connection of the channel; pending calls fail with ConnectionError."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in list(self._subscriptions):
+            sub._shut(ChannelClosedError("the channel is closed"))
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        if self._conn is not None:
+            self._conn.close()
+        self._receivers.close()
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<tinytown.Channel town={self.town!r} {self._address} {state}>"
+
+
+class BroadcastSubscription:
+    """Messages published on ``tt:broadcast``, as an async iterator.
+
+    A message that cannot be decoded raises :class:`DecodeError` (with
+    ``raw``) from ``__anext__``; the subscription stays usable, so the next
+    iteration goes on with the following message.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._conn: Connection | None = None
+        self._queue: deque[bytes] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._subscribed: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+
+    async def start(self) -> BroadcastSubscription:
+        """Subscribe now (idempotent); returns once Redis confirmed the subscription."""
+        if self._closed:
+            raise ChannelClosedError("the subscription is closed")
+        if self._subscribed is None:
+            loop = self._channel._loop
+            self._subscribed = loop.create_future()
+            try:
+                self._conn = await self._channel._open_connection()
+                self._channel._subscriptions.add(self)
+                self._conn.subscribe(self._on_push, _BROADCAST)
+            except BaseException as exc:
+                self._subscribed.set_exception(exc)
+                self._subscribed.exception()  # retrieved: the caller gets it below
+                raise
+        await asyncio.shield(self._subscribed)
+        return self
+
+    def _on_push(self, item: Any) -> None:
+        # Called by the transport for every pub/sub reply, or with the error
+        # when the connection goes away.
+        if isinstance(item, BaseException):
+            self._error = item
+            if self._subscribed is not None and not self._subscribed.done():
+                self._subscribed.set_exception(item)
+        elif item[0] == b"message":
+            self._queue.append(item[2])
+        elif item[0] == b"subscribe":
+            if self._subscribed is not None and not self._subscribed.done():
+                self._subscribed.set_result(None)
+            return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _shut(self, error: BaseException) -> None:
+        self._closed = True
+        self._error = self._error or error
+        self._channel._subscriptions.discard(self)
+        if self._conn is not None:
+            self._conn.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __aiter__(self) -> BroadcastSubscription:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._subscribed is None:
+            await self.start()
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._channel._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        raw = self._queue.popleft()
+        try:
+            return Message.from_json(raw)
+        except DecodeError as exc:
+            exc.raw = raw
+            raise
+
+    async def close(self) -> None:
+        """Unsubscribe and close the subscription's connection."""
+        self._shut(ChannelClosedError("the subscription is closed"))
+
+    aclose = close
+
+    async def __aenter__(self) -> BroadcastSubscription:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
