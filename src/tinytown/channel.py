@@ -14,13 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import socket
 from collections import deque
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+from ._commands import (
+    LPUSH,
+    RPUSH,
+    blpop_timeout,
+    check_agent,
+    check_message,
+    check_task,
+    decode_agent,
+    decode_task,
+    is_wrongtype,
+    push_commands,
+)
 from ._transport import Connection
 from .address import Address, parse_url
 from .agent import Agent
@@ -40,35 +51,7 @@ __all__ = ["Channel", "BroadcastSubscription"]
 
 log = logging.getLogger("tinytown")
 
-_LPUSH = b"LPUSH"
-_RPUSH = b"RPUSH"
 _BROADCAST = BROADCAST_CHANNEL.encode()
-# Values per LPUSH/RPUSH in send_many: large enough to amortise the command,
-# small enough not to stall the server on one huge command.
-_MAX_VALUES_PER_PUSH = 1000
-
-
-def _timeout_seconds(timeout: float | timedelta) -> str:
-    """BLPOP's timeout argument; rejects what would block forever by accident."""
-    if isinstance(timeout, timedelta):
-        seconds = timeout.total_seconds()
-    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
-        seconds = float(timeout)
-    else:
-        raise InvalidArgumentError(
-            f"timeout must be seconds (int/float) or a timedelta, not {type(timeout).__name__}")
-    if not seconds > 0 or math.isinf(seconds):
-        raise InvalidArgumentError(
-            f"timeout must be a positive, finite number of seconds, not {timeout!r}"
-            " (Redis would read 0 as 'wait forever')")
-    # Redis counts blocking timeouts in milliseconds; round tiny ones up so
-    # that they do not become 0.
-    return f"{max(seconds, 0.001):.3f}"
-
-
-def _pairs_to_dict(flat: list[bytes]) -> dict[bytes, bytes]:
-    it = iter(flat)
-    return dict(zip(it, it))
 
 
 class _ReceiverPool:
@@ -231,14 +214,13 @@ class Channel:
         Urgent and high priority go to the front (LPUSH), normal and low to
         the back (RPUSH).
         """
-        if not isinstance(message, Message):
-            raise InvalidArgumentError(f"send() takes a Message, not {type(message).__name__}")
+        check_message(message, "send")
         payload = message.to_json()
         key = self._keys.inbox_prefix + AgentId(message.to)
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
-        await conn.execute(_LPUSH if message.priority.is_front else _RPUSH, key, payload)
+        await conn.execute(LPUSH if message.priority.is_front else RPUSH, key, payload)
 
     async def send_many(self, messages: Iterable[Message]) -> None:
         """Send many messages in one pipelined round trip, in order.
@@ -249,21 +231,7 @@ class Channel:
         variadic push, which leaves each inbox exactly as one send per
         message would.
         """
-        commands: list[list[Any]] = []
-        current: list[Any] = []
-        prefix = self._keys.inbox_prefix
-        for message in messages:
-            if not isinstance(message, Message):
-                raise InvalidArgumentError(
-                    f"send_many() takes Messages, not {type(message).__name__}")
-            verb = _LPUSH if message.priority.is_front else _RPUSH
-            key = prefix + AgentId(message.to)
-            if current and current[0] is verb and current[1] == key \
-                    and len(current) < _MAX_VALUES_PER_PUSH + 2:
-                current.append(message.to_json())
-            else:
-                current = [verb, key, message.to_json()]
-                commands.append(current)
+        commands = push_commands(messages, self._keys.inbox_prefix)
         if not commands:
             return
         conn = await self._main()
@@ -278,7 +246,7 @@ class Channel:
         """
         agent = AgentId(agent_id)
         key = self._keys.inbox_prefix + agent
-        seconds = _timeout_seconds(timeout)
+        seconds = blpop_timeout(timeout)
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         conn = await self._receivers.acquire()
@@ -310,7 +278,7 @@ class Channel:
         if main is None or main.is_closed:
             log.error("tinytown: receive() cancelled and Redis unreachable; message lost: %r", raw)
             return
-        main.execute(_LPUSH, key, raw).add_done_callback(
+        main.execute(LPUSH, key, raw).add_done_callback(
             lambda f: f.cancelled() or f.exception() is None
             or log.error("tinytown: could not requeue %r: %s", raw, f.exception()))
 
@@ -337,7 +305,7 @@ class Channel:
         except DecodeError as exc:
             try:
                 conn = await self._main()
-                await conn.execute(_RPUSH, self._keys.dead(agent), raw)
+                await conn.execute(RPUSH, self._keys.dead(agent), raw)
             except Exception as store_exc:  # the caller still gets raw
                 log.error("tinytown: could not dead-letter %r: %s", raw, store_exc)
             exc.raw = raw
@@ -353,8 +321,7 @@ class Channel:
 
     async def broadcast(self, message: Message) -> int:
         """Publish ``message`` on ``tt:broadcast``; returns how many subscribers got it."""
-        if not isinstance(message, Message):
-            raise InvalidArgumentError(f"broadcast() takes a Message, not {type(message).__name__}")
+        check_message(message, "broadcast")
         payload = message.to_json()
         conn = await self._main()
         return await conn.execute(b"PUBLISH", _BROADCAST, payload)
@@ -374,48 +341,37 @@ class Channel:
 
     async def set_agent_state(self, agent: Agent) -> None:
         """Store ``agent`` at ``tt:<town>:agent:<id>`` (JSON, as Tinytown's Rust code does)."""
-        if not isinstance(agent, Agent):
-            raise InvalidArgumentError(f"set_agent_state() takes an Agent, not {type(agent).__name__}")
-        payload = agent.to_json()
+        payload = check_agent(agent).to_json()
         conn = await self._main()
         await conn.execute(b"SET", self._keys.agent_prefix + AgentId(agent.id), payload)
 
     async def get_agent_state(self, agent_id: AgentId | Any) -> Agent | None:
         """The stored Agent, or None when absent (JSON or the newer Hash layout)."""
         key = self._keys.agent_prefix + AgentId(agent_id)
-        raw = await self._get_state(key)
-        if raw is None:
-            return None
-        return Agent.from_hash(raw) if isinstance(raw, dict) else Agent.from_json(raw)
+        return decode_agent(await self._get_state(key))
 
     async def set_task(self, task: Task) -> None:
         """Store ``task`` at ``tt:<town>:task:<id>``."""
-        if not isinstance(task, Task):
-            raise InvalidArgumentError(f"set_task() takes a Task, not {type(task).__name__}")
-        payload = task.to_json()
+        payload = check_task(task).to_json()
         conn = await self._main()
         await conn.execute(b"SET", self._keys.task_prefix + TaskId(task.id), payload)
 
     async def get_task(self, task_id: TaskId | Any) -> Task | None:
         """The stored Task, or None when absent (JSON or the newer Hash layout)."""
         key = self._keys.task_prefix + TaskId(task_id)
-        raw = await self._get_state(key)
-        if raw is None:
-            return None
-        return Task.from_hash(raw) if isinstance(raw, dict) else Task.from_json(raw)
+        return decode_task(await self._get_state(key))
 
-    async def _get_state(self, key: str) -> bytes | dict[bytes, bytes] | None:
+    async def _get_state(self, key: str) -> bytes | list[bytes] | None:
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
         try:
             return await conn.execute(b"GET", key)
         except ReplyError as exc:
-            if not str(exc).startswith("WRONGTYPE"):
+            if not is_wrongtype(exc):
                 raise
         # Newer Tinytown releases keep state as a Hash at the same key.
-        fields = await conn.execute(b"HGETALL", key)
-        return _pairs_to_dict(fields) if fields else None
+        return await conn.execute(b"HGETALL", key)
 
     # -- raw access and lifetime ------------------------------------------------
 
