@@ -1,0 +1,324 @@
+"""Helpers shared by the JSON (and Redis Hash) codecs of the data model.
+
+Encoding writes JSON text by hand, field by field, in serde's order; strings go
+through the C string encoder of the standard library, which escapes exactly
+like serde_json. Decoding parses with orjson and checks each field the way the
+Rust derive would, raising :class:`~tinytown.DecodeError` on any mismatch.
+"""
+
+from __future__ import annotations
+
+import json.encoder
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, TypeVar
+
+import orjson
+
+from .errors import DecodeError, EncodeError
+from .ids import _UuidId, _canonical, _normalize
+from .timestamp import Timestamp, _parse
+
+__all__: list[str] = []
+
+# ``encode_str(s)`` returns ``s`` as a quoted JSON string. The C encoder (the
+# ensure_ascii=False flavour) writes non-ASCII characters raw and escapes
+# exactly what serde_json escapes: '"', '\\', \b \t \n \f \r, and the other
+# control characters as \u00XX with lowercase hex; DEL is left alone. The
+# pure-Python fallback has the same output, only slower.
+encode_str: Callable[[str], str] = (
+    json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # type: ignore[attr-defined]
+)
+
+loads = orjson.loads
+U64_MAX = (1 << 64) - 1
+
+_str_new = str.__new__
+_IdT = TypeVar("_IdT", bound=_UuidId)
+_E = TypeVar("_E")
+
+
+class FieldError(Exception):
+    """A field failed to decode; turned into a DecodeError by the caller."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field '{field}': {problem}")
+        self.field = field
+
+
+def type_name(value: Any) -> str:
+    """JSON name of the type of a value orjson produced."""
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def describe(value: Any) -> str:
+    """Short description of a bad value for an error message."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type_name(value)} {text}"
+
+
+def raw_bytes(data: Any) -> bytes | None:
+    """The input of a decode as bytes, for :attr:`DecodeError.raw`."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogatepass")
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    return None
+
+
+def load_object(data: Any, owner: str) -> dict[str, Any]:
+    """Parse ``data`` (bytes or str) and check it is a JSON object."""
+    if not isinstance(data, (bytes, str, bytearray, memoryview)):
+        raise DecodeError(f"invalid {owner} JSON: expected bytes or str, got {type(data).__name__}")
+    try:
+        obj = loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"invalid {owner} JSON: {exc}", raw=raw_bytes(data)) from None
+    if type(obj) is not dict:
+        raise DecodeError(
+            f"invalid {owner} JSON: expected an object, got {type_name(obj)}", raw=raw_bytes(data)
+        )
+    return obj
+
+
+def wrap_error(owner: str, exc: Exception, data: Any, what: str = "JSON") -> DecodeError:
+    """A DecodeError for an exception raised while decoding a parsed document."""
+    if isinstance(exc, FieldError):
+        return DecodeError(f"invalid {owner} {what}: {exc}", raw=raw_bytes(data))
+    # Nothing else should get here; if something does, it is still bad input.
+    return DecodeError(f"invalid {owner} {what}: {type(exc).__name__}: {exc}", raw=raw_bytes(data))
+
+
+def missing(field: str) -> NoReturn:
+    raise FieldError(field, "missing field")
+
+
+# -- field converters: value from orjson -> model value -----------------------
+
+
+def as_str(value: Any, field: str) -> str:
+    if type(value) is str:
+        return value
+    raise FieldError(field, f"expected a string, got {describe(value)}")
+
+
+def as_opt_str(value: Any, field: str) -> str | None:
+    if value is None or type(value) is str:
+        return value
+    raise FieldError(field, f"expected a string or null, got {describe(value)}")
+
+
+def as_id(value: Any, cls: type[_IdT], field: str) -> _IdT:
+    if type(value) is str:
+        if _canonical(value) is not None:
+            return _str_new(cls, value)
+        text = _normalize(value)
+        if text is not None:
+            return _str_new(cls, text)
+        raise FieldError(field, f"invalid UUID {value!r}")
+    raise FieldError(field, f"expected a UUID string, got {describe(value)}")
+
+
+def as_opt_id(value: Any, cls: type[_IdT], field: str) -> _IdT | None:
+    if value is None:
+        return None
+    return as_id(value, cls, field)
+
+
+def as_ts(value: Any, field: str) -> Timestamp:
+    if type(value) is str:
+        try:
+            return _parse(value)
+        except ValueError as exc:
+            raise FieldError(field, f"invalid timestamp {value!r}: {exc}") from None
+    raise FieldError(field, f"expected an RFC 3339 timestamp string, got {describe(value)}")
+
+
+def as_opt_ts(value: Any, field: str) -> Timestamp | None:
+    if value is None:
+        return None
+    return as_ts(value, field)
+
+
+def as_enum(value: Any, table: Mapping[str, _E], field: str) -> _E:
+    if type(value) is str:
+        member = table.get(value)
+        if member is not None:
+            return member
+        expected = ", ".join(repr(k) for k in table)
+        raise FieldError(field, f"unknown variant {value!r}, expected one of {expected}")
+    raise FieldError(field, f"expected a string, got {describe(value)}")
+
+
+def as_u64(value: Any, field: str) -> int:
+    if type(value) is int:
+        if 0 <= value <= U64_MAX:
+            return value
+        raise FieldError(field, f"integer {value} out of range for an unsigned 64-bit integer")
+    if type(value) is float:
+        # orjson turns integers beyond 64 bits into floats, so a float may be either.
+        raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)} (a float or an out-of-range number)")
+    raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)}")
+
+
+def as_str_list(value: Any, field: str) -> list[str]:
+    if type(value) is not list:
+        raise FieldError(field, f"expected an array of strings, got {describe(value)}")
+    for i, item in enumerate(value):
+        if type(item) is not str:
+            raise FieldError(f"{field}[{i}]", f"expected a string, got {describe(item)}")
+    return value
+
+
+def enum_table(enum_cls: Any, **aliases: Any) -> dict[str, Any]:
+    """Wire string -> member, for :func:`as_enum`."""
+    table = {m._value_: m for m in enum_cls}
+    table.update(aliases)
+    return table
+
+
+# -- Redis Hash layout ---------------------------------------------------------
+
+
+def hash_to_str_dict(mapping: Any, owner: str) -> dict[str, str]:
+    """Decode a Hash (bytes or str keys and values) into a dict of str."""
+    if not isinstance(mapping, Mapping):
+        raise DecodeError(f"invalid {owner} hash: expected a mapping, got {type(mapping).__name__}")
+    out: dict[str, str] = {}
+    for key, value in mapping.items():
+        out[_hash_text(key, owner, "a key")] = _hash_text(value, owner, f"field {key!r}")
+    return out
+
+
+def _hash_text(item: Any, owner: str, what: str) -> str:
+    if type(item) is str:
+        return item
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"invalid {owner} hash: {what} is not UTF-8 ({exc})", raw=bytes(item)) from None
+    if isinstance(item, str):
+        return str(item)
+    raise DecodeError(f"invalid {owner} hash: {what} is {type(item).__name__}, expected bytes or str")
+
+
+def hash_u64(text: str, field: str) -> int:
+    digits = text[1:] if text[:1] == "+" else text
+    if digits.isascii() and digits.isdigit():
+        value = int(digits)
+        if value <= U64_MAX:
+            return value
+        raise FieldError(field, f"{text!r} is out of range for an unsigned 64-bit integer")
+    raise FieldError(field, f"expected an unsigned decimal integer, got {text!r}")
+
+
+def hash_str_list(text: str, field: str) -> list[str]:
+    try:
+        value = loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FieldError(field, f"expected a JSON array of strings: {exc}") from None
+    return as_str_list(value, field)
+
+
+def hash_error(owner: str, exc: Exception, fields: Mapping[str, str]) -> DecodeError:
+    """A DecodeError for a bad Hash; ``raw`` is the bad field's value when there is one."""
+    raw = None
+    if isinstance(exc, FieldError):
+        value = fields.get(exc.field.split("[", 1)[0])
+        if value is not None:
+            raw = value.encode("utf-8", "surrogatepass")
+    return wrap_error(owner, exc, raw, what="hash")
+
+
+# -- encoding ------------------------------------------------------------------
+
+
+def encode_bytes(text: str, owner: str) -> bytes:
+    """UTF-8 of finished JSON text; a lone surrogate becomes an EncodeError."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodeError(f"{owner} contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry") from None
+
+
+def enc_field_str(value: Any, owner: str, field: str) -> str:
+    if isinstance(value, str):
+        return encode_str(value)
+    raise EncodeError(f"{owner}.{field} must be a str, got {type(value).__name__}")
+
+
+def enc_field_opt_str(value: Any, owner: str, field: str) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return encode_str(value)
+    raise EncodeError(f"{owner}.{field} must be a str or None, got {type(value).__name__}")
+
+
+def enc_field_id(value: Any, cls: type[_UuidId], owner: str, field: str) -> str:
+    """The id as a JSON string; ids that are not canonical text are checked first."""
+    if type(value) is not cls:
+        try:
+            value = cls(value)
+        except Exception:
+            raise EncodeError(f"{owner}.{field} must be a {cls.__name__}, got {value!r}") from None
+    return f'"{value}"'
+
+
+def enc_field_opt_id(value: Any, cls: type[_UuidId], owner: str, field: str) -> str:
+    if value is None:
+        return "null"
+    return enc_field_id(value, cls, owner, field)
+
+
+def enc_field_ts(value: Any, owner: str, field: str) -> str:
+    if isinstance(value, Timestamp):
+        return f'"{value.rfc3339()}"'
+    raise EncodeError(f"{owner}.{field} must be a Timestamp, got {type(value).__name__}")
+
+
+def enc_field_opt_ts(value: Any, owner: str, field: str) -> str:
+    if value is None:
+        return "null"
+    return enc_field_ts(value, owner, field)
+
+
+def enc_field_enum(value: Any, enum_cls: type, owner: str, field: str) -> str:
+    if type(value) is enum_cls:
+        return f'"{value._value_}"'
+    raise EncodeError(f"{owner}.{field} must be a {enum_cls.__name__}, got {value!r}")
+
+
+def enc_field_u64(value: Any, owner: str, field: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= U64_MAX:
+        return int.__repr__(value)
+    raise EncodeError(f"{owner}.{field} must be an int in 0..2**64-1, got {value!r}")
+
+
+def enc_field_str_list(value: Any, owner: str, field: str) -> str:
+    if not isinstance(value, (list, tuple)):
+        raise EncodeError(f"{owner}.{field} must be a list of str, got {type(value).__name__}")
+    parts = []
+    for item in value:
+        if not isinstance(item, str):
+            raise EncodeError(f"{owner}.{field} must be a list of str, found {type(item).__name__}")
+        parts.append(encode_str(item))
+    return "[" + ",".join(parts) + "]"

@@ -1,0 +1,748 @@
+"""Messages exchanged between agents, and their JSON wire format.
+
+A :class:`Message` serializes exactly as Rust's ``serde_json`` prints the
+``tinytown::Message`` struct: ``id, from, to``, the message type flattened in
+(``"type"`` first, then the variant's fields), ``priority, created_at,
+correlation_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from . import _json
+from ._json import FieldError, as_enum, as_id, as_opt_str, as_str, as_ts, missing
+from .enums import Priority
+from .errors import EncodeError, InvalidArgumentError
+from .ids import AgentId, MessageId, _canonical, _new_uuid4_text
+from .timestamp import Timestamp
+
+__all__ = ["Message", "MessageType", "ConfirmationType"]
+
+_enc = _json.encode_str
+_loads = _json.loads
+_str_new = str.__new__
+_now = Timestamp.now
+
+
+def _check_str(value: Any, owner: str, field: str) -> None:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{owner}.{field} must be a str, got {type(value).__name__}: {value!r}")
+
+
+def _check_opt_str(value: Any, owner: str, field: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidArgumentError(f"{owner}.{field} must be a str or None, got {type(value).__name__}: {value!r}")
+
+
+def _field(obj: dict[str, Any], key: str, prefix: str = "") -> Any:
+    try:
+        return obj[key]
+    except KeyError:
+        missing(prefix + key)
+
+
+# -- ConfirmationType ----------------------------------------------------------
+
+
+class ConfirmationType:
+    """Kind of a confirmation message: ``ConfirmationType.Received()``,
+    ``.Acknowledged()``, ``.Thanks()``, ``.Approved()`` or ``.Rejected(reason)``."""
+
+    __slots__ = ()
+    _tag: ClassVar[str]
+
+    # The variants, attached below.
+    Received: ClassVar[type[ConfirmationType]]
+    Acknowledged: ClassVar[type[ConfirmationType]]
+    Thanks: ClassVar[type[ConfirmationType]]
+    Approved: ClassVar[type[ConfirmationType]]
+    Rejected: ClassVar[type[ConfirmationType]]
+
+    def _json(self) -> str:
+        """This value as a JSON object."""
+        return '{"type":"' + self._tag + '"}'
+
+
+@dataclass(frozen=True, slots=True)
+class _Received(ConfirmationType):
+    """The message was received."""
+
+    __qualname__ = "ConfirmationType.Received"
+    _tag: ClassVar[str] = "received"
+
+
+@dataclass(frozen=True, slots=True)
+class _Acknowledged(ConfirmationType):
+    """The message was acknowledged."""
+
+    __qualname__ = "ConfirmationType.Acknowledged"
+    _tag: ClassVar[str] = "acknowledged"
+
+
+@dataclass(frozen=True, slots=True)
+class _Thanks(ConfirmationType):
+    """Thanks."""
+
+    __qualname__ = "ConfirmationType.Thanks"
+    _tag: ClassVar[str] = "thanks"
+
+
+@dataclass(frozen=True, slots=True)
+class _Approved(ConfirmationType):
+    """Approval."""
+
+    __qualname__ = "ConfirmationType.Approved"
+    _tag: ClassVar[str] = "approved"
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected(ConfirmationType):
+    """Rejection, with the reason."""
+
+    __qualname__ = "ConfirmationType.Rejected"
+    _tag: ClassVar[str] = "rejected"
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.reason, "ConfirmationType.Rejected", "reason")
+
+    def _json(self) -> str:
+        return '{"type":"rejected","reason":' + _enc(self.reason) + "}"
+
+
+for _cls in (_Received, _Acknowledged, _Thanks, _Approved, _Rejected):
+    _cls.__name__ = _cls.__qualname__.rsplit(".", 1)[1]
+    setattr(ConfirmationType, _cls.__name__, _cls)
+
+_ACK_SINGLETONS: dict[str, ConfirmationType] = {
+    "received": _Received(),
+    "acknowledged": _Acknowledged(),
+    "thanks": _Thanks(),
+    "approved": _Approved(),
+}
+
+
+def _decode_ack(value: Any) -> ConfirmationType:
+    if type(value) is not dict:
+        raise FieldError("ack_type", f"expected an object, got {_json.describe(value)}")
+    tag = _field(value, "type", "ack_type.")
+    if type(tag) is not str:
+        raise FieldError("ack_type.type", f"expected a string, got {_json.describe(tag)}")
+    ack = _ACK_SINGLETONS.get(tag)
+    if ack is not None:
+        return ack
+    if tag == "rejected":
+        return _Rejected(as_str(_field(value, "reason", "ack_type."), "ack_type.reason"))
+    raise FieldError(
+        "ack_type.type",
+        f"unknown variant {tag!r}, expected one of 'received', 'acknowledged', 'thanks', 'approved', 'rejected'",
+    )
+
+
+# -- MessageType ---------------------------------------------------------------
+
+
+class MessageType:
+    """What a message says. Each kind is a frozen dataclass reachable as an
+    attribute, usable in ``match``::
+
+        match message.msg_type:
+            case MessageType.TaskAssign(task_id=task_id): ...
+            case MessageType.Ping(): ...
+    """
+
+    __slots__ = ()
+    _tag: ClassVar[str]
+    _actionable: ClassVar[bool]
+
+    # The variants, attached below.
+    Task: ClassVar[type[MessageType]]
+    Query: ClassVar[type[MessageType]]
+    Informational: ClassVar[type[MessageType]]
+    Confirmation: ClassVar[type[MessageType]]
+    TaskAssign: ClassVar[type[MessageType]]
+    TaskDone: ClassVar[type[MessageType]]
+    TaskFailed: ClassVar[type[MessageType]]
+    StatusRequest: ClassVar[type[MessageType]]
+    StatusResponse: ClassVar[type[MessageType]]
+    Ping: ClassVar[type[MessageType]]
+    Pong: ClassVar[type[MessageType]]
+    Shutdown: ClassVar[type[MessageType]]
+    Custom: ClassVar[type[MessageType]]
+
+    @property
+    def tag(self) -> str:
+        """The wire name of this kind (the JSON ``"type"``), e.g. ``"task_assign"``."""
+        return self._tag
+
+    def is_actionable(self) -> bool:
+        """True when the message asks for work: task, query, task_assign,
+        status_request, ping, shutdown and custom."""
+        return self._actionable
+
+    def is_informational_or_confirmation(self) -> bool:
+        """The opposite of :meth:`is_actionable`."""
+        return not self._actionable
+
+    def _body(self) -> str:
+        """The JSON members this variant contributes to the flattened Message."""
+        return '"type":"' + self._tag + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class _Task(MessageType):
+    """A task described in words."""
+
+    __qualname__ = "MessageType.Task"
+    _tag: ClassVar[str] = "task"
+    _actionable: ClassVar[bool] = True
+    description: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.description, "MessageType.Task", "description")
+
+    def _body(self) -> str:
+        return '"type":"task","description":' + _enc(self.description)
+
+
+@dataclass(frozen=True, slots=True)
+class _Query(MessageType):
+    """A question."""
+
+    __qualname__ = "MessageType.Query"
+    _tag: ClassVar[str] = "query"
+    _actionable: ClassVar[bool] = True
+    question: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.question, "MessageType.Query", "question")
+
+    def _body(self) -> str:
+        return '"type":"query","question":' + _enc(self.question)
+
+
+@dataclass(frozen=True, slots=True)
+class _Informational(MessageType):
+    """A piece of information; no action expected."""
+
+    __qualname__ = "MessageType.Informational"
+    _tag: ClassVar[str] = "informational"
+    _actionable: ClassVar[bool] = False
+    summary: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.summary, "MessageType.Informational", "summary")
+
+    def _body(self) -> str:
+        return '"type":"informational","summary":' + _enc(self.summary)
+
+
+@dataclass(frozen=True, slots=True)
+class _Confirmation(MessageType):
+    """A confirmation (received, acknowledged, thanks, approved, rejected)."""
+
+    __qualname__ = "MessageType.Confirmation"
+    _tag: ClassVar[str] = "confirmation"
+    _actionable: ClassVar[bool] = False
+    ack_type: ConfirmationType
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ack_type, ConfirmationType):
+            raise InvalidArgumentError(
+                f"MessageType.Confirmation.ack_type must be a ConfirmationType, got {self.ack_type!r}"
+            )
+
+    def _body(self) -> str:
+        return '"type":"confirmation","ack_type":' + self.ack_type._json()
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskAssign(MessageType):
+    """Assignment of a task (its id, as a string) to the recipient."""
+
+    __qualname__ = "MessageType.TaskAssign"
+    _tag: ClassVar[str] = "task_assign"
+    _actionable: ClassVar[bool] = True
+    task_id: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.task_id, "MessageType.TaskAssign", "task_id")
+
+    def _body(self) -> str:
+        return '"type":"task_assign","task_id":' + _enc(self.task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskDone(MessageType):
+    """A task finished, with its result."""
+
+    __qualname__ = "MessageType.TaskDone"
+    _tag: ClassVar[str] = "task_done"
+    _actionable: ClassVar[bool] = False
+    task_id: str
+    result: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.task_id, "MessageType.TaskDone", "task_id")
+        _check_str(self.result, "MessageType.TaskDone", "result")
+
+    def _body(self) -> str:
+        return '"type":"task_done","task_id":' + _enc(self.task_id) + ',"result":' + _enc(self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskFailed(MessageType):
+    """A task failed, with the error."""
+
+    __qualname__ = "MessageType.TaskFailed"
+    _tag: ClassVar[str] = "task_failed"
+    _actionable: ClassVar[bool] = False
+    task_id: str
+    error: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.task_id, "MessageType.TaskFailed", "task_id")
+        _check_str(self.error, "MessageType.TaskFailed", "error")
+
+    def _body(self) -> str:
+        return '"type":"task_failed","task_id":' + _enc(self.task_id) + ',"error":' + _enc(self.error)
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusRequest(MessageType):
+    """Asks the recipient for a StatusResponse."""
+
+    __qualname__ = "MessageType.StatusRequest"
+    _tag: ClassVar[str] = "status_request"
+    _actionable: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusResponse(MessageType):
+    """An agent's state and current task (a string, or None)."""
+
+    __qualname__ = "MessageType.StatusResponse"
+    _tag: ClassVar[str] = "status_response"
+    _actionable: ClassVar[bool] = False
+    state: str
+    current_task: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_str(self.state, "MessageType.StatusResponse", "state")
+        _check_opt_str(self.current_task, "MessageType.StatusResponse", "current_task")
+
+    def _body(self) -> str:
+        task = self.current_task
+        return (
+            '"type":"status_response","state":'
+            + _enc(self.state)
+            + ',"current_task":'
+            + ("null" if task is None else _enc(task))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Ping(MessageType):
+    """Heartbeat request."""
+
+    __qualname__ = "MessageType.Ping"
+    _tag: ClassVar[str] = "ping"
+    _actionable: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Pong(MessageType):
+    """Heartbeat answer."""
+
+    __qualname__ = "MessageType.Pong"
+    _tag: ClassVar[str] = "pong"
+    _actionable: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Shutdown(MessageType):
+    """Asks the recipient to shut down."""
+
+    __qualname__ = "MessageType.Shutdown"
+    _tag: ClassVar[str] = "shutdown"
+    _actionable: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Custom(MessageType):
+    """Application-defined message: a kind and a payload string (often JSON text)."""
+
+    __qualname__ = "MessageType.Custom"
+    _tag: ClassVar[str] = "custom"
+    _actionable: ClassVar[bool] = True
+    kind: str
+    payload: str
+
+    def __post_init__(self) -> None:
+        _check_str(self.kind, "MessageType.Custom", "kind")
+        _check_str(self.payload, "MessageType.Custom", "payload")
+
+    def _body(self) -> str:
+        return '"type":"custom","kind":' + _enc(self.kind) + ',"payload":' + _enc(self.payload)
+
+
+_VARIANTS = (
+    _Task, _Query, _Informational, _Confirmation, _TaskAssign, _TaskDone, _TaskFailed,
+    _StatusRequest, _StatusResponse, _Ping, _Pong, _Shutdown, _Custom,
+)
+for _cls in _VARIANTS:
+    _cls.__name__ = _cls.__qualname__.rsplit(".", 1)[1]
+    setattr(MessageType, _cls.__name__, _cls)
+del _cls
+
+# Variants without fields are immutable and all equal: decoding shares one each.
+_STATUS_REQUEST = _StatusRequest()
+_PING = _Ping()
+_PONG = _Pong()
+_SHUTDOWN = _Shutdown()
+
+
+# Decoding builds variants without running their __init__: the values were
+# just checked, and setting the slots directly skips the frozen-dataclass
+# machinery on the hot path.
+_MISSING: Any = object()
+_obj_new = object.__new__
+
+
+def _s(obj: dict[str, Any], key: str) -> str:
+    """A required string member of the flattened message."""
+    value = obj.get(key, _MISSING)
+    if type(value) is str:
+        return value
+    if value is _MISSING:
+        missing(key)
+    return as_str(value, key)
+
+
+def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    return getattr(cls, name).__set__  # type: ignore[no-any-return]
+
+
+def _variant1(cls: type, name: str) -> Callable[[dict[str, Any]], MessageType]:
+    set_field = _setter(cls, name)
+
+    def decode(obj: dict[str, Any]) -> MessageType:
+        value = _obj_new(cls)
+        set_field(value, _s(obj, name))
+        return value
+
+    return decode
+
+
+def _variant2(cls: type, name1: str, name2: str) -> Callable[[dict[str, Any]], MessageType]:
+    set1 = _setter(cls, name1)
+    set2 = _setter(cls, name2)
+
+    def decode(obj: dict[str, Any]) -> MessageType:
+        value = _obj_new(cls)
+        set1(value, _s(obj, name1))
+        set2(value, _s(obj, name2))
+        return value
+
+    return decode
+
+
+_set_ack_type = _setter(_Confirmation, "ack_type")
+_set_sr_state = _setter(_StatusResponse, "state")
+_set_sr_current_task = _setter(_StatusResponse, "current_task")
+
+
+def _d_confirmation(obj: dict[str, Any]) -> MessageType:
+    value = _obj_new(_Confirmation)
+    _set_ack_type(value, _decode_ack(_field(obj, "ack_type")))
+    return value
+
+
+def _d_status_response(obj: dict[str, Any]) -> MessageType:
+    value = _obj_new(_StatusResponse)
+    _set_sr_state(value, _s(obj, "state"))
+    _set_sr_current_task(value, as_opt_str(obj.get("current_task"), "current_task"))
+    return value
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], MessageType]] = {
+    "task": _variant1(_Task, "description"),
+    "query": _variant1(_Query, "question"),
+    "informational": _variant1(_Informational, "summary"),
+    "confirmation": _d_confirmation,
+    "task_assign": _variant1(_TaskAssign, "task_id"),
+    "task_done": _variant2(_TaskDone, "task_id", "result"),
+    "task_failed": _variant2(_TaskFailed, "task_id", "error"),
+    "status_request": lambda obj: _STATUS_REQUEST,
+    "status_response": _d_status_response,
+    "ping": lambda obj: _PING,
+    "pong": lambda obj: _PONG,
+    "shutdown": lambda obj: _SHUTDOWN,
+    "custom": _variant2(_Custom, "kind", "payload"),
+}
+_TAGS = ", ".join(repr(t) for t in _DECODERS)
+
+
+def _decode_msg_type(obj: dict[str, Any]) -> MessageType:
+    tag = _field(obj, "type")
+    decoder = _DECODERS.get(tag) if type(tag) is str else None
+    if decoder is None:
+        if type(tag) is str:
+            raise FieldError("type", f"unknown message type {tag!r}, expected one of {_TAGS}")
+        raise FieldError("type", f"expected a string, got {_json.describe(tag)}")
+    return decoder(obj)
+
+
+_PRIORITIES = _json.enum_table(Priority)
+_NORMAL = Priority.NORMAL
+
+
+# -- Message -------------------------------------------------------------------
+
+
+class Message:
+    """A message from one agent to another (immutable).
+
+    ``Message(id, from_, to, msg_type, priority=Priority.NORMAL,
+    created_at=None, correlation_id=None)``; ``created_at`` defaults to now.
+    Ids may be given as the id type, a :class:`uuid.UUID` or UUID text.
+    Most code uses :meth:`new` and the ``with_*`` methods instead.
+    """
+
+    __slots__ = ("id", "from_", "to", "msg_type", "priority", "created_at", "correlation_id")
+    __match_args__ = __slots__
+
+    id: MessageId
+    from_: AgentId
+    to: AgentId
+    msg_type: MessageType
+    priority: Priority
+    created_at: Timestamp
+    correlation_id: MessageId | None
+
+    def __init__(
+        self,
+        id: MessageId | Any,
+        from_: AgentId | Any,
+        to: AgentId | Any,
+        msg_type: MessageType,
+        priority: Priority | str = Priority.NORMAL,
+        created_at: Timestamp | Any = None,
+        correlation_id: MessageId | Any = None,
+    ) -> None:
+        if not isinstance(msg_type, MessageType):
+            raise InvalidArgumentError(f"Message: msg_type must be a MessageType, got {msg_type!r}")
+        if type(priority) is not Priority:
+            priority = _coerce_priority(priority)
+        if created_at is None:
+            created_at = _now()
+        elif not isinstance(created_at, Timestamp):
+            created_at = Timestamp.from_datetime(created_at)
+        _set_id(self, id if type(id) is MessageId else MessageId(id))
+        _set_from(self, from_ if type(from_) is AgentId else AgentId(from_))
+        _set_to(self, to if type(to) is AgentId else AgentId(to))
+        _set_msg_type(self, msg_type)
+        _set_priority(self, priority)
+        _set_created_at(self, created_at)
+        _set_correlation_id(
+            self,
+            correlation_id
+            if correlation_id is None or type(correlation_id) is MessageId
+            else MessageId(correlation_id),
+        )
+
+    @classmethod
+    def new(cls, from_id: AgentId | Any, to_id: AgentId | Any, msg_type: MessageType) -> Message:
+        """A new message with a fresh id, normal priority, created now."""
+        if not isinstance(msg_type, MessageType):
+            raise InvalidArgumentError(f"Message: msg_type must be a MessageType, got {msg_type!r}")
+        self = _object_new(cls)
+        _set_id(self, _str_new(MessageId, _new_uuid4_text()))
+        _set_from(self, from_id if type(from_id) is AgentId else AgentId(from_id))
+        _set_to(self, to_id if type(to_id) is AgentId else AgentId(to_id))
+        _set_msg_type(self, msg_type)
+        _set_priority(self, _NORMAL)
+        _set_created_at(self, _now())
+        _set_correlation_id(self, None)
+        return self
+
+    def with_priority(self, priority: Priority | str) -> Message:
+        """A copy of this message with another priority."""
+        if type(priority) is not Priority:
+            priority = _coerce_priority(priority)
+        return _make(
+            type(self), self.id, self.from_, self.to, self.msg_type, priority,
+            self.created_at, self.correlation_id,
+        )
+
+    def with_correlation(self, message_id: MessageId | Any) -> Message:
+        """A copy of this message correlated to ``message_id`` (request/response)."""
+        corr = message_id if type(message_id) is MessageId else MessageId(message_id)
+        return _make(
+            type(self), self.id, self.from_, self.to, self.msg_type, self.priority,
+            self.created_at, corr,
+        )
+
+    def is_actionable(self) -> bool:
+        """True when the message type asks the recipient to do something."""
+        return self.msg_type._actionable
+
+    # -- JSON -----------------------------------------------------------------
+
+    def to_json(self) -> bytes:
+        """The message as compact JSON, byte-identical to Rust's serde_json."""
+        corr = self.correlation_id
+        text = (
+            '{"id":"' + self.id
+            + '","from":"' + self.from_
+            + '","to":"' + self.to
+            + '",' + self.msg_type._body()
+            + ',"priority":"' + self.priority._value_
+            + '","created_at":"' + self.created_at.rfc3339()
+            + ('","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')
+        )
+        try:
+            return text.encode()
+        except UnicodeEncodeError as exc:
+            raise EncodeError(
+                f"Message contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry"
+            ) from None
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Message:
+        """Parse a message. Raises :class:`~tinytown.DecodeError` on anything
+        Rust would reject; the error's ``raw`` holds ``data``."""
+        try:
+            obj = _loads(data)
+        except Exception:
+            obj = None
+        if type(obj) is not dict:
+            obj = _json.load_object(data, "Message")  # raises the precise DecodeError
+        try:
+            try:
+                mid = obj["id"]
+                from_ = obj["from"]
+                to = obj["to"]
+                created_at = obj["created_at"]
+            except KeyError as exc:
+                missing(exc.args[0])
+            # Ids in canonical form (all that Rust writes) skip the helper call.
+            if type(mid) is str and _canonical(mid) is not None:
+                mid = _str_new(MessageId, mid)
+            else:
+                mid = as_id(mid, MessageId, "id")
+            if type(from_) is str and _canonical(from_) is not None:
+                from_ = _str_new(AgentId, from_)
+            else:
+                from_ = as_id(from_, AgentId, "from")
+            if type(to) is str and _canonical(to) is not None:
+                to = _str_new(AgentId, to)
+            else:
+                to = as_id(to, AgentId, "to")
+            msg_type = _decode_msg_type(obj)
+            priority = obj.get("priority", _NORMAL)
+            if priority is not _NORMAL:
+                priority = _PRIORITIES.get(priority) if type(priority) is str else None
+                if priority is None:
+                    priority = as_enum(obj["priority"], _PRIORITIES, "priority")
+            corr = obj.get("correlation_id")
+            if corr is not None:
+                if type(corr) is str and _canonical(corr) is not None:
+                    corr = _str_new(MessageId, corr)
+                else:
+                    corr = as_id(corr, MessageId, "correlation_id")
+            return _make(
+                cls, mid, from_, to, msg_type, priority, as_ts(created_at, "created_at"), corr
+            )
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise _json.wrap_error("Message", exc, data) from None
+
+    # -- object protocol ------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(
+            f"Message is immutable; use with_priority()/with_correlation() or build a new one (setting {name!r})"
+        )
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Message is immutable (deleting {name!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.from_ == other.from_
+            and self.to == other.to
+            and self.msg_type == other.msg_type
+            and self.priority is other.priority
+            and self.created_at == other.created_at
+            and self.correlation_id == other.correlation_id
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.from_, self.to, self.msg_type, self.priority, self.created_at, self.correlation_id))
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, from_={self.from_!r}, to={self.to!r}, msg_type={self.msg_type!r}, "
+            f"priority={self.priority!r}, created_at={self.created_at!r}, correlation_id={self.correlation_id!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.id, self.from_, self.to, self.msg_type, self.priority, self.created_at, self.correlation_id),
+        )
+
+    def __copy__(self) -> Message:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Message:
+        return self
+
+
+_object_new = object.__new__
+_set_id = Message.id.__set__  # type: ignore[attr-defined]
+_set_from = Message.from_.__set__  # type: ignore[attr-defined]
+_set_to = Message.to.__set__  # type: ignore[attr-defined]
+_set_msg_type = Message.msg_type.__set__  # type: ignore[attr-defined]
+_set_priority = Message.priority.__set__  # type: ignore[attr-defined]
+_set_created_at = Message.created_at.__set__  # type: ignore[attr-defined]
+_set_correlation_id = Message.correlation_id.__set__  # type: ignore[attr-defined]
+
+
+def _make(
+    cls: type[Message],
+    id: MessageId,
+    from_: AgentId,
+    to: AgentId,
+    msg_type: MessageType,
+    priority: Priority,
+    created_at: Timestamp,
+    correlation_id: MessageId | None,
+) -> Message:
+    """Build a Message from values already of the right types (no checks)."""
+    self = _object_new(cls)
+    _set_id(self, id)
+    _set_from(self, from_)
+    _set_to(self, to)
+    _set_msg_type(self, msg_type)
+    _set_priority(self, priority)
+    _set_created_at(self, created_at)
+    _set_correlation_id(self, correlation_id)
+    return self
+
+
+def _coerce_priority(value: Any) -> Priority:
+    try:
+        return Priority(value)
+    except ValueError:
+        raise InvalidArgumentError(
+            f"Message: priority must be a Priority or one of 'low', 'normal', 'high', 'urgent', got {value!r}"
+        ) from None
+

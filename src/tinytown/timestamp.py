@@ -1,0 +1,443 @@
+"""UTC timestamps with nanosecond precision, printed the way chrono prints them.
+
+Rust's ``DateTime<Utc>`` carries nanoseconds and serializes as RFC 3339 with
+``Z`` and 0, 3, 6 or 9 fractional digits. :class:`Timestamp` is a
+:class:`datetime.datetime` (always aware, always UTC) that keeps the three
+digits below the microsecond, so a timestamp read from Redis and written back
+is byte-for-byte the same.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Any
+
+from .errors import DecodeError, InvalidArgumentError
+
+__all__ = ["Timestamp", "UTC"]
+
+UTC = timezone.utc
+
+_dt_new = datetime.__new__
+_dt_eq = datetime.__eq__
+_dt_lt = datetime.__lt__
+_dt_hash = datetime.__hash__
+_dt_add = datetime.__add__
+_dt_sub = datetime.__sub__
+_time_ns = time.time_ns
+_gmtime = time.gmtime
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Multiplier turning an n-digit fraction into nanoseconds (n <= 9).
+_SCALE = (0, 100_000_000, 10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)
+
+# Validated "YYYY-MM-DDTHH:MM:SS" heads -> (y, mo, d, h, mi, s). Messages sent
+# within the same second share a head, so this skips most of the parsing.
+_HEAD_CACHE: dict[str, tuple[int, int, int, int, int, int]] = {}
+_HEAD_CACHE_MAX = 4096
+
+_HEAD = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", re.ASCII).fullmatch
+
+# Anything RFC 3339 allows (plus chrono's space separator), for the slow path.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))",
+    re.ASCII,
+)
+
+# (epoch second, its "YYYY-MM-DDTHH:MM:SS" text, its fields) for now().
+_now_cache: tuple[int, str, tuple[int, int, int, int, int, int]] = (-1, "", (1970, 1, 1, 0, 0, 0))
+
+
+def _fraction(ns: int) -> str:
+    """Fractional part as chrono prints it: the fewest of 0/3/6/9 digits that are exact."""
+    if ns == 0:
+        return ""
+    if ns % 1_000_000 == 0:
+        return f".{ns // 1_000_000:03d}"
+    if ns % 1_000 == 0:
+        return f".{ns // 1_000:06d}"
+    return f".{ns:09d}"
+
+
+def _head_fields(head: str) -> tuple[int, int, int, int, int, int]:
+    """Fields of a ``YYYY-MM-DDTHH:MM:SS`` head; ValueError if it is not a valid one."""
+    fields = _HEAD_CACHE.get(head)
+    if fields is None:
+        if _HEAD(head) is None:
+            raise ValueError("malformed date or time")
+        fields = (int(head[0:4]), int(head[5:7]), int(head[8:10]),
+                  int(head[11:13]), int(head[14:16]), int(head[17:19]))
+        datetime(*fields)  # range check: raises ValueError
+        if len(_HEAD_CACHE) >= _HEAD_CACHE_MAX:
+            _HEAD_CACHE.clear()
+        _HEAD_CACHE[head] = fields
+    return fields
+
+
+def _parse(text: str) -> Timestamp:
+    """Parse RFC 3339 text; raises ValueError saying what is wrong."""
+    # Fast path: the canonical form chrono writes. Characters 4, 7, 10, 13, 16
+    # and 19 are the separators "--T::" and then "." (or the final "Z").
+    seps = text[4:20:3]
+    if seps == "--T::." and text[-1:] == "Z" and text.isascii():
+        frac = text[20:-1]
+        digits = len(frac)
+        if not 0 < digits <= 9 or not frac.isdigit():
+            return _parse_slow(text)
+        value = int(frac)
+        if digits == 6:
+            us = value
+            ns = 0
+        elif digits == 9:
+            us, ns = divmod(value, 1000)
+        else:
+            us, ns = divmod(value * _SCALE[digits], 1000)
+        canonical = digits % 3 == 0 and value % 1000 != 0
+    elif seps == "--T::Z" and len(text) == 20 and text.isascii():
+        us = ns = 0
+        canonical = True
+    else:
+        return _parse_slow(text)
+    fields = _HEAD_CACHE.get(text[:19])
+    if fields is None:
+        try:
+            fields = _head_fields(text[:19])
+        except ValueError:
+            return _parse_slow(text)
+    y, mo, d, h, mi, s = fields
+    self = _dt_new(Timestamp, y, mo, d, h, mi, s, us, UTC)
+    self._nanosecond = ns
+    if canonical:
+        self._text = text
+    return self
+
+
+def _parse_slow(text: str) -> Timestamp:
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        raise ValueError("not an RFC 3339 timestamp (YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM))")
+    y, mo, d, h, mi, s, frac, _zulu, sign, oh, om = m.groups()
+    if s == "60":
+        raise ValueError("leap seconds are not supported")
+    nanos = 0
+    if frac is not None:
+        # Digits past the ninth are below a nanosecond: dropped, as chrono does.
+        frac = frac[:9]
+        nanos = int(frac) * _SCALE[len(frac)]
+    try:
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), nanos // 1000)
+    except ValueError as exc:
+        raise ValueError(f"date or time out of range ({exc})") from None
+    if sign is not None:
+        hours, minutes = int(oh), int(om)
+        if hours > 23 or minutes > 59:
+            raise ValueError("offset out of range")
+        offset = timedelta(hours=hours, minutes=minutes)
+        try:
+            dt = dt - offset if sign == "+" else dt + offset
+        except OverflowError:
+            raise ValueError("out of range once converted to UTC") from None
+    return Timestamp._from_parts(
+        dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond, nanos % 1000
+    )
+
+
+class Timestamp(datetime):
+    """An instant in UTC with nanosecond precision.
+
+    A :class:`datetime.datetime` subclass (always timezone-aware, always UTC)
+    with an extra :attr:`nanosecond` (0-999, the part below the microsecond).
+    Equality, hashing and ordering take the nanoseconds into account.
+
+    ``Timestamp(...)`` takes the :class:`~datetime.datetime` arguments (a naive
+    value is taken as UTC, an aware one is converted) plus ``nanosecond=``; it
+    also accepts a single datetime or RFC 3339 string.
+    """
+
+    __slots__ = ("_nanosecond", "_text")
+
+    _nanosecond: int
+    _text: str
+
+    def __new__(
+        cls,
+        year: Any,
+        month: int | None = None,
+        day: int | None = None,
+        hour: int = 0,
+        minute: int = 0,
+        second: int = 0,
+        microsecond: int = 0,
+        tzinfo: tzinfo | None = None,
+        *,
+        fold: int = 0,
+        nanosecond: int = 0,
+    ) -> Timestamp:
+        if month is None and day is None:
+            if isinstance(year, str):
+                try:
+                    return _parse(year)
+                except ValueError as exc:
+                    raise InvalidArgumentError(f"Timestamp: invalid RFC 3339 text {year!r}: {exc}") from None
+            if isinstance(year, datetime):
+                return cls.from_datetime(year)
+            if isinstance(year, bytes) and isinstance(tzinfo, (timezone, type(None))):
+                # datetime's own pickle format, in case something calls it.
+                return cls.from_datetime(datetime(year, tzinfo))  # type: ignore[arg-type]
+        if type(nanosecond) is not int or not 0 <= nanosecond <= 999:
+            raise InvalidArgumentError(f"Timestamp: nanosecond must be an int in 0..999, got {nanosecond!r}")
+        try:
+            if tzinfo is None or tzinfo is UTC:
+                self = _dt_new(cls, year, month, day, hour, minute, second, microsecond, UTC)
+            else:
+                aware = datetime(year, month, day, hour, minute, second, microsecond, tzinfo, fold=fold)  # type: ignore[arg-type]
+                if aware.utcoffset() is None:
+                    raise ValueError(f"tzinfo {tzinfo!r} gives no UTC offset")
+                u = aware.astimezone(UTC)
+                self = _dt_new(cls, u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, UTC)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgumentError(f"Timestamp: {exc}") from None
+        self._nanosecond = nanosecond
+        return self
+
+    @classmethod
+    def _from_parts(
+        cls, y: int, mo: int, d: int, h: int, mi: int, s: int, us: int, ns: int
+    ) -> Timestamp:
+        self = _dt_new(cls, y, mo, d, h, mi, s, us, UTC)
+        self._nanosecond = ns
+        return self
+
+    # -- construction ---------------------------------------------------------
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Timestamp:  # type: ignore[override]
+        """The current time, with the nanoseconds the system clock gives.
+
+        Always UTC: ``tz`` is accepted for datetime compatibility and ignored.
+        """
+        global _now_cache
+        sec, sub = divmod(_time_ns(), 1_000_000_000)
+        cache = _now_cache
+        if cache[0] != sec:
+            tm = _gmtime(sec)
+            fields = (tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec)
+            cache = _now_cache = (sec, "%04d-%02d-%02dT%02d:%02d:%02d" % fields, fields)
+        y, mo, d, h, mi, s = cache[2]
+        us, ns = divmod(sub, 1000)
+        self = _dt_new(cls, y, mo, d, h, mi, s, us, UTC)
+        self._nanosecond = ns
+        # The clock nearly always has a nonzero last digit: nine digits, no search.
+        self._text = f"{cache[1]}.{sub:09d}Z" if ns else cache[1] + _fraction(sub) + "Z"
+        return self
+
+    @classmethod
+    def today(cls) -> Timestamp:  # type: ignore[override]
+        """Same as :meth:`now`."""
+        return cls.now()
+
+    @classmethod
+    def fromtimestamp(cls, t: float, tz: Any = None) -> Timestamp:  # type: ignore[override]
+        """The instant ``t`` seconds after the Unix epoch (``tz`` is ignored: always UTC)."""
+        return cls.from_datetime(datetime.fromtimestamp(t, UTC))
+
+    @classmethod
+    def from_timestamp_ns(cls, ns: int) -> Timestamp:
+        """The instant ``ns`` nanoseconds after the Unix epoch."""
+        if isinstance(ns, bool) or not isinstance(ns, int):
+            raise InvalidArgumentError(f"Timestamp: expected an int of nanoseconds, got {type(ns).__name__}")
+        us, rest = divmod(ns, 1000)
+        try:
+            dt = _EPOCH + timedelta(microseconds=us)
+        except OverflowError:
+            raise InvalidArgumentError(f"Timestamp: {ns} ns since the epoch is out of range") from None
+        return cls._from_parts(dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond, rest)
+
+    @classmethod
+    def parse(cls, text: str) -> Timestamp:
+        """Parse RFC 3339 text with any offset; the result is converted to UTC.
+
+        Any number of fractional digits is accepted (past nine they are
+        dropped). Raises :class:`~tinytown.DecodeError` if ``text`` is not a
+        valid timestamp.
+        """
+        if type(text) is not str:
+            if isinstance(text, str):
+                text = str(text)
+            elif isinstance(text, (bytes, bytearray, memoryview)):
+                raw = bytes(text)
+                try:
+                    text = raw.decode("ascii")
+                except UnicodeDecodeError:
+                    raise DecodeError(f"invalid timestamp {raw!r}: not ASCII", raw=raw) from None
+            else:
+                raise DecodeError(f"invalid timestamp: expected a string, got {type(text).__name__}")
+        try:
+            return _parse(text)
+        except ValueError as exc:
+            raise DecodeError(
+                f"invalid timestamp {text!r}: {exc}", raw=text.encode("utf-8", "surrogatepass")
+            ) from None
+
+    @classmethod
+    def from_datetime(cls, dt: datetime) -> Timestamp:
+        """A Timestamp for ``dt``; a naive datetime is taken to be UTC."""
+        if isinstance(dt, Timestamp):
+            return dt
+        if not isinstance(dt, datetime):
+            raise InvalidArgumentError(f"Timestamp: expected a datetime, got {type(dt).__name__}")
+        if dt.tzinfo is not None and dt.tzinfo is not UTC:
+            off = dt.utcoffset()
+            if off is not None and off:
+                try:
+                    dt = dt.astimezone(UTC)
+                except OverflowError:
+                    raise InvalidArgumentError(f"Timestamp: {dt!r} is out of range in UTC") from None
+        return cls._from_parts(
+            dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond, 0
+        )
+
+    # -- accessors ------------------------------------------------------------
+
+    @property
+    def nanosecond(self) -> int:
+        """Nanoseconds below the microsecond, 0-999."""
+        try:
+            return self._nanosecond
+        except AttributeError:
+            return 0
+
+    def rfc3339(self) -> str:
+        """Canonical RFC 3339 text: ``Z`` and 0, 3, 6 or 9 fractional digits."""
+        try:
+            return self._text
+        except AttributeError:
+            pass
+        text = "%04d-%02d-%02dT%02d:%02d:%02d%sZ" % (
+            self.year,
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            _fraction(self.microsecond * 1000 + self.nanosecond),
+        )
+        self._text = text
+        return text
+
+    def timestamp_ns(self) -> int:
+        """Nanoseconds since the Unix epoch."""
+        delta = _dt_sub(self, _EPOCH)
+        return (
+            (delta.days * 86_400 + delta.seconds) * 1_000_000_000
+            + delta.microseconds * 1_000
+            + self.nanosecond
+        )
+
+    def to_datetime(self) -> datetime:
+        """A plain aware :class:`datetime.datetime` (microsecond precision)."""
+        return datetime(
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.microsecond, UTC
+        )
+
+    # -- datetime methods that would otherwise drop the nanoseconds -----------
+
+    def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:  # type: ignore[override]
+        """Like :meth:`datetime.replace`, plus ``nanosecond=``; the result is a UTC Timestamp."""
+        if args or kwargs:
+            try:
+                dt = datetime.replace(self.to_datetime(), *args, **kwargs)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(f"Timestamp.replace: {exc}") from None
+            result = Timestamp.from_datetime(dt) if dt.tzinfo is not None else Timestamp._from_parts(
+                dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond, 0
+            )
+        else:
+            result = Timestamp._from_parts(
+                self.year, self.month, self.day, self.hour, self.minute, self.second, self.microsecond, 0
+            )
+        ns = self.nanosecond if nanosecond is None else nanosecond
+        if type(ns) is not int or not 0 <= ns <= 999:
+            raise InvalidArgumentError(f"Timestamp: nanosecond must be an int in 0..999, got {ns!r}")
+        result._nanosecond = ns
+        return result
+
+    def astimezone(self, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
+        """This instant in another time zone, as a plain datetime (microsecond precision)."""
+        return self.to_datetime().astimezone(tz)
+
+    def __add__(self, other: Any) -> Any:
+        result = _dt_add(self, other)
+        if isinstance(result, Timestamp):
+            # datetime's C code built ``result`` through __new__ (nanosecond 0).
+            result._nanosecond = self.nanosecond
+        return result
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> Any:
+        if isinstance(other, timedelta):
+            return self.__add__(-other)
+        return _dt_sub(self, other)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (Timestamp, (self.rfc3339(),))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Timestamp, (self.rfc3339(),))
+
+    # -- comparisons (with the nanoseconds) -----------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            if not _dt_eq(self, other):
+                return False
+            ons = other.nanosecond if isinstance(other, Timestamp) else 0
+            return self.nanosecond == ons
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    def __hash__(self) -> int:
+        ns = self.nanosecond
+        return _dt_hash(self) if ns == 0 else hash((_dt_hash(self), ns))
+
+    def _cmp(self, other: datetime) -> int:
+        if _dt_eq(self, other):
+            ons = other.nanosecond if isinstance(other, Timestamp) else 0
+            ns = self.nanosecond
+            return (ns > ons) - (ns < ons)
+        return -1 if _dt_lt(self, other) else 1
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._cmp(other) < 0
+        return NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._cmp(other) <= 0
+        return NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._cmp(other) > 0
+        return NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._cmp(other) >= 0
+        return NotImplemented
+
+    # -- text -----------------------------------------------------------------
+
+    def __str__(self) -> str:
+        return self.rfc3339()
+
+    def __repr__(self) -> str:
+        return f"Timestamp('{self.rfc3339()}')"
