@@ -13,6 +13,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 
 from hiredis cimport *
+from reply_guard cimport tt_guard, tt_guard_install, tt_guard_remove
 
 from tinytown.errors import (
     ConnectionError,

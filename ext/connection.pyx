@@ -97,6 +97,10 @@ cdef class _Batch:
 
 
 cdef object _lost(const redisAsyncContext *ac):
+    if ac.data != NULL and (<Connection>ac.data).guard.tripped:
+        return ConnectionError(
+            "connection to Redis dropped: the server sent a reply that no command was "
+            "waiting for (protocol violation)")
     if ac.err:
         return ConnectionError(f"connection to Redis lost: {(<bytes>ac.errstr).decode('utf-8', 'replace')}")
     return ConnectionError("connection to Redis closed")
@@ -240,6 +244,7 @@ cdef class Connection:
     cdef object _read_cb
     cdef object _write_cb
     cdef object _flush_cb
+    cdef tt_guard guard        # refuses replies nobody waits for (tt_reply_guard.h)
 
     def __cinit__(self, loop):
         self.loop = loop
@@ -249,6 +254,7 @@ cdef class Connection:
         self._read_cb = self._on_readable
         self._write_cb = self._on_writable
         self._flush_cb = self._flush
+        self.guard.pending = &self.pending
 
     def __dealloc__(self):
         cdef redisAsyncContext *ac = self.ac
@@ -258,6 +264,7 @@ cdef class Connection:
             self.ac = NULL
             ac.data = NULL
             ac.ev.data = NULL
+            tt_guard_remove(ac)
             redisAsyncFree(ac)
 
     # -- opening ----------------------------------------------------------
@@ -297,6 +304,7 @@ cdef class Connection:
         ac.ev.addWrite = _hook_add_write
         ac.ev.delWrite = _hook_del_write
         ac.ev.cleanup = _hook_cleanup
+        tt_guard_install(ac, &self.guard)
         self.connect_waiter = self._create_future()
         redisAsyncSetDisconnectCallback(ac, _on_disconnect)
         # Setting the connect callback asks for write interest: the socket
@@ -463,6 +471,7 @@ cdef class Connection:
         if not channels:
             raise InvalidArgumentError("subscribe needs at least one channel")
         self.push_handler = handler
+        self.guard.subscribed = 1
         self._issue((b"SUBSCRIBE",) + channels, _on_push, NULL)
         self._after_issue(True)
 

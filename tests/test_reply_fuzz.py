@@ -1,0 +1,216 @@
+"""The extension's reply path against a misbehaving peer (tests/resp_fake.py).
+
+Whatever bytes come back, a command ends with a value, a ReplyError or a
+ConnectionError: never a crash, a hang or a leak. hiredis itself assert()s
+(aborting the process) on a reply that no command waits for, so these tests
+also prove the guard of ext/tt_reply_guard.h.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import random
+import tracemalloc
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from conftest import LOOP_KINDS, new_event_loop
+from resp_fake import FakeRedis, is_reply_value, random_stream, same_reply, split
+from tinytown import _transport
+from tinytown.errors import ConnectionError, ReplyError
+
+# hiredis 0.14 refuses arrays nested deeper than this (a protocol error).
+HIREDIS_MAX_DEPTH = 7
+SAFETY_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module", params=LOOP_KINDS)
+def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    """One event loop per kind for the whole module (hypothesis runs many examples)."""
+    loop = new_event_loop(request.param)
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeRedis]:
+    server = FakeRedis(str(tmp_path_factory.mktemp("fake") / "fake.sock"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def _one_command(fake: FakeRedis, chunks: list[bytes], pause: float = 0.0) -> tuple[str, Any]:
+    """Run GET on a new connection answered by ``chunks``: ("value"|"reply_error"|"conn_error", x)."""
+    fake.play(*chunks, pause=pause)
+    conn = _transport.Connection(asyncio.get_running_loop())
+    await asyncio.wait_for(conn.connect_unix(fake.path), SAFETY_TIMEOUT)
+    try:
+        value = await asyncio.wait_for(conn.execute("GET", "k"), SAFETY_TIMEOUT)
+        return "value", value
+    except ReplyError as exc:
+        return "reply_error", exc
+    except ConnectionError as exc:
+        return "conn_error", exc
+    finally:
+        conn.close()
+
+
+def _check(mode: str, first: Any, outcome: tuple[str, Any]) -> None:
+    kind, got = outcome
+    # Whatever happened, it is one of the three documented outcomes.
+    assert kind in ("value", "reply_error", "conn_error")
+    if kind == "value":
+        assert is_reply_value(got) and type(got) is not ReplyError, got
+    if mode in ("valid", "extra"):
+        # The first reply is complete: it must come through exactly (an extra
+        # reply after it only closes the connection), unless hiredis refuses
+        # its nesting depth.
+        if first.depth > HIREDIS_MAX_DEPTH:
+            assert kind == "conn_error" and "depth" in str(got), outcome
+        elif isinstance(first.value, ReplyError):
+            assert kind == "reply_error" and str(got) == str(first.value), outcome
+        else:
+            assert kind == "value" and same_reply(got, first.value), (outcome, first.value)
+    if mode == "truncated":
+        assert kind == "conn_error", outcome
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.randoms(use_true_random=False))
+@example(random.Random(0))
+def test_any_reply_stream_ends_in_a_value_or_typed_error(loop, fake, rng: random.Random) -> None:
+    mode, first, stream = random_stream(rng)
+    chunks = split(rng, stream)
+    outcome = loop.run_until_complete(_one_command(fake, chunks, pause=rng.choice([0, 0, 0.001])))
+    _check(mode, first, outcome)
+
+
+@pytest.mark.parametrize("stream", [
+    b"+OK\r\n+EXTRA\r\n",                 # a second reply nobody asked for
+    b"+OK\r\n:1\r\n",
+    b"+OK\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+    b"+OK\r\n$-1\r\n",
+    b"+OK\r\n*0\r\n",
+])
+def test_unsolicited_reply_closes_the_connection_instead_of_aborting(loop, fake, stream):
+    async def run() -> None:
+        fake.play(stream, hold=True)  # the server keeps the connection open
+        conn = _transport.Connection(asyncio.get_running_loop())
+        await conn.connect_unix(fake.path)
+        assert await asyncio.wait_for(conn.execute("GET", "k"), SAFETY_TIMEOUT) == b"OK"
+        for _ in range(200):  # the extra reply closes the connection from the client side
+            if conn.is_closed:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.is_closed
+        with pytest.raises(ConnectionError):
+            conn.execute("PING")
+        conn.close()
+
+    loop.run_until_complete(run())
+
+
+def _push(kind: bytes, *rest: bytes) -> bytes:
+    items = (kind, b"tt:broadcast") + rest
+    return b"*%d\r\n" % len(items) + b"".join(b"$%d\r\n%s\r\n" % (len(i), i) for i in items)
+
+
+SUBSCRIBED = b"*3\r\n$9\r\nsubscribe\r\n$12\r\ntt:broadcast\r\n:1\r\n"
+
+
+@pytest.mark.parametrize("bad", [
+    b"*3\r\n$11\r\nunsubscribe\r\n$12\r\ntt:broadcast\r\n:0\r\n",  # forged unsubscribe
+    b"*3\r\n$12\r\nPUNSUBSCRIBE\r\n$12\r\ntt:broadcast\r\n:0\r\n",
+    b"*3\r\n:1\r\n$12\r\ntt:broadcast\r\n$1\r\nx\r\n",             # kind is not a string
+    b"*3\r\n$7\r\nmessage\r\n*0\r\n$1\r\nx\r\n",                    # channel is not a string
+    b"*1\r\n$7\r\nmessage\r\n",                                     # too short
+    b"+OK\r\n",                                                     # not an array
+    b":5\r\n",
+])
+def test_malformed_push_closes_the_subscription(loop, fake, bad):
+    async def run() -> list[Any]:
+        got: list[Any] = []
+        done = asyncio.get_running_loop().create_future()
+
+        def handler(item: Any) -> None:
+            got.append(item)
+            if isinstance(item, BaseException) and not done.done():
+                done.set_result(None)
+
+        fake.play(SUBSCRIBED, bad, _push(b"message", b"after"),
+                  pause=0.01, hold=True)
+        conn = _transport.Connection(asyncio.get_running_loop())
+        await conn.connect_unix(fake.path)
+        conn.subscribe(handler, b"tt:broadcast")
+        await asyncio.wait_for(done, SAFETY_TIMEOUT)
+        conn.close()
+        return got
+
+    got = loop.run_until_complete(run())
+    assert got[0][0] == b"subscribe"
+    assert isinstance(got[-1], ConnectionError) and "protocol violation" in str(got[-1])
+    assert not any(isinstance(i, list) and i[-1] == b"after" for i in got)
+
+
+def test_message_push_with_odd_payload_types_is_delivered_as_a_list(loop, fake):
+    async def run() -> list[Any]:
+        got: list[Any] = []
+        fake.play(SUBSCRIBED, b"*3\r\n$7\r\nmessage\r\n$12\r\ntt:broadcast\r\n:7\r\n",
+                  pause=0.01)
+        conn = _transport.Connection(asyncio.get_running_loop())
+        await conn.connect_unix(fake.path)
+        done = asyncio.get_running_loop().create_future()
+        conn.subscribe(lambda item: (got.append(item), isinstance(item, BaseException)
+                                     and not done.done() and done.set_result(None)), b"tt:broadcast")
+        await asyncio.wait_for(done, SAFETY_TIMEOUT)
+        conn.close()
+        return got
+
+    got = loop.run_until_complete(run())
+    assert got[1] == [b"message", b"tt:broadcast", 7]
+    assert isinstance(got[-1], ConnectionError)
+
+
+# ----------------------------------------------------------------------- leaks
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_reply_path_does_not_leak(loop, fake):
+    """Many rounds of random streams (big bulk strings included): Python
+    allocations (tracemalloc) and RSS stay flat after a warm-up."""
+    rng = random.Random(1234)
+
+    def rounds(n: int) -> None:
+        for _ in range(n):
+            mode, first, stream = random_stream(rng, big=True)
+            _check(mode, first, loop.run_until_complete(_one_command(fake, split(rng, stream))))
+
+    rounds(150)  # warm-up: caches, free lists, the loop's internals
+    gc.collect()
+    tracemalloc.start()
+    try:
+        rounds(50)
+        gc.collect()
+        base_py, base_rss = tracemalloc.get_traced_memory()[0], _rss_bytes()
+        rounds(800)
+        gc.collect()
+        grown_py, grown_rss = tracemalloc.get_traced_memory()[0] - base_py, _rss_bytes() - base_rss
+    finally:
+        tracemalloc.stop()
+    # A leaked reply per round would be ~800 objects (tracemalloc) or, for the
+    # 70 kB bulk strings, tens of MB (RSS).
+    assert grown_py < 200_000, f"Python allocations grew by {grown_py} bytes over 800 rounds"
+    assert grown_rss < 16 * 2**20, f"RSS grew by {grown_rss} bytes over 800 rounds"
