@@ -333,7 +333,7 @@ async def test_unreachable_server(tmp_path):
 
 async def test_pending_calls_fail_and_next_call_reconnects(fresh_redis):
     agent = AgentId.new()
-    async with await Channel.connect(fresh_redis.url, town="alpha") as channel:
+    async with await Channel.connect(fresh_redis.url, town="alpha", reconnect_timeout=0.5) as channel:
         await channel.send(msg(agent, "before"))
         blocked = asyncio.ensure_future(channel.receive(AgentId.new(), 30))
         await asyncio.sleep(0.1)

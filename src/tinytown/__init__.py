@@ -6,6 +6,7 @@ context.
 """
 
 from .agent import Agent
+from .backoff import Backoff
 from .channel import BroadcastSubscription, Channel
 from .enums import AgentState, AgentType, Priority, SpawnMode, TaskState
 from .errors import (
@@ -31,6 +32,7 @@ __all__ = [
     "AgentId",
     "AgentState",
     "AgentType",
+    "Backoff",
     "BroadcastSubscription",
     "Channel",
     "ChannelClosedError",

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,7 @@ from ._commands import (
 from ._transport import Connection
 from .address import Address, parse_url
 from .agent import Agent
+from .backoff import Backoff, ReconnectSchedule
 from .errors import (
     ChannelClosedError,
     ConnectionError,
@@ -53,6 +55,11 @@ log = logging.getLogger("tinytown")
 
 _BROADCAST = BROADCAST_CHANNEL.encode()
 
+#: Seconds a blocking receive waits for Redis's answer beyond its own timeout
+#: before it gives the connection up as dead (a server that stopped answering
+#: without closing the socket: SIGSTOP, a frozen VM, a network partition).
+RECEIVE_GRACE = 1.0
+
 
 class _ReceiverPool:
     """Connections for blocking commands, at most ``size`` in use at once."""
@@ -63,15 +70,23 @@ class _ReceiverPool:
         self._busy: set[Connection] = set()
         self._slots = asyncio.Semaphore(size)
 
-    async def acquire(self) -> Connection:
-        await self._slots.acquire()
+    async def acquire(self, deadline: float) -> Connection | None:
+        """A connection, or None if every slot stayed busy until ``deadline``
+        (loop time). Opening one reconnects with backoff, up to the deadline."""
+        if self._slots.locked():
+            try:
+                await asyncio.wait_for(self._slots.acquire(), deadline - self._channel._loop.time())
+            except asyncio.TimeoutError:
+                return None
+        else:
+            await self._slots.acquire()
         try:
             while self._idle:
                 conn = self._idle.pop()
                 if not conn.is_closed:
                     break
             else:
-                conn = await self._channel._open_connection()
+                conn = await self._channel._connect(deadline)
         except BaseException:
             self._slots.release()
             raise
@@ -92,6 +107,16 @@ class _ReceiverPool:
         self._idle.clear()
 
 
+def _unanswered(conn: Connection, fut: asyncio.Future[Any], waited: float) -> None:
+    """A blocking command got no answer in its timeout plus the grace: drop the connection."""
+    if fut.done():
+        return
+    fut.set_exception(ConnectionError(
+        f"Redis did not answer a blocking receive within {waited:.3g} s "
+        "(its timeout plus a grace period); the connection was dropped"))
+    conn.close()
+
+
 class Channel:
     """Tinytown's message transport on one Redis server, scoped to one town.
 
@@ -101,16 +126,21 @@ class Channel:
 
     A Channel belongs to the event loop it was connected on and is not
     thread-safe. If the connection drops, calls in flight fail with
-    :class:`tinytown.ConnectionError` and the next call reconnects.
+    :class:`tinytown.ConnectionError` and the next call reconnects, with
+    exponential backoff (see :class:`tinytown.Backoff`).
     """
 
     def __init__(self, address: Address, town: str, *, loop: asyncio.AbstractEventLoop,
-                 max_receivers: int, connect_timeout: float) -> None:
+                 max_receivers: int, connect_timeout: float, backoff: Backoff = Backoff(),
+                 reconnect_timeout: float = 5.0, max_message_bytes: int = 16 * 2**20) -> None:
         # Use Channel.connect(); this only wires the parts together.
         self._address = address
         self._keys = TownKeys(town)
         self._loop = loop
         self._connect_timeout = connect_timeout
+        self._schedule = ReconnectSchedule(backoff, loop)
+        self._reconnect_timeout = reconnect_timeout
+        self._max_bytes = max_message_bytes
         self._conn: Connection | None = None
         self._reconnecting: asyncio.Task[Connection] | None = None
         self._receivers = _ReceiverPool(self, max_receivers)
@@ -119,34 +149,65 @@ class Channel:
 
     @classmethod
     async def connect(cls, url: str, town: str, *, max_receivers: int = 16,
-                      connect_timeout: float = 5.0) -> Channel:
+                      connect_timeout: float = 5.0, backoff: Backoff | None = None,
+                      reconnect_timeout: float = 5.0,
+                      max_message_bytes: int = 16 * 2**20) -> Channel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock`` or
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
         connect). ``max_receivers`` bounds the connections used by concurrent
-        blocking receives. Raises :class:`InvalidArgumentError` for a bad URL
-        or town name and :class:`ConnectionError` if Redis cannot be reached.
+        blocking receives. ``connect_timeout`` bounds one connection attempt.
+
+        After the connection drops, a call reconnects, retrying with
+        ``backoff`` (default :class:`tinytown.Backoff`: 50 ms doubling up to
+        2 s, with jitter) for up to ``reconnect_timeout`` seconds before it
+        fails with :class:`ConnectionError`; a blocking receive retries within
+        its own timeout instead.
+
+        ``max_message_bytes`` (default 16 MiB) bounds the JSON of a message,
+        agent or task that this channel writes: a bigger one raises
+        :class:`InvalidArgumentError` and nothing is written.
+
+        Raises :class:`InvalidArgumentError` for a bad URL, town name or
+        option, and :class:`ConnectionError` if Redis cannot be reached (the
+        first connection is tried once: a wrong address fails fast).
         """
         address = parse_url(url)
         if not isinstance(max_receivers, int) or max_receivers < 1:
             raise InvalidArgumentError(f"max_receivers must be a positive int, not {max_receivers!r}")
         if not connect_timeout > 0:
             raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
+        if not reconnect_timeout > 0:
+            raise InvalidArgumentError(f"reconnect_timeout must be positive, not {reconnect_timeout!r}")
+        if isinstance(max_message_bytes, bool) or not isinstance(max_message_bytes, int) \
+                or max_message_bytes < 1:
+            raise InvalidArgumentError(
+                f"max_message_bytes must be a positive int, not {max_message_bytes!r}")
+        if backoff is None:
+            backoff = Backoff()
+        elif not isinstance(backoff, Backoff):
+            raise InvalidArgumentError(f"backoff must be a tinytown.Backoff, not {backoff!r}")
         channel = cls(address, town, loop=asyncio.get_running_loop(),
-                      max_receivers=max_receivers, connect_timeout=connect_timeout)
+                      max_receivers=max_receivers, connect_timeout=connect_timeout,
+                      backoff=backoff, reconnect_timeout=reconnect_timeout,
+                      max_message_bytes=max_message_bytes)
         channel._conn = await channel._open_connection()
         return channel
 
     # -- connections --------------------------------------------------------
 
-    async def _open_connection(self) -> Connection:
-        """A new logged-in connection to this channel's server."""
+    async def _open_connection(self, timeout: float | None = None) -> Connection:
+        """A new logged-in connection to this channel's server: one attempt,
+        at most ``timeout`` (default ``connect_timeout``) seconds, login included."""
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         address = self._address
+        if timeout is None or timeout > self._connect_timeout:
+            timeout = self._connect_timeout
         conn = Connection(self._loop)
-        try:
+
+        async def establish() -> None:
             if address.unix_path is not None:
                 waiter = conn.connect_unix(address.unix_path)
             else:
@@ -155,12 +216,15 @@ class Channel:
                 if not infos:
                     raise ConnectionError(f"cannot resolve Redis host {address.host!r}")
                 waiter = conn.connect_tcp(infos[0][4][0], address.port)
-            await asyncio.wait_for(waiter, self._connect_timeout)
+            await waiter
             await self._log_in(conn)
+
+        try:
+            await asyncio.wait_for(establish(), timeout)
         except asyncio.TimeoutError:
             conn.close()
             raise ConnectionError(
-                f"cannot connect to Redis at {address}: no answer in {self._connect_timeout} s") from None
+                f"cannot connect to Redis at {address}: no answer in {timeout:.3g} s") from None
         except socket.gaierror as exc:
             conn.close()
             raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
@@ -185,13 +249,18 @@ class Channel:
             except ReplyError as exc:
                 raise ConnectionError(f"Redis at {address} refused the login: {exc}") from None
 
+    async def _connect(self, deadline: float) -> Connection:
+        """A new connection, retried with backoff until ``deadline`` (loop time)."""
+        return await self._schedule.connect(self._open_connection, deadline, str(self._address))
+
     async def _reconnect(self) -> Connection:
         """The main connection, reopened; concurrent callers share one attempt."""
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         task = self._reconnecting
         if task is None:
-            task = self._reconnecting = self._loop.create_task(self._open_connection())
+            deadline = self._loop.time() + self._reconnect_timeout
+            task = self._reconnecting = self._loop.create_task(self._connect(deadline))
         try:
             conn = await asyncio.shield(task)
         finally:
@@ -242,31 +311,59 @@ class Channel:
 
         Runs BLPOP on a connection of its own. If the caller is cancelled
         while a message is on its way, the message is put back at the front
-        of the inbox rather than lost.
+        of the inbox rather than lost. If the connection drops meanwhile, this
+        raises :class:`ConnectionError` (a message Redis popped just before
+        may be lost: plain receive is at-most-once, see
+        :meth:`receive_reliable`); the next receive reconnects. It returns or
+        raises within about ``timeout`` + 1 s even if Redis stops answering.
         """
         agent = AgentId(agent_id)
         key = self._keys.inbox_prefix + agent
-        seconds = blpop_timeout(timeout)
-        if self._closed:
-            raise ChannelClosedError("the channel is closed")
-        conn = await self._receivers.acquire()
-        try:
-            fut = conn.execute(b"BLPOP", key, seconds)
-        except BaseException:
-            self._receivers.release(conn)
-            raise
-        try:
-            reply = await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: self._abandoned_pop(conn, f))
-            raise
-        except BaseException:
-            self._receivers.release(conn)
-            raise
-        self._receivers.release(conn)
+        reply = await self._blocking(timeout, lambda seconds: (b"BLPOP", key, seconds),
+                                     self._abandoned_pop)
         if reply is None:
             return None
         return await self._decode(agent, reply[1])
+
+    async def _blocking(self, timeout: float | timedelta,
+                        command: Callable[[str], tuple[Any, ...]],
+                        on_abandoned: Callable[[Connection, asyncio.Future[Any]], None]) -> Any:
+        """Run the blocking ``command(seconds)`` on a receiver connection.
+
+        Reconnecting, waiting for a free connection and the command itself
+        all fit in ``timeout`` (plus RECEIVE_GRACE for Redis's answer); None
+        when time runs out before the command could be sent. If the caller is
+        cancelled, ``on_abandoned(conn, future)`` runs once the reply is in.
+        """
+        seconds = float(blpop_timeout(timeout))
+        if self._closed:
+            raise ChannelClosedError("the channel is closed")
+        loop = self._loop
+        deadline = loop.time() + seconds
+        conn = await self._receivers.acquire(deadline)
+        if conn is None:
+            return None
+        left = max(deadline - loop.time(), 0.001)
+        try:
+            fut = conn.execute(*command(f"{left:.3f}"))
+        except BaseException:
+            self._receivers.release(conn)
+            raise
+        guard = loop.call_later(left + RECEIVE_GRACE, _unanswered, conn, fut, left + RECEIVE_GRACE)
+        try:
+            reply = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The guard stays armed: a server that never answers still frees
+            # the connection (and on_abandoned releases it).
+            fut.add_done_callback(lambda f: on_abandoned(conn, f))
+            raise
+        except BaseException:
+            guard.cancel()
+            self._receivers.release(conn)
+            raise
+        guard.cancel()
+        self._receivers.release(conn)
+        return reply
 
     def _abandoned_pop(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
         """A BLPOP whose caller was cancelled finished: put its message back."""
@@ -274,13 +371,28 @@ class Channel:
         if fut.cancelled() or fut.exception() is not None or fut.result() is None:
             return
         key, raw = fut.result()
+        self._requeue(key, raw)
+
+    def _requeue(self, key: bytes | str, raw: bytes) -> None:
+        """Put a popped message back at the front of its inbox."""
         main = self._conn
         if main is None or main.is_closed:
-            log.error("tinytown: receive() cancelled and Redis unreachable; message lost: %r", raw)
+            self._loop.create_task(self._requeue_reconnecting(key, raw))
             return
-        main.execute(LPUSH, key, raw).add_done_callback(
-            lambda f: f.cancelled() or f.exception() is None
-            or log.error("tinytown: could not requeue %r: %s", raw, f.exception()))
+
+        def pushed(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                self._loop.create_task(self._requeue_reconnecting(key, raw))
+
+        main.execute(LPUSH, key, raw).add_done_callback(pushed)
+
+    async def _requeue_reconnecting(self, key: bytes | str, raw: bytes) -> None:
+        try:
+            conn = await self._main()
+            await conn.execute(LPUSH, key, raw)
+        except Exception as exc:  # nowhere left to put it: say so loudly
+            log.error("tinytown: a cancelled receive could not requeue its message; lost: %r (%s)",
+                      raw, exc)
 
     async def try_receive(self, agent_id: AgentId | Any) -> Message | None:
         """Take the first message of the inbox without waiting (LPOP); None if empty."""
@@ -430,6 +542,12 @@ class BroadcastSubscription:
     A message that cannot be decoded raises :class:`DecodeError` (with
     ``raw``) from ``__anext__``; the subscription stays usable, so the next
     iteration goes on with the following message.
+
+    If the connection drops, the pending ``__anext__`` raises
+    :class:`ConnectionError` once (broadcasts published while disconnected
+    are missed: pub/sub keeps nothing), and the subscription re-subscribes by
+    itself in the background, with the channel's backoff, until it is back
+    or closed; the next ``__anext__`` goes on with what arrives after that.
     """
 
     def __init__(self, channel: Channel) -> None:
@@ -438,40 +556,77 @@ class BroadcastSubscription:
         self._queue: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
+        self._resubscribing: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
 
     async def start(self) -> BroadcastSubscription:
-        """Subscribe now (idempotent); returns once Redis confirmed the subscription."""
+        """Subscribe now (idempotent); returns once Redis confirmed the subscription
+        (after a lost connection: once it is subscribed again)."""
         if self._closed:
             raise ChannelClosedError("the subscription is closed")
         if self._subscribed is None:
-            loop = self._channel._loop
-            self._subscribed = loop.create_future()
+            self._subscribed = self._channel._loop.create_future()
             try:
-                self._conn = await self._channel._open_connection()
-                self._channel._subscriptions.add(self)
-                self._conn.subscribe(self._on_push, _BROADCAST)
-            except BaseException as exc:
-                self._subscribed.set_exception(exc)
-                self._subscribed.exception()  # retrieved: the caller gets it below
+                self._attach(await self._channel._open_connection())
+            except BaseException:
+                self._subscribed = None  # the next start() tries again
                 raise
         await asyncio.shield(self._subscribed)
         return self
+
+    def _attach(self, conn: Connection) -> None:
+        self._conn = conn
+        self._channel._subscriptions.add(self)
+        conn.subscribe(self._on_push, _BROADCAST)
 
     def _on_push(self, item: Any) -> None:
         # Called by the transport for every pub/sub reply, or with the error
         # when the connection goes away.
         if isinstance(item, BaseException):
-            self._error = item
-            if self._subscribed is not None and not self._subscribed.done():
-                self._subscribed.set_exception(item)
-        elif item[0] == b"message":
+            self._lost(item)
+        elif type(item) is list and len(item) >= 3 and item[0] == b"message":
             self._queue.append(item[2])
-        elif item[0] == b"subscribe":
+        elif type(item) is list and item and item[0] == b"subscribe":
             if self._subscribed is not None and not self._subscribed.done():
                 self._subscribed.set_result(None)
             return
+        else:
+            return
+        self._wake()
+
+    def _lost(self, error: BaseException) -> None:
+        """The connection went away: report it once, and subscribe again."""
+        self._conn = None
+        if self._closed:
+            return
+        self._error = error
+        loop = self._channel._loop
+        previous = self._subscribed
+        if previous is not None and not previous.done():
+            previous.set_exception(error)
+            previous.exception()  # retrieved: a start() waiting on it re-raises it
+        self._subscribed = loop.create_future()
+        if self._resubscribing is None or self._resubscribing.done():
+            self._resubscribing = loop.create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        try:
+            # No deadline: the backoff bounds the rate, close() ends it.
+            conn = await self._channel._connect(self._channel._loop.time() + math.inf)
+        except (ChannelClosedError, asyncio.CancelledError):
+            return
+        except Exception as exc:  # not a connection problem: report it
+            log.error("tinytown: broadcast subscription could not be restored: %s", exc)
+            self._error = exc
+            self._wake()
+            return
+        if self._closed:
+            conn.close()
+            return
+        self._attach(conn)
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -479,6 +634,8 @@ class BroadcastSubscription:
     def _shut(self, error: BaseException) -> None:
         self._closed = True
         self._error = self._error or error
+        if self._resubscribing is not None:
+            self._resubscribing.cancel()
         self._channel._subscriptions.discard(self)
         if self._conn is not None:
             self._conn.close()
@@ -496,7 +653,8 @@ class BroadcastSubscription:
             if self._closed:
                 raise StopAsyncIteration
             if self._error is not None:
-                raise self._error
+                error, self._error = self._error, None
+                raise error
             self._waiter = self._channel._loop.create_future()
             try:
                 await self._waiter
