@@ -263,3 +263,17 @@ async def test_subscription_start_retries_after_a_failed_first_attempt(fresh_red
         ping = Message.new(AgentId.new(), AgentId.new(), MessageType.Ping())
         assert await channel.broadcast(ping) == 1
         assert await asyncio.wait_for(sub.__anext__(), 5) == ping
+
+
+async def test_receive_on_a_connection_that_died_idle_retries_once(fresh_redis):
+    """The server restarted while a receiver connection sat idle in the pool
+    (here without the loop even noticing): the write fails at once, nothing
+    reached Redis, so the receive goes on with a fresh connection."""
+    agent = AgentId.new()
+    async with await Channel.connect(fresh_redis.url, town="alpha") as channel:
+        assert await channel.receive(agent, 0.05) is None  # one idle receiver connection
+        fresh_redis.kill()
+        fresh_redis.restart()  # synchronous: the loop did not run in between
+        fresh_redis.command("RPUSH", f"tt:alpha:inbox:{agent}", msg(agent, "fresh").to_json())
+        got = await asyncio.wait_for(channel.receive(agent, 5), 10)
+        assert got is not None and got.msg_type.description == "fresh"

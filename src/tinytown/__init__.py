@@ -21,6 +21,7 @@ from .errors import (
 )
 from .ids import AgentId, MessageId, TaskId
 from .message import ConfirmationType, Message, MessageType
+from .reliable import Delivery
 from .task import Task
 from .timestamp import Timestamp
 from .town import Town
@@ -39,6 +40,7 @@ __all__ = [
     "ConfirmationType",
     "ConnectionError",
     "DecodeError",
+    "Delivery",
     "EncodeError",
     "InvalidArgumentError",
     "Message",

@@ -49,7 +49,11 @@ def parse_url(url: str) -> Address:
         return Address(unix_path=path)
     if parts.scheme == "rediss":
         raise InvalidArgumentError(
-            f"Redis URL {url!r}: TLS (rediss://) is not supported by this build of tinytown")
+            f"Redis URL {url!r}: TLS (rediss://) is not supported by this build of tinytown: "
+            "TLS needs hiredis built with TLS support (pkg-config hiredis_ssl, hiredis >= 1.0), "
+            "and this build has no TLS transport. To reach Redis over TLS, run a local TLS "
+            "tunnel (stunnel, or ssh -L) and connect to redis://127.0.0.1:<tunnel port>; on the "
+            "same host, prefer a unix:// socket (Town's is mode 700)")
     if parts.scheme != "redis":
         raise InvalidArgumentError(f"unsupported Redis URL {url!r}; expected {_FORMS}")
     if not parts.hostname:

@@ -47,6 +47,7 @@ from .errors import (
 from .ids import AgentId, TaskId
 from .keys import BROADCAST_CHANNEL, TownKeys
 from .message import Message
+from .reliable import MOVE_ENTRY_SCRIPT, RECLAIM_SCRIPT, Delivery
 from .task import Task
 
 __all__ = ["Channel", "BroadcastSubscription"]
@@ -59,6 +60,9 @@ _BROADCAST = BROADCAST_CHANNEL.encode()
 #: before it gives the connection up as dead (a server that stopped answering
 #: without closing the socket: SIGSTOP, a frozen VM, a network partition).
 RECEIVE_GRACE = 1.0
+# How often the watchdog of blocking receives looks at them: a silent server
+# is noticed between RECEIVE_GRACE and RECEIVE_GRACE + this after the timeout.
+_WATCHDOG_TICK = 0.25
 
 
 class _ReceiverPool:
@@ -107,14 +111,10 @@ class _ReceiverPool:
         self._idle.clear()
 
 
-def _unanswered(conn: Connection, fut: asyncio.Future[Any], waited: float) -> None:
-    """A blocking command got no answer in its timeout plus the grace: drop the connection."""
-    if fut.done():
-        return
-    fut.set_exception(ConnectionError(
-        f"Redis did not answer a blocking receive within {waited:.3g} s "
-        "(its timeout plus a grace period); the connection was dropped"))
-    conn.close()
+def _too_big(what: str, payload: bytes, limit: int) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"the {what} is {len(payload)} bytes of JSON, more than max_message_bytes={limit} "
+        "(see Channel.connect); nothing was written")
 
 
 class Channel:
@@ -141,6 +141,9 @@ class Channel:
         self._schedule = ReconnectSchedule(backoff, loop)
         self._reconnect_timeout = reconnect_timeout
         self._max_bytes = max_message_bytes
+        # Blocking commands in flight: future -> (loop time to give up, connection).
+        self._unanswered: dict[asyncio.Future[Any], tuple[float, Connection]] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
         self._conn: Connection | None = None
         self._reconnecting: asyncio.Task[Connection] | None = None
         self._receivers = _ReceiverPool(self, max_receivers)
@@ -285,6 +288,8 @@ class Channel:
         """
         check_message(message, "send")
         payload = message.to_json()
+        if len(payload) > self._max_bytes:
+            raise _too_big("message", payload, self._max_bytes)
         key = self._keys.inbox_prefix + AgentId(message.to)
         conn = self._conn
         if conn is None or conn.is_closed:
@@ -301,7 +306,14 @@ class Channel:
         message would.
         """
         commands = push_commands(messages, self._keys.inbox_prefix)
+        limit = self._max_bytes
+        for command in commands:
+            for payload in command[2:]:
+                if len(payload) > limit:
+                    raise _too_big("message", payload, limit)
         if not commands:
+            if self._closed:
+                raise ChannelClosedError("the channel is closed")
             return
         conn = await self._main()
         await conn.execute_many(commands, False)
@@ -319,51 +331,82 @@ class Channel:
         """
         agent = AgentId(agent_id)
         key = self._keys.inbox_prefix + agent
-        reply = await self._blocking(timeout, lambda seconds: (b"BLPOP", key, seconds),
-                                     self._abandoned_pop)
+        reply = await self._blocking(timeout, (b"BLPOP", key), self._abandoned_pop)
         if reply is None:
             return None
         return await self._decode(agent, reply[1])
 
-    async def _blocking(self, timeout: float | timedelta,
-                        command: Callable[[str], tuple[Any, ...]],
+    async def _blocking(self, timeout: float | timedelta, command: tuple[Any, ...],
                         on_abandoned: Callable[[Connection, asyncio.Future[Any]], None]) -> Any:
-        """Run the blocking ``command(seconds)`` on a receiver connection.
+        """Run the blocking ``command`` (its timeout argument appended) on a
+        receiver connection.
 
         Reconnecting, waiting for a free connection and the command itself
         all fit in ``timeout`` (plus RECEIVE_GRACE for Redis's answer); None
         when time runs out before the command could be sent. If the caller is
         cancelled, ``on_abandoned(conn, future)`` runs once the reply is in.
         """
-        seconds = float(blpop_timeout(timeout))
+        text = blpop_timeout(timeout)
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         loop = self._loop
+        seconds = float(text)
         deadline = loop.time() + seconds
-        conn = await self._receivers.acquire(deadline)
-        if conn is None:
-            return None
-        left = max(deadline - loop.time(), 0.001)
-        try:
-            fut = conn.execute(*command(f"{left:.3f}"))
-        except BaseException:
+        for attempt in (1, 2):
+            conn = await self._receivers.acquire(deadline)
+            if conn is None:
+                return None
+            left = deadline - loop.time()
+            if left < seconds - 0.001:  # reconnecting or waiting for a connection took time
+                text = f"{max(left, 0.001):.3f}"
+            try:
+                fut = conn.execute(*command, text)
+            except BaseException:
+                self._receivers.release(conn)
+                raise
+            if not fut.done() or attempt == 2:
+                break
+            # Failed inside execute(): on an idle connection the command is
+            # written at once, so this is the write failing (the server went
+            # away while the connection sat in the pool). Nothing reached
+            # Redis: one retry on a fresh connection is safe.
+            fut.exception()  # retrieved
             self._receivers.release(conn)
-            raise
-        guard = loop.call_later(left + RECEIVE_GRACE, _unanswered, conn, fut, left + RECEIVE_GRACE)
+        # One watchdog per channel, not a timer per receive: it drops the
+        # connection of a command still unanswered RECEIVE_GRACE after its
+        # timeout (also after the caller was cancelled, so that on_abandoned
+        # runs and frees the connection even if the server never answers).
+        self._unanswered[fut] = (deadline + RECEIVE_GRACE, conn)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(_WATCHDOG_TICK, self._watch)
         try:
             reply = await asyncio.shield(fut)
         except asyncio.CancelledError:
-            # The guard stays armed: a server that never answers still frees
-            # the connection (and on_abandoned releases it).
             fut.add_done_callback(lambda f: on_abandoned(conn, f))
             raise
         except BaseException:
-            guard.cancel()
+            self._unanswered.pop(fut, None)
             self._receivers.release(conn)
             raise
-        guard.cancel()
+        self._unanswered.pop(fut, None)
         self._receivers.release(conn)
         return reply
+
+    def _watch(self) -> None:
+        """The watchdog of blocking commands (see _blocking)."""
+        self._watchdog = None
+        now = self._loop.time()
+        for fut, (expiry, conn) in list(self._unanswered.items()):
+            if fut.done():
+                del self._unanswered[fut]
+            elif now >= expiry:
+                del self._unanswered[fut]
+                fut.set_exception(ConnectionError(
+                    "Redis did not answer a blocking receive within its timeout plus "
+                    f"{RECEIVE_GRACE:g} s; the connection was dropped"))
+                conn.close()
+        if self._unanswered and not self._closed:
+            self._watchdog = self._loop.call_later(_WATCHDOG_TICK, self._watch)
 
     def _abandoned_pop(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
         """A BLPOP whose caller was cancelled finished: put its message back."""
@@ -371,25 +414,26 @@ class Channel:
         if fut.cancelled() or fut.exception() is not None or fut.result() is None:
             return
         key, raw = fut.result()
-        self._requeue(key, raw)
+        self._requeue((LPUSH, key, raw), raw)
 
-    def _requeue(self, key: bytes | str, raw: bytes) -> None:
-        """Put a popped message back at the front of its inbox."""
+    def _requeue(self, command: tuple[Any, ...], raw: bytes) -> None:
+        """Run ``command``, which puts the popped message ``raw`` back at the
+        front of its inbox, reconnecting first if the main connection is down."""
         main = self._conn
         if main is None or main.is_closed:
-            self._loop.create_task(self._requeue_reconnecting(key, raw))
+            self._loop.create_task(self._requeue_reconnecting(command, raw))
             return
 
         def pushed(f: asyncio.Future[Any]) -> None:
             if not f.cancelled() and f.exception() is not None:
-                self._loop.create_task(self._requeue_reconnecting(key, raw))
+                self._loop.create_task(self._requeue_reconnecting(command, raw))
 
-        main.execute(LPUSH, key, raw).add_done_callback(pushed)
+        main.execute(*command).add_done_callback(pushed)
 
-    async def _requeue_reconnecting(self, key: bytes | str, raw: bytes) -> None:
+    async def _requeue_reconnecting(self, command: tuple[Any, ...], raw: bytes) -> None:
         try:
             conn = await self._main()
-            await conn.execute(LPUSH, key, raw)
+            await conn.execute(*command)
         except Exception as exc:  # nowhere left to put it: say so loudly
             log.error("tinytown: a cancelled receive could not requeue its message; lost: %r (%s)",
                       raw, exc)
@@ -423,6 +467,85 @@ class Channel:
             exc.raw = raw
             raise
 
+    # -- reliable receive (tinytown.reliable) --------------------------------
+
+    async def receive_reliable(self, agent_id: AgentId | Any,
+                               timeout: float | timedelta) -> Delivery | None:
+        """Like :meth:`receive`, but at-least-once: returns a :class:`Delivery`
+        to :meth:`ack` once processed, or None if nothing came in ``timeout``.
+
+        The message moves atomically (BLMOVE) from the inbox to
+        ``tt:<town>:processing:<agent>`` and stays there until acked, so a
+        consumer that crashes, is killed or loses its connection loses
+        nothing: :meth:`reclaim` puts what it left back in the inbox. Use one
+        consumer per agent, and reclaim when it (re)starts. An undecodable
+        message goes from the processing list to the dead-letter list and
+        raises :class:`DecodeError` (with ``raw``). If the caller is
+        cancelled, a message already moved goes back to the inbox's front.
+        Needs Redis >= 6.2.
+        """
+        agent = AgentId(agent_id)
+        inbox = self._keys.inbox_prefix + agent
+        processing = self._keys.processing(agent)
+        raw = await self._blocking(
+            timeout, (b"BLMOVE", inbox, processing, b"LEFT", b"RIGHT"),
+            lambda conn, fut: self._abandoned_move(conn, fut, inbox, processing))
+        if raw is None:
+            return None
+        try:
+            message = Message.from_json(raw)
+        except DecodeError as exc:
+            try:
+                conn = await self._main()
+                await conn.execute(b"EVAL", MOVE_ENTRY_SCRIPT, 2, processing,
+                                   self._keys.dead(agent), raw, RPUSH)
+            except Exception as store_exc:  # it stays in the processing list: reclaim finds it
+                log.error("tinytown: could not dead-letter %r: %s", raw, store_exc)
+            exc.raw = raw
+            raise
+        return Delivery(message, agent, raw)
+
+    def _abandoned_move(self, conn: Connection, fut: asyncio.Future[Any],
+                        inbox: str, processing: str) -> None:
+        """A BLMOVE whose caller was cancelled finished: move its message back."""
+        self._receivers.release(conn)
+        if fut.cancelled() or fut.exception() is not None or fut.result() is None:
+            return
+        raw = fut.result()
+        self._requeue((b"EVAL", MOVE_ENTRY_SCRIPT, 2, processing, inbox, raw, LPUSH), raw)
+
+    async def ack(self, delivery: Delivery) -> bool:
+        """Remove a delivery from the processing list: it is done.
+
+        True if it was there; False if it was not (already acked, or
+        reclaimed meanwhile, in which case it will be delivered again).
+        """
+        if not isinstance(delivery, Delivery):
+            raise InvalidArgumentError(
+                f"ack() takes the Delivery returned by receive_reliable(), not {type(delivery).__name__}")
+        conn = await self._main()
+        removed = await conn.execute(b"LREM", self._keys.processing(delivery.agent_id), 1, delivery.raw)
+        return removed > 0
+
+    async def reclaim(self, agent_id: AgentId | Any) -> int:
+        """Move every unacked message of the agent back to the front of its
+        inbox, in the order they were received; returns how many moved.
+
+        Atomic (one Lua script). Call it when the agent's consumer starts,
+        before its first :meth:`receive_reliable`: while a consumer is alive,
+        its messages in processing are not abandoned, and reclaiming them
+        would deliver them twice.
+        """
+        agent = AgentId(agent_id)
+        conn = await self._main()
+        return await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
+                                  self._keys.inbox_prefix + agent)
+
+    async def processing_len(self, agent_id: AgentId | Any) -> int:
+        """Number of messages received reliably by the agent and not yet acked."""
+        conn = await self._main()
+        return await conn.execute(b"LLEN", self._keys.processing(AgentId(agent_id)))
+
     async def inbox_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages waiting in the agent's inbox (LLEN)."""
         key = self._keys.inbox_prefix + AgentId(agent_id)
@@ -435,6 +558,8 @@ class Channel:
         """Publish ``message`` on ``tt:broadcast``; returns how many subscribers got it."""
         check_message(message, "broadcast")
         payload = message.to_json()
+        if len(payload) > self._max_bytes:
+            raise _too_big("message", payload, self._max_bytes)
         conn = await self._main()
         return await conn.execute(b"PUBLISH", _BROADCAST, payload)
 
@@ -454,6 +579,8 @@ class Channel:
     async def set_agent_state(self, agent: Agent) -> None:
         """Store ``agent`` at ``tt:<town>:agent:<id>`` (JSON, as Tinytown's Rust code does)."""
         payload = check_agent(agent).to_json()
+        if len(payload) > self._max_bytes:
+            raise _too_big("agent state", payload, self._max_bytes)
         conn = await self._main()
         await conn.execute(b"SET", self._keys.agent_prefix + AgentId(agent.id), payload)
 
@@ -465,6 +592,8 @@ class Channel:
     async def set_task(self, task: Task) -> None:
         """Store ``task`` at ``tt:<town>:task:<id>``."""
         payload = check_task(task).to_json()
+        if len(payload) > self._max_bytes:
+            raise _too_big("task", payload, self._max_bytes)
         conn = await self._main()
         await conn.execute(b"SET", self._keys.task_prefix + TaskId(task.id), payload)
 
@@ -521,6 +650,9 @@ class Channel:
             sub._shut(ChannelClosedError("the channel is closed"))
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._conn is not None:
             self._conn.close()
         self._receivers.close()
@@ -647,7 +779,7 @@ class BroadcastSubscription:
         return self
 
     async def __anext__(self) -> Message:
-        if self._subscribed is None:
+        if self._subscribed is None and not self._closed:
             await self.start()
         while not self._queue:
             if self._closed:
