@@ -277,3 +277,20 @@ async def test_receive_on_a_connection_that_died_idle_retries_once(fresh_redis):
         fresh_redis.command("RPUSH", f"tt:alpha:inbox:{agent}", msg(agent, "fresh").to_json())
         got = await asyncio.wait_for(channel.receive(agent, 5), 10)
         assert got is not None and got.msg_type.description == "fresh"
+
+
+async def test_a_call_tries_at_least_once_even_inside_a_long_backoff(fresh_redis):
+    """The backoff says "next attempt in 5 s" but the call has 0.3 s: it still
+    tries once before its deadline, so a server that came back is found."""
+    async with await Channel.connect(fresh_redis.url, town="alpha", reconnect_timeout=0.3,
+                                     backoff=Backoff(initial=5, maximum=5, jitter=0)) as channel:
+        fresh_redis.kill()
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionError, match="unreachable"):
+            await channel.inbox_len(AgentId.new())
+        assert channel._schedule.failures == 1  # next attempt scheduled 5 s later
+        await in_thread(fresh_redis.restart)
+        start = time.monotonic()
+        assert await asyncio.wait_for(channel.inbox_len(AgentId.new()), 10) == 0
+        # it waited for the end of its own budget (not the 5 s backoff) before trying
+        assert time.monotonic() - start >= 0.2

@@ -22,6 +22,10 @@ __all__ = ["Backoff"]
 
 T = TypeVar("T")
 
+# Seconds left to the one attempt a call makes when the backoff would put it
+# past the call's deadline (a connection to a live server takes far less).
+LAST_ATTEMPT = 0.05
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -84,22 +88,31 @@ class ReconnectSchedule:
                       where: str) -> T:
         """``await attempt(timeout)`` until it succeeds, waiting out the backoff
         between failures; raise ConnectionError once ``deadline`` (loop time)
-        leaves no room for another attempt."""
+        leaves no room for another attempt.
+
+        Every call makes at least one attempt: when the backoff would put it
+        past the deadline, the attempt is made just before the deadline
+        instead. So a call never fails without trying (the server may be back),
+        and a loop of short calls is still paced by their own timeouts.
+        """
         loop = self._loop
+        attempted = False
         while True:
             now = loop.time()
             wait = self._not_before - now
             if wait > 0:
                 if now + wait >= deadline:
-                    raise self._give_up(where)
+                    if attempted:
+                        raise self._give_up(where)
+                    wait = max(0.0, deadline - now - LAST_ATTEMPT)
                 await asyncio.sleep(wait)
                 now = loop.time()
-            left = deadline - now
-            if left <= 0:
+            elif attempted and now >= deadline:
                 raise self._give_up(where)
             started = now
+            attempted = True
             try:
-                result = await attempt(left)
+                result = await attempt(max(deadline - now, LAST_ATTEMPT))
             except ConnectionError as exc:
                 self._last_error = exc
                 if self._not_before <= started:
