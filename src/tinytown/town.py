@@ -45,6 +45,10 @@ PID_NAME = "redis.pid"
 LOG_NAME = "redis.log"
 LOCK_NAME = "town.lock"
 PERSISTENCE_NAME = "persistence.json"
+# Redis's appendfsync policies: fsync the append-only file after every write
+# ("always": an acknowledged write survives even a power loss), once a second
+# ("everysec", Redis's default) or when the OS decides ("no").
+APPENDFSYNC_POLICIES = ("always", "everysec", "no")
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
 _FORBIDDEN_IN_NAME = frozenset(":*?[")
@@ -189,9 +193,10 @@ def _read_persistence(path: Path) -> dict[str, object]:
     if not isinstance(data, dict):
         raise ServerError(f"{file} must hold a JSON object; fix or delete it")
     save, appendonly = data.get("save"), data.get("appendonly")
+    appendfsync = data.get("appendfsync")
     if (save is not None and not isinstance(save, str)) or (
         appendonly is not None and not isinstance(appendonly, bool)
-    ):
+    ) or (appendfsync is not None and appendfsync not in APPENDFSYNC_POLICIES):
         raise ServerError(f"{file} holds invalid settings {data!r}; fix or delete it")
     return data
 
@@ -434,6 +439,8 @@ class Town:
             argv += ["--save", str(remembered["save"])]
         if remembered.get("appendonly") is not None:
             argv += ["--appendonly", "yes" if remembered["appendonly"] else "no"]
+        if remembered.get("appendfsync") is not None:
+            argv += ["--appendfsync", str(remembered["appendfsync"])]
         try:
             # stdout/stderr also go to the log: config errors are printed there
             # before redis-server opens its --logfile.
@@ -504,6 +511,7 @@ class Town:
         self,
         save: str | None = None,
         appendonly: bool | None = None,
+        appendfsync: str | None = None,
         *,
         timeout: float = 30.0,
     ) -> None:
@@ -513,8 +521,11 @@ class Town:
         60 s if at least one key changed) or ``""`` (no snapshots);
         ``appendonly=True`` turns on the append-only file, logging every write
         on top of the snapshots, and returns once Redis has written the
-        initial AOF (at most ``timeout`` seconds). ``None`` leaves a setting
-        as it is.
+        initial AOF (at most ``timeout`` seconds). ``appendfsync`` is when
+        Redis fsyncs that file: ``"always"`` (before acknowledging each write:
+        nothing acknowledged is lost even on power loss), ``"everysec"``
+        (Redis's default: a power loss may lose about the last second) or
+        ``"no"``. ``None`` leaves a setting as it is.
 
         The settings also go to ``<directory>/persistence.json``, and the next
         :meth:`start` that launches a server passes them on its command line:
@@ -527,6 +538,13 @@ class Town:
             raise InvalidArgumentError(f"save must be a str like '60 1', not {save!r}")
         if appendonly is not None and not isinstance(appendonly, bool):
             raise InvalidArgumentError(f"appendonly must be True, False or None, not {appendonly!r}")
+        if appendfsync is not None and appendfsync not in APPENDFSYNC_POLICIES:
+            raise InvalidArgumentError(
+                f"appendfsync must be one of {', '.join(APPENDFSYNC_POLICIES)} or None, not {appendfsync!r}")
+        if appendfsync is not None:
+            # Before appendonly: the first append-only file is then written
+            # under the chosen policy.
+            await _command(self.socket_path, "CONFIG", "SET", "appendfsync", appendfsync)
         if save is not None:
             await _command(self.socket_path, "CONFIG", "SET", "save", save)
         if appendonly is not None:
@@ -535,12 +553,14 @@ class Town:
             )
             if appendonly:
                 await self._wait_for_aof(timeout)
-        if save is not None or appendonly is not None:
+        if save is not None or appendonly is not None or appendfsync is not None:
             remembered = _read_persistence(self._directory)
             if save is not None:
                 remembered["save"] = save
             if appendonly is not None:
                 remembered["appendonly"] = appendonly
+            if appendfsync is not None:
+                remembered["appendfsync"] = appendfsync
             _write_persistence(self._directory, remembered)
 
     async def _wait_for_aof(self, timeout: float) -> None:
