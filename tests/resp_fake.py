@@ -94,7 +94,8 @@ class FakeRedis:
 @dataclass
 class RespValue:
     """One RESP2 reply: its bytes, the Python value the extension must make
-    of it, and how deeply its arrays nest."""
+    of it, and ``depth``: the most ``*`` headers (arrays, nil arrays) on one
+    path from the top, which is what hiredis limits."""
 
     wire: bytes
     value: Any
@@ -131,7 +132,7 @@ def random_value(rng: random.Random, depth: int = 0, *, big: bool = False) -> Re
     if kind == "nil":
         return RespValue(b"$-1\r\n", None)
     if kind == "nil_array":
-        return RespValue(b"*-1\r\n", None)
+        return RespValue(b"*-1\r\n", None, 1)
     items = [random_value(rng, depth + 1, big=big) for _ in range(rng.randrange(0, 4))]
     wire = b"*%d\r\n" % len(items) + b"".join(i.wire for i in items)
     return RespValue(wire, [i.value for i in items], 1 + max((i.depth for i in items), default=0),

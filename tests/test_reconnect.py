@@ -294,3 +294,38 @@ async def test_a_call_tries_at_least_once_even_inside_a_long_backoff(fresh_redis
         assert await asyncio.wait_for(channel.inbox_len(AgentId.new()), 10) == 0
         # it waited for the end of its own budget (not the 5 s backoff) before trying
         assert time.monotonic() - start >= 0.2
+
+
+async def test_reconnect_waits_while_a_restarted_server_loads_its_data(redis_server_factory):
+    """A restarted server accepts connections but answers -LOADING while it
+    reads its data: the channel treats that as not reachable yet and retries."""
+    # key-load-delay (a Redis debug setting, microseconds per key) makes loading
+    # 8,000 keys take about a second; answering clients every KiB loaded
+    # makes the -LOADING replies certain.
+    server = redis_server_factory("--key-load-delay", "50",
+                                  "--loading-process-events-interval-bytes", "1024")
+    for start in range(0, 8_000, 1000):
+        server.command("MSET", *[x for i in range(start, start + 1000) for x in (f"k{i}", "v")])
+    server.command("SAVE")  # dump.rdb: loaded again by the restart
+    agent = AgentId.new()
+    errors: list[str] = []
+    async with await Channel.connect(server.url, town="alpha", reconnect_timeout=30,
+                                     backoff=Backoff(initial=0.02, maximum=0.1)) as channel:
+        real_open = channel._open_connection
+
+        async def recording_open(timeout=None):
+            try:
+                return await real_open(timeout)
+            except ConnectionError as exc:
+                errors.append(str(exc))
+                raise
+
+        channel._open_connection = recording_open  # instrumentation only: the server is real
+        server.kill()
+        await asyncio.sleep(0.05)
+        restarting = asyncio.ensure_future(in_thread(server.restart))  # done once PING answers
+        await channel.send(msg(agent, "after loading"))
+        await restarting
+        assert await channel.inbox_len(agent) == 1
+        assert await channel.execute("DBSIZE") == 8_001
+    assert any("loading" in e for e in errors), errors

@@ -246,11 +246,16 @@ class Channel:
                 commands.append((b"AUTH", address.password))
         if address.db:
             commands.append((b"SELECT", address.db))
-        if commands:
-            try:
-                await conn.execute_many(commands, False)
-            except ReplyError as exc:
-                raise ConnectionError(f"Redis at {address} refused the login: {exc}") from None
+        # A server restarted with a large dataset accepts connections while it
+        # loads, and answers -LOADING to nearly everything: PING makes such a
+        # connection a failed attempt, which the backoff retries.
+        commands.append((b"PING",))
+        try:
+            await conn.execute_many(commands, False)
+        except ReplyError as exc:
+            if str(exc).startswith("LOADING"):
+                raise ConnectionError(f"Redis at {address} is still loading its dataset: {exc}") from None
+            raise ConnectionError(f"Redis at {address} refused the login: {exc}") from None
 
     async def _connect(self, deadline: float) -> Connection:
         """A new connection, retried with backoff until ``deadline`` (loop time)."""
