@@ -329,3 +329,56 @@ async def test_reconnect_waits_while_a_restarted_server_loads_its_data(redis_ser
         assert await channel.inbox_len(agent) == 1
         assert await channel.execute("DBSIZE") == 8_001
     assert any("loading" in e for e in errors), errors
+
+
+async def test_a_paused_server_resuming_loses_no_message_to_a_given_up_receive(fresh_redis):
+    """The receive gave up on a SIGSTOPped server, but its BLPOP is still queued
+    there: when the server resumes it may run it and pop a message sent since.
+    That connection was kept open for exactly this: the message comes back."""
+    agent = AgentId.new()
+    requeued = 0
+    async with await Channel.connect(fresh_redis.url, town="alpha") as receiver, \
+            await Channel.connect(fresh_redis.url, town="alpha") as sender:
+        real_abandoned = receiver._abandoned_pop
+
+        def counting_abandoned(conn, fut):
+            nonlocal requeued
+            requeued += not fut.cancelled() and fut.exception() is None and fut.result() is not None
+            real_abandoned(conn, fut)
+
+        receiver._abandoned_pop = counting_abandoned  # instrumentation only
+        for round_ in range(3):
+            assert await receiver.receive(agent, 0.05) is None  # an idle receiver connection
+            os.kill(fresh_redis.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(ConnectionError, match="did not answer"):
+                    await asyncio.wait_for(receiver.receive(agent, 0.3), 20)
+                sending = asyncio.ensure_future(sender.send(msg(agent, f"round {round_}")))
+                await asyncio.sleep(0.05)  # the RPUSH is queued behind the stale BLPOP
+            finally:
+                os.kill(fresh_redis.pid, signal.SIGCONT)
+            await asyncio.wait_for(sending, 10)
+            got = await asyncio.wait_for(receiver.receive(agent, 5), 10)
+            assert got is not None and got.msg_type.description == f"round {round_}"
+            assert await receiver.inbox_len(agent) == 0
+    print(f"messages popped by a given-up receive and put back: {requeued} of 3")
+    assert requeued >= 1  # the race this test is about did happen
+
+
+async def test_receivers_held_by_a_silent_server_fail_fast_then_recover(fresh_redis):
+    agent = AgentId.new()
+    async with await Channel.connect(fresh_redis.url, town="alpha", max_receivers=1) as channel:
+        assert await channel.receive(agent, 0.05) is None
+        os.kill(fresh_redis.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ConnectionError, match="did not answer"):
+                await asyncio.wait_for(channel.receive(agent, 0.2), 20)
+            # the only receiver connection still waits for that BLPOP's answer
+            with pytest.raises(ConnectionError, match="has not answered"):
+                await asyncio.wait_for(channel.receive(agent, 0.2), 20)
+        finally:
+            os.kill(fresh_redis.pid, signal.SIGCONT)
+        # resumed: the stale BLPOP times out on the server and frees the connection
+        await channel.send(msg(agent, "after the pause"))
+        got = await asyncio.wait_for(channel.receive(agent, 5), 10)
+        assert got is not None and got.msg_type.description == "after the pause"

@@ -57,8 +57,8 @@ log = logging.getLogger("tinytown")
 _BROADCAST = BROADCAST_CHANNEL.encode()
 
 #: Seconds a blocking receive waits for Redis's answer beyond its own timeout
-#: before it gives the connection up as dead (a server that stopped answering
-#: without closing the socket: SIGSTOP, a frozen VM, a network partition).
+#: before it raises ConnectionError (a server that stopped answering without
+#: closing the socket: SIGSTOP, a frozen VM, a network partition).
 RECEIVE_GRACE = 1.0
 # How often the watchdog of blocking receives looks at them: a silent server
 # is noticed between RECEIVE_GRACE and RECEIVE_GRACE + this after the timeout.
@@ -111,6 +111,21 @@ class _ReceiverPool:
         self._idle.clear()
 
 
+def _relay(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    """Pass the outcome of ``source`` on to ``target`` unless it stopped waiting."""
+    if source.cancelled():
+        if not target.done():
+            target.cancel()
+        return
+    error = source.exception()  # retrieved even when nobody waits any more
+    if target.done():
+        return
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
+
+
 def _too_big(what: str, payload: bytes, limit: int) -> InvalidArgumentError:
     return InvalidArgumentError(
         f"the {what} is {len(payload)} bytes of JSON, more than max_message_bytes={limit} "
@@ -142,8 +157,10 @@ class Channel:
         self._reconnect_timeout = reconnect_timeout
         self._max_bytes = max_message_bytes
         # Blocking commands in flight: future -> (loop time to give up, connection).
-        self._unanswered: dict[asyncio.Future[Any], tuple[float, Connection]] = {}
+        self._unanswered: dict[asyncio.Future[Any], tuple[
+            float, Connection, asyncio.Future[Any], Callable[[Connection, asyncio.Future[Any]], None]]] = {}
         self._watchdog: asyncio.TimerHandle | None = None
+        self._stalled = 0  # receives given up by the watchdog whose reply has not come yet
         self._conn: Connection | None = None
         self._reconnecting: asyncio.Task[Connection] | None = None
         self._receivers = _ReceiverPool(self, max_receivers)
@@ -360,6 +377,10 @@ class Channel:
         for attempt in (1, 2):
             conn = await self._receivers.acquire(deadline)
             if conn is None:
+                if self._stalled:
+                    raise ConnectionError(
+                        f"Redis has not answered {self._stalled} earlier blocking receives, which "
+                        "hold the receiver connections (server paused or unreachable)")
                 return None
             left = deadline - loop.time()
             if left < seconds - 0.001:  # reconnecting or waiting for a connection took time
@@ -377,41 +398,64 @@ class Channel:
             # Redis: one retry on a fresh connection is safe.
             fut.exception()  # retrieved
             self._receivers.release(conn)
-        # One watchdog per channel, not a timer per receive: it drops the
-        # connection of a command still unanswered RECEIVE_GRACE after its
-        # timeout (also after the caller was cancelled, so that on_abandoned
-        # runs and frees the connection even if the server never answers).
-        self._unanswered[fut] = (deadline + RECEIVE_GRACE, conn)
+        # The caller waits on `waiter`, not on `fut` itself, so that it can
+        # stop waiting (cancelled, or a silent server) while the command's
+        # own future lives on until the reply comes.
+        waiter = loop.create_future()
+        fut.add_done_callback(lambda f: _relay(f, waiter))
+        # One watchdog per channel, not a timer per receive (see _watch).
+        # While the entry is in _unanswered, this call owns the connection;
+        # the watchdog takes it over (removing the entry) only on a stall.
+        self._unanswered[fut] = (deadline + RECEIVE_GRACE, conn, waiter, on_abandoned)
         if self._watchdog is None:
             self._watchdog = loop.call_later(_WATCHDOG_TICK, self._watch)
         try:
-            reply = await asyncio.shield(fut)
+            reply = await waiter
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: on_abandoned(conn, f))
+            if self._unanswered.pop(fut, None) is not None:
+                if fut.done():  # the reply came, but the caller is gone
+                    on_abandoned(conn, fut)
+                else:
+                    fut.add_done_callback(lambda f: on_abandoned(conn, f))
             raise
         except BaseException:
-            self._unanswered.pop(fut, None)
-            self._receivers.release(conn)
+            if self._unanswered.pop(fut, None) is not None:
+                self._receivers.release(conn)
             raise
         self._unanswered.pop(fut, None)
         self._receivers.release(conn)
         return reply
 
     def _watch(self) -> None:
-        """The watchdog of blocking commands (see _blocking)."""
+        """The watchdog of blocking commands in flight.
+
+        A command still unanswered RECEIVE_GRACE after its timeout fails its
+        caller with ConnectionError. The connection stays open with its
+        on_abandoned callback: a server that was only paused (SIGSTOP, a
+        frozen VM) runs the queued BLPOP when it resumes and may pop a
+        message then, which on_abandoned puts back. Closing the connection
+        instead would lose that message. Such connections keep their pool
+        slot until the reply comes, so a server that never answers again
+        holds at most max_receivers connections.
+        """
         self._watchdog = None
         now = self._loop.time()
-        for fut, (expiry, conn) in list(self._unanswered.items()):
-            if fut.done():
+        for fut, (expiry, conn, waiter, on_abandoned) in list(self._unanswered.items()):
+            if not fut.done() and now >= expiry:
                 del self._unanswered[fut]
-            elif now >= expiry:
-                del self._unanswered[fut]
-                fut.set_exception(ConnectionError(
-                    "Redis did not answer a blocking receive within its timeout plus "
-                    f"{RECEIVE_GRACE:g} s; the connection was dropped"))
-                conn.close()
+                self._stalled += 1
+                fut.add_done_callback(lambda f, c=conn, cb=on_abandoned: self._stall_over(c, f, cb))
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError(
+                        f"Redis did not answer a blocking receive within its timeout plus "
+                        f"{RECEIVE_GRACE:g} s (server paused or unreachable)"))
         if self._unanswered and not self._closed:
             self._watchdog = self._loop.call_later(_WATCHDOG_TICK, self._watch)
+
+    def _stall_over(self, conn: Connection, fut: asyncio.Future[Any],
+                    on_abandoned: Callable[[Connection, asyncio.Future[Any]], None]) -> None:
+        self._stalled -= 1
+        on_abandoned(conn, fut)
 
     def _abandoned_pop(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
         """A BLPOP whose caller was cancelled finished: put its message back."""
