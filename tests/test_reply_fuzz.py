@@ -28,6 +28,8 @@ from tinytown.errors import ConnectionError, ReplyError
 # arrays: a protocol error. Newer hiredis releases allow deeper nesting.
 HIREDIS_MAX_DEPTH = 8
 SAFETY_TIMEOUT = 10.0
+# Examples per fuzz run; scripts/valgrind.sh asks for fewer (valgrind is ~50x slower).
+FUZZ_EXAMPLES = int(os.environ.get("TT_FUZZ_EXAMPLES", "300"))
 
 
 @pytest.fixture(scope="module", params=LOOP_KINDS)
@@ -87,7 +89,7 @@ def _check(mode: str, first: Any, outcome: tuple[str, Any]) -> None:
         assert kind == "conn_error", outcome
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.randoms(use_true_random=False))
 @example(random.Random(0))
 def test_any_reply_stream_ends_in_a_value_or_typed_error(loop, fake, rng: random.Random) -> None:
