@@ -915,3 +915,59 @@ def test_mutated_golden_bytes_raise_only_decode_error(data: st.DataObject) -> No
         pos = data.draw(st.integers(0, len(raw) - 1))
         raw[pos] = data.draw(st.integers(0, 255))
     _only_decode_errors(cls, bytes(raw))
+
+
+# -- more fuzz (tinytown reliability): agents, text input, pathological documents ----
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.builds(
+    Agent,
+    id=_ids, name=_text, nickname=st.none() | _text, role_id=st.none() | _text,
+    parent_agent_id=st.none() | _ids, spawn_mode=st.sampled_from(SpawnMode),
+    agent_type=st.sampled_from(AgentType), state=st.sampled_from(AgentState), cli=_text,
+    current_task=st.none() | _ids, created_at=_timestamps, last_heartbeat=_timestamps,
+    tasks_completed=st.integers(0, 2**64 - 1), rounds_completed=st.integers(0, 2**64 - 1),
+    last_active_at=_timestamps,
+))
+def test_random_agents_round_trip(agent: Agent) -> None:
+    raw = agent.to_json()
+    assert Agent.from_json(raw) == agent
+    assert Agent.from_json(raw).to_json() == raw
+    assert Agent.from_hash(agent.to_hash()) == agent
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_text_raises_only_decode_error(text: str) -> None:
+    for cls in (Message, Agent, Task):
+        _only_decode_errors(cls, text)
+
+
+_MSG_JSON = orjson.dumps(MSG)
+
+
+@pytest.mark.parametrize("data", [
+    b"[" * 100_000,                                # nesting far beyond any parser's limit
+    b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    b"{" + b'"k":1,' * 100_000 + b'"k":2}',       # huge object, duplicate keys
+    b"[" + b"1," * 200_000 + b"1]",
+    _MSG_JSON[:-1] + b',"extra":' + b"9" * 5000 + b"}",   # a 5000-digit number
+    _MSG_JSON[:-1] + b',"extra":1e999999}',
+    _MSG_JSON[:-1] + b',"extra":NaN}',
+    _MSG_JSON.replace(b'"description":"', b'"description":"' + b"x" * 2_000_000),
+    _MSG_JSON.replace(b'"description":"', b'"description":"\\ud800'),  # lone surrogate escape
+    _MSG_JSON.replace(b'"description":"', b'"description":"\xff\xfe'),  # invalid UTF-8
+    _MSG_JSON.replace(b'"description":"', b'"description":"\x00'),      # raw control character
+    b"\xef\xbb\xbf" + _MSG_JSON,                  # UTF-8 byte order mark
+    _MSG_JSON + b"\x00",
+    _MSG_JSON + _MSG_JSON,
+    _MSG_JSON.replace(b'"id":"', b'"id":"', 1).replace(b"{", b'{"id":"' + U.encode() + b'",', 1),
+    b"\x00" * 1000,
+    b"",
+    b" ",
+])
+def test_pathological_documents_raise_only_decode_error(data: bytes) -> None:
+    for cls in (Message, Agent, Task):
+        _only_decode_errors(cls, data)
+        _only_decode_errors(cls, data.decode("utf-8", "surrogateescape"))
