@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 
+from messages import task_message
 from tinytown import (
     Agent,
     AgentId,
@@ -25,8 +26,7 @@ from tinytown import (
 )
 
 
-def text_message(to: AgentId, text: str) -> Message:
-    return Message.new(AgentId.supervisor(), to, MessageType.Task(description=text))
+text_message = task_message
 
 
 def sized_message(to: AgentId, size: int) -> Message:

@@ -13,13 +13,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import AsyncIterator
 
 import pytest
 
+from messages import task_message
 from tinytown import (
     Agent,
     AgentId,
@@ -27,14 +30,12 @@ from tinytown import (
     Channel,
     ConnectionError,
     Message,
-    MessageType,
     Task,
     Town,
 )
 
 
-def msg(to: AgentId, text: str = "") -> Message:
-    return Message.new(AgentId.supervisor(), to, MessageType.Task(description=text))
+msg = task_message
 
 
 async def crash(town: Town) -> None:
@@ -42,6 +43,18 @@ async def crash(town: Town) -> None:
     assert town.pid is not None and town.owns_server
     os.kill(town.pid, signal.SIGKILL)
     await town.stop()  # only waits for (and reaps) the killed process
+
+
+@contextlib.asynccontextmanager
+async def restarted(directory: Path, name: str) -> AsyncIterator[Channel]:
+    """Start the town in ``directory`` again (loading its files) and open a channel."""
+    town = await Town.start(directory, name)
+    try:
+        assert town.owns_server  # a new server, not the crashed one
+        async with await town.channel() as channel:
+            yield channel
+    finally:
+        await town.stop()
 
 
 async def inbox_ids(channel: Channel, agent: AgentId) -> list[str]:
@@ -53,6 +66,16 @@ async def info_field(channel: Channel, field: str) -> str:
     info = (await channel.execute("INFO", "persistence")).decode()
     return next(line.split(":", 1)[1].strip() for line in info.splitlines()
                 if line.startswith(field + ":"))
+
+
+async def wait_for_snapshot(channel: Channel, timeout: float = 20.0) -> None:
+    """Until a snapshot holds every change so far: no save running, no newer change."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await info_field(channel, "rdb_bgsave_in_progress") != "0" or \
+            await info_field(channel, "rdb_changes_since_last_save") != "0":
+        assert asyncio.get_running_loop().time() < deadline, "no snapshot was written"
+        await asyncio.sleep(0.02)
+    assert await info_field(channel, "rdb_last_bgsave_status") == "ok"
 
 
 # ------------------------------------------------------------------------ AOF
@@ -89,13 +112,9 @@ async def test_aof_always_keeps_every_acknowledged_send_across_kill_9(tmp_path: 
         await channel.close()
     assert len(acked) >= 3000
 
-    again = await Town.start(tmp_path / "town", "durable")  # same directory: loads the AOF
-    try:
-        async with await again.channel() as channel:
-            assert await channel.execute("CONFIG", "GET", "appendfsync") == [b"appendfsync", b"always"]
-            stored = Counter([i for a in agents for i in await inbox_ids(channel, a)])
-    finally:
-        await again.stop()
+    async with restarted(tmp_path / "town", "durable") as channel:  # loads the AOF
+        assert await channel.execute("CONFIG", "GET", "appendfsync") == [b"appendfsync", b"always"]
+        stored = Counter([i for a in agents for i in await inbox_ids(channel, a)])
     assert set(acked) <= set(stored), f"{len(set(acked) - set(stored))} acknowledged sends lost"
     assert set(stored) <= set(acked) | set(unknown)
     assert max(stored.values()) == 1
@@ -114,26 +133,18 @@ async def test_state_saved_by_a_snapshot_survives_kill_9(tmp_path: Path):
             await channel.set_task(task)
             await channel.send_many([msg(inbox_agent, f"m{i}") for i in range(100)])
             await channel.execute("BGSAVE")
-            # done when no save runs and no change is newer than the last snapshot
-            while await info_field(channel, "rdb_bgsave_in_progress") != "0" or \
-                    await info_field(channel, "rdb_changes_since_last_save") != "0":
-                await asyncio.sleep(0.02)
-            assert await info_field(channel, "rdb_last_bgsave_status") == "ok"
+            await wait_for_snapshot(channel)
             late = Task.new("written after the snapshot")
             await channel.set_task(late)
     finally:
         await crash(town)
 
-    again = await Town.start(tmp_path / "town", "snap")
-    try:
-        async with await again.channel() as channel:
-            assert await channel.get_agent_state(agent.id) == agent
-            assert await channel.get_task(task.id) == task
-            assert await channel.inbox_len(inbox_agent) == 100
-            # RDB only: what came after the last snapshot is gone (use AOF for that)
-            assert await channel.get_task(late.id) is None
-    finally:
-        await again.stop()
+    async with restarted(tmp_path / "town", "snap") as channel:
+        assert await channel.get_agent_state(agent.id) == agent
+        assert await channel.get_task(task.id) == task
+        assert await channel.inbox_len(inbox_agent) == 100
+        # RDB only: what came after the last snapshot is gone (use AOF for that)
+        assert await channel.get_task(late.id) is None
 
 
 async def test_a_save_rule_snapshot_survives_kill_9(tmp_path: Path):
@@ -143,21 +154,11 @@ async def test_a_save_rule_snapshot_survives_kill_9(tmp_path: Path):
     try:
         async with await town.channel() as channel:
             await channel.set_agent_state(agent)
-            for _ in range(500):  # the rule fires by itself within a few seconds
-                if await info_field(channel, "rdb_changes_since_last_save") == "0" and \
-                        await info_field(channel, "rdb_bgsave_in_progress") == "0":
-                    break
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError("the save rule never wrote a snapshot")
+            await wait_for_snapshot(channel)  # the rule fires by itself within a few seconds
     finally:
         await crash(town)
-    again = await Town.start(tmp_path / "town", "rule")
-    try:
-        async with await again.channel() as channel:
-            assert await channel.get_agent_state(agent.id) == agent
-    finally:
-        await again.stop()
+    async with restarted(tmp_path / "town", "rule") as channel:
+        assert await channel.get_agent_state(agent.id) == agent
 
 
 # ------------------------------------------------------- restart under load

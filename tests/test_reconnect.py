@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from messages import task_message
 from tinytown import (
     AgentId,
     Backoff,
@@ -23,8 +24,7 @@ from tinytown import (
 )
 
 
-def msg(to: AgentId, text: str) -> Message:
-    return Message.new(AgentId.supervisor(), to, MessageType.Task(description=text))
+msg = task_message
 
 
 async def in_thread(fn, *args):

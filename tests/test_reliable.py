@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from messages import task_message
 from tinytown import (
     AgentId,
     Channel,
@@ -31,8 +32,7 @@ from tinytown import (
 LOAD = Path(__file__).resolve().parents[1] / "scripts" / "load.py"
 
 
-def msg(to: AgentId, text: str, priority: Priority = Priority.NORMAL) -> Message:
-    return Message.new(AgentId.supervisor(), to, MessageType.Task(description=text)).with_priority(priority)
+msg = task_message
 
 
 def texts(raw_list: list[bytes]) -> list[str]:
