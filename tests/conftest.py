@@ -41,6 +41,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    # scripts/test.sh runs the suite once per transport (TINYTOWN_TRANSPORT).
+    from tinytown._transports import connection_class
+
+    cls = connection_class()
+    return f"tinytown transport: {cls.__module__}.{cls.__qualname__}"
+
+
 # ---------------------------------------------------------------- event loops
 
 

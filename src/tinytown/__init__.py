@@ -17,6 +17,7 @@ from .errors import (
     ReplyError,
     ServerError,
     TinytownError,
+    TransportUnavailableError,
 )
 from .ids import AgentId, MessageId, TaskId
 from .message import ConfirmationType, Message, MessageType
@@ -52,4 +53,5 @@ __all__ = [
     "Timestamp",
     "TinytownError",
     "Town",
+    "TransportUnavailableError",
 ]

@@ -32,7 +32,7 @@ from ._commands import (
     is_wrongtype,
     push_commands,
 )
-from ._transport import Connection
+from ._transports import Connection, connection_class
 from .address import Address, parse_url
 from .agent import Agent
 from .errors import (
@@ -105,8 +105,9 @@ class Channel:
     """
 
     def __init__(self, address: Address, town: str, *, loop: asyncio.AbstractEventLoop,
-                 max_receivers: int, connect_timeout: float) -> None:
+                 max_receivers: int, connect_timeout: float, transport: str | None = None) -> None:
         # Use Channel.connect(); this only wires the parts together.
+        self._transport = connection_class(transport)
         self._address = address
         self._keys = TownKeys(town)
         self._loop = loop
@@ -119,14 +120,18 @@ class Channel:
 
     @classmethod
     async def connect(cls, url: str, town: str, *, max_receivers: int = 16,
-                      connect_timeout: float = 5.0) -> Channel:
+                      connect_timeout: float = 5.0, transport: str | None = None) -> Channel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock`` or
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
         connect). ``max_receivers`` bounds the connections used by concurrent
-        blocking receives. Raises :class:`InvalidArgumentError` for a bad URL
-        or town name and :class:`ConnectionError` if Redis cannot be reached.
+        blocking receives. ``transport`` is ``"hiredis"`` (the C extension) or
+        ``"python"``; None means ``$TINYTOWN_TRANSPORT``, else the extension if
+        it loads, else Python. Raises :class:`InvalidArgumentError` for a bad
+        URL, town name or transport, :class:`TransportUnavailableError` when
+        no transport can be loaded and :class:`ConnectionError` if Redis
+        cannot be reached.
         """
         address = parse_url(url)
         if not isinstance(max_receivers, int) or max_receivers < 1:
@@ -134,7 +139,8 @@ class Channel:
         if not connect_timeout > 0:
             raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
         channel = cls(address, town, loop=asyncio.get_running_loop(),
-                      max_receivers=max_receivers, connect_timeout=connect_timeout)
+                      max_receivers=max_receivers, connect_timeout=connect_timeout,
+                      transport=transport)
         channel._conn = await channel._open_connection()
         return channel
 
@@ -145,7 +151,7 @@ class Channel:
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         address = self._address
-        conn = Connection(self._loop)
+        conn = self._transport(self._loop)
         try:
             if address.unix_path is not None:
                 waiter = conn.connect_unix(address.unix_path)

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgumentError",
     "ChannelClosedError",
     "ServerError",
+    "TransportUnavailableError",
 ]
 
 
@@ -59,3 +60,11 @@ class ChannelClosedError(TinytownError):
 
 class ServerError(TinytownError):
     """The managed local redis-server could not be found, started or stopped."""
+
+
+class TransportUnavailableError(TinytownError, ImportError):
+    """The chosen transport (or, chosen automatically, every transport) cannot be loaded.
+
+    The message says what to install: a wheel or libhiredis for the hiredis
+    extension, ``pip install 'tinytown[python]'`` for the Python transport.
+    """
