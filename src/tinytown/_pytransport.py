@@ -34,52 +34,10 @@ from typing import Any
 
 import hiredis
 
-from .errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
+from ._resp import encode_command
+from .errors import ConnectionError, InvalidArgumentError, ReplyError
 
-__all__ = ["Connection", "encode_command"]
-
-_CRLF = b"\r\n"
-
-
-def _coerce_arg(arg: object) -> bytes:
-    """Bytes for an argument that is neither bytes nor str (the extension's rules)."""
-    if isinstance(arg, (bytes, bytearray, memoryview)):
-        return bytes(arg)
-    if isinstance(arg, bool):
-        raise InvalidArgumentError("cannot send a bool to Redis; send 0/1 or text")
-    if isinstance(arg, (int, float)):
-        return repr(arg).encode("ascii")
-    raise InvalidArgumentError(
-        f"cannot send a {type(arg).__name__} to Redis; send bytes, str, int or float")
-
-
-def encode_command(args: Sequence[Any]) -> bytes:
-    """One command as a RESP array of bulk strings.
-
-    Raises :class:`InvalidArgumentError` for an empty command or an argument
-    of another type, :class:`EncodeError` for a str that is not valid UTF-8
-    (a lone surrogate).
-    """
-    if not args:
-        raise InvalidArgumentError("empty Redis command")
-    parts = [b"*%d\r\n" % len(args)]
-    append = parts.append
-    for i, arg in enumerate(args):
-        kind = type(arg)
-        if kind is bytes:
-            data = arg
-        elif isinstance(arg, str):
-            try:
-                data = arg.encode()
-            except UnicodeEncodeError as exc:
-                raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
-        else:
-            data = _coerce_arg(arg)
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(_CRLF)
-    return b"".join(parts)
-
+__all__ = ["Connection"]
 
 class _Batch:
     """One future for many commands: resolved when the last reply is in."""

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+from ._cluster import ClusterConnection, ClusterTopology
 from ._commands import (
     LPUSH,
     RPUSH,
@@ -109,6 +110,8 @@ class Channel:
         # Use Channel.connect(); this only wires the parts together.
         self._transport = connection_class(transport)
         self._address = address
+        # redis+cluster://: every connection routes over per-node connections by slot.
+        self._cluster = ClusterTopology(address, self._open_connection) if address.cluster else None
         self._keys = TownKeys(town)
         self._loop = loop
         self._connect_timeout = connect_timeout
@@ -123,9 +126,11 @@ class Channel:
                       connect_timeout: float = 5.0, transport: str | None = None) -> Channel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
-        ``url`` is ``unix:///abs/path/redis.sock`` or
+        ``url`` is ``unix:///abs/path/redis.sock``,
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
-        connect). ``max_receivers`` bounds the connections used by concurrent
+        connect) or ``redis+cluster://[user:password@]host:port[,host:port...]``
+        (seed nodes of a Redis Cluster; each command goes to the node owning
+        its key). ``max_receivers`` bounds the connections used by concurrent
         blocking receives. ``transport`` is ``"hiredis"`` (the C extension) or
         ``"python"``; None means ``$TINYTOWN_TRANSPORT``, else the extension if
         it loads, else Python. Raises :class:`InvalidArgumentError` for a bad
@@ -146,11 +151,15 @@ class Channel:
 
     # -- connections --------------------------------------------------------
 
-    async def _open_connection(self) -> Connection:
-        """A new logged-in connection to this channel's server."""
+    async def _open_connection(self, address: Address | None = None) -> Connection:
+        """A new logged-in connection to this channel's server (or to ``address``,
+        a node of its cluster; for a cluster, a ClusterConnection over such ones)."""
         if self._closed:
             raise ChannelClosedError("the channel is closed")
-        address = self._address
+        if address is None:
+            if self._cluster is not None:
+                return await ClusterConnection(self._cluster, self._loop).start()
+            address = self._address
         conn = self._transport(self._loop)
         try:
             if address.unix_path is not None:
