@@ -32,6 +32,7 @@ __all__ = [
     "free_tcp_port",
     "resp_command",
     "RedisCluster",
+    "find_cli_binary",
 ]
 
 READY_TIMEOUT = 10.0

@@ -16,7 +16,6 @@ import pytest
 from tinytown import _pytransport, _transport
 from tinytown.errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
 
-
 CLASSES = {"hiredis": _transport.Connection, "python": _pytransport.Connection}
 
 

@@ -7,8 +7,14 @@ import sys
 
 import pytest
 
-from tinytown import Channel, InvalidArgumentError, TransportUnavailableError, _transports
-from tinytown import _pytransport, _transport
+from tinytown import (
+    Channel,
+    InvalidArgumentError,
+    TransportUnavailableError,
+    _pytransport,
+    _transport,
+    _transports,
+)
 
 
 @pytest.fixture

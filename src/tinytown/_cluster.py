@@ -34,7 +34,7 @@ import asyncio
 import binascii
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ._resp import encode_command
@@ -315,15 +315,15 @@ class ClusterConnection:
         if self._closed:
             raise ConnectionError("connection to Redis is closed")
 
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         """Run ``coro`` for a caller; close() fails it with ConnectionError."""
-        out = self._loop.create_future()
-        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        out: asyncio.Future[Any] = self._loop.create_future()
+        task = self._loop.create_task(coro)
         self._tasks[task] = out
         task.add_done_callback(self._task_done)
         # A caller that gives up cancels the work; the node connections drop
         # the replies of cancelled commands, so nothing gets out of step.
-        out.add_done_callback(lambda f: f.cancelled() and task.cancel())
+        _cancel_with(out, task)
         return out
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
@@ -364,8 +364,8 @@ class ClusterConnection:
             out.set_exception(error)
             return
         task_out = self._spawn(self._run(args, error))
-        task_out.add_done_callback(lambda f: out.cancelled() or _copy(f, out))
-        out.add_done_callback(lambda f: f.cancelled() and task_out.cancel())
+        task_out.add_done_callback(lambda f: _copy(f, out))
+        _cancel_with(out, task_out)
 
     async def _run(self, args: tuple[Any, ...], error: BaseException | None) -> Any:
         """Send ``args`` where it belongs, following redirections (``error``: the
@@ -431,7 +431,7 @@ class ClusterConnection:
 
         for f in futures:
             f.add_done_callback(one_done)
-        out.add_done_callback(lambda f: f.cancelled() and [g.cancel() for g in futures])
+            _cancel_with(out, f)
         return out
 
     def subscribe(self, handler: Callable[[Any], None], *channels: Any) -> None:
@@ -502,7 +502,17 @@ class ClusterConnection:
                 f"nodes={sorted(self._nodes)}>")
 
 
+def _cancel_with(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
+    """Cancel ``inner`` when the caller cancels ``outer``."""
+    def on_done(fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            inner.cancel()
+    outer.add_done_callback(on_done)
+
+
 def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
     if source.cancelled():
         target.cancel()
     elif source.exception() is not None:

@@ -42,7 +42,7 @@ __all__ = ["Connection"]
 class _Batch:
     """One future for many commands: resolved when the last reply is in."""
 
-    __slots__ = ("future", "remaining", "error", "results")
+    __slots__ = ("error", "future", "remaining", "results")
 
     def __init__(self, future: asyncio.Future[Any], remaining: int, replies: bool) -> None:
         self.future = future

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from .errors import InvalidArgumentError, TransportUnavailableError
 
-__all__ = ["Connection", "TRANSPORTS", "connection_class"]
+__all__ = ["TRANSPORTS", "Connectable", "Connection", "connection_class"]
 
 log = logging.getLogger("tinytown")
 
@@ -37,10 +37,9 @@ _EXTENSION_HINT = (
 
 
 class Connection(Protocol):
-    """What Channel needs from a transport connection (both transports provide it)."""
+    """What Channel needs from an open connection (both transports and the
+    cluster connection provide it)."""
 
-    def connect_unix(self, path: str) -> asyncio.Future[Any]: ...
-    def connect_tcp(self, host: str, port: int) -> asyncio.Future[Any]: ...
     def execute(self, *args: Any) -> asyncio.Future[Any]: ...
     def execute_many(self, commands: Iterable[Sequence[Any]],
                      replies: bool = True) -> asyncio.Future[Any]: ...
@@ -52,7 +51,14 @@ class Connection(Protocol):
     def pending_replies(self) -> int: ...
 
 
-ConnectionClass = Callable[[asyncio.AbstractEventLoop], Connection]
+class Connectable(Connection, Protocol):
+    """A transport connection before it is open: ``Connection(loop)``, then one connect."""
+
+    def connect_unix(self, path: str) -> asyncio.Future[Any]: ...
+    def connect_tcp(self, host: str, port: int) -> asyncio.Future[Any]: ...
+
+
+ConnectionClass = Callable[[asyncio.AbstractEventLoop], Connectable]
 
 _warned_fallback = False
 
