@@ -255,10 +255,16 @@ class Channel:
         except BaseException:
             self._receivers.release(conn)
             raise
+        # If this caller is cancelled, the BLPOP still completes on the
+        # server; its reply then goes to _abandoned_pop instead of being lost.
+        fut.orphan = lambda reply: self._abandoned_pop(conn, reply)
         try:
-            reply = await asyncio.shield(fut)
+            reply = await fut
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: self._abandoned_pop(conn, f))
+            if fut.done() and not fut.cancelled():
+                # The reply was in, but the cancellation reached the task first.
+                fut.orphan = None
+                self._abandoned_pop(conn, None if fut.exception() else fut.result())
             raise
         except BaseException:
             self._receivers.release(conn)
@@ -268,12 +274,12 @@ class Channel:
             return None
         return await self._decode(agent, reply[1])
 
-    def _abandoned_pop(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
-        """A BLPOP whose caller was cancelled finished: put its message back."""
+    def _abandoned_pop(self, conn: Connection, reply: Any) -> None:
+        """The reply of a BLPOP whose caller was cancelled: put its message back."""
         self._receivers.release(conn)
-        if fut.cancelled() or fut.exception() is not None or fut.result() is None:
+        if not isinstance(reply, list):  # timed out, or the connection failed
             return
-        key, raw = fut.result()
+        key, raw = reply
         main = self._conn
         if main is None or main.is_closed:
             log.error("tinytown: receive() cancelled and Redis unreachable; message lost: %r", raw)
