@@ -145,25 +145,40 @@ class Channel:
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         address = self._address
-        conn = Connection(self._loop)
-        try:
-            if address.unix_path is not None:
-                waiter = conn.connect_unix(address.unix_path)
-            else:
+        if address.unix_path is not None:
+            conn = await self._connect_one(lambda c: c.connect_unix(address.unix_path))
+        else:
+            try:
                 infos = await self._loop.getaddrinfo(
                     address.host, address.port, type=socket.SOCK_STREAM)
-                if not infos:
-                    raise ConnectionError(f"cannot resolve Redis host {address.host!r}")
-                waiter = conn.connect_tcp(infos[0][4][0], address.port)
-            await asyncio.wait_for(waiter, self._connect_timeout)
+            except socket.gaierror as exc:
+                raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+            # Try every address in order ("localhost" may give ::1 first).
+            error: ConnectionError | None = None
+            for ip in dict.fromkeys(info[4][0] for info in infos):
+                try:
+                    conn = await self._connect_one(lambda c: c.connect_tcp(ip, address.port))
+                    break
+                except ConnectionError as exc:
+                    error = exc
+            else:
+                raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
+        try:
             await self._log_in(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _connect_one(self, start: Any) -> Connection:
+        conn = Connection(self._loop)
+        try:
+            await asyncio.wait_for(start(conn), self._connect_timeout)
         except asyncio.TimeoutError:
             conn.close()
             raise ConnectionError(
-                f"cannot connect to Redis at {address}: no answer in {self._connect_timeout} s") from None
-        except socket.gaierror as exc:
-            conn.close()
-            raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+                f"cannot connect to Redis at {self._address}: "
+                f"no answer in {self._connect_timeout} s") from None
         except BaseException:
             conn.close()
             raise
