@@ -229,9 +229,10 @@ class Channel:
         Urgent and high priority go to the front (LPUSH), normal and low to
         the back (RPUSH).
         """
-        check_message(message, "send")
+        if type(message) is not Message:
+            check_message(message, "send")
         payload = message.to_json()
-        key = self._keys.inbox_prefix + AgentId(message.to)
+        key = self._keys.inbox_prefix + message.to  # a Message's ids are typed and immutable
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
