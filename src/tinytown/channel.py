@@ -300,9 +300,11 @@ class Channel:
         if main is None or main.is_closed:
             log.error("tinytown: receive() cancelled and Redis unreachable; message lost: %r", raw)
             return
-        main.execute(LPUSH, key, raw).add_done_callback(
-            lambda f: f.cancelled() or f.exception() is None
-            or log.error("tinytown: could not requeue %r: %s", raw, f.exception()))
+        def requeued(f: Any) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("tinytown: could not requeue %r: %s", raw, f.exception())
+
+        main.execute(LPUSH, key, raw).add_done_callback(requeued)
 
     async def try_receive(self, agent_id: AgentId | Any) -> Message | None:
         """Take the first message of the inbox without waiting (LPOP); None if empty."""
