@@ -22,4 +22,5 @@ from tinytown.errors import (
 )
 
 include "reply.pyx"
+include "future.pyx"
 include "connection.pyx"

@@ -120,15 +120,9 @@ mkdir -p "$ROOTFS/opt/wheelhouse" "$ROOTFS/opt/tinytown-tests"
 cp "$repaired" "$ROOTFS/opt/wheelhouse/"
 # The tests and their config only: the package comes from the wheel.
 cp -r tests scripts pyproject.toml "$ROOTFS/opt/tinytown-tests/"
-# The golden wire vectors, where the tests look for them outside the repo.
-wire_dir="${TINYTOWN_WIRE_DIR:-/work/shared/wire}"
-if [ -d "$wire_dir" ]; then
-    cp -r "$wire_dir" "$ROOTFS/opt/tinytown-tests/wire"
-    chroot_env+=(TINYTOWN_WIRE_DIR=/opt/tinytown-tests/wire)
-fi
 find "$ROOTFS/opt/tinytown-tests" -name __pycache__ -prune -exec rm -rf {} +
 in_root python3 -m venv /opt/venv
-in_root /opt/venv/bin/pip install -q "/opt/wheelhouse/$(basename "$repaired")[test]"
+in_root /opt/venv/bin/pip install -q "/opt/wheelhouse/$(basename "$repaired")[test,bench]"
 in_root /opt/venv/bin/python - <<'PY'
 import os, tinytown, tinytown._transport as t
 print("tinytown from", os.path.dirname(tinytown.__file__))

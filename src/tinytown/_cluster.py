@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ._resp import encode_command
+from ._transports import ReplyFuture, deliver
 from .address import Address
 from .errors import ConnectionError, InvalidArgumentError, ReplyError
 
@@ -117,15 +118,6 @@ def _redirection(error: BaseException) -> tuple[str, int, str] | None:
 def _split_node(name: str) -> tuple[str, int]:
     host, _, port = name.rpartition(":")
     return host.strip("[]"), int(port)
-
-
-def _settle(fut: asyncio.Future[Any], value: Any, failed: bool) -> None:
-    if fut.done():
-        return
-    if failed:
-        fut.set_exception(value)
-    else:
-        fut.set_result(value)
 
 
 class ClusterTopology:
@@ -317,7 +309,7 @@ class ClusterConnection:
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         """Run ``coro`` for a caller; close() fails it with ConnectionError."""
-        out: asyncio.Future[Any] = self._loop.create_future()
+        out = ReplyFuture(loop=self._loop)
         task = self._loop.create_task(coro)
         self._tasks[task] = out
         task.add_done_callback(self._task_done)
@@ -329,12 +321,12 @@ class ClusterConnection:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         out = self._tasks.pop(task, None)
         if task.cancelled():
-            if out is not None:
+            if out is not None and not out.done():
                 out.cancel()
             return
         error = task.exception()  # retrieved even when nobody waits any more
         if out is not None:
-            _settle(out, error if error is not None else task.result(), error is not None)
+            deliver(out, error if error is not None else task.result(), error is not None)
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Send one command to the node owning its key; a future of its reply."""
@@ -344,24 +336,25 @@ class ClusterConnection:
             encode_command(args)  # a bad argument fails now, as on one server
             return self._spawn(self._run(args, None))
         inner = conn.execute(*args)
-        out = self._loop.create_future()
+        out = ReplyFuture(loop=self._loop)
         inner.add_done_callback(lambda f: self._on_reply(args, out, f))
         return out
 
     def _on_reply(self, args: tuple[Any, ...], out: asyncio.Future[Any],
                   inner: asyncio.Future[Any]) -> None:
         if inner.cancelled():
-            out.cancel()
+            if not out.done():
+                out.cancel()
             return
         error = inner.exception()
         if error is None:
-            _settle(out, inner.result(), False)
+            deliver(out, inner.result(), False)
             return
-        if out.done():
-            return
+        if out.done() and out.orphan is None:
+            return  # the caller gave up and wants nothing: no redirection
         redirect = _redirection(error)
         if redirect is None and not str(error).startswith("TRYAGAIN"):
-            out.set_exception(error)
+            deliver(out, error, True)
             return
         task_out = self._spawn(self._run(args, error))
         task_out.add_done_callback(lambda f: _copy(f, out))
@@ -408,7 +401,7 @@ class ClusterConnection:
         """
         self._check_open()
         futures = [self.execute(*command) for command in commands]
-        out: asyncio.Future[list[Any] | None] = self._loop.create_future()
+        out = ReplyFuture(loop=self._loop)
         if not futures:
             out.set_result([] if replies else None)
             return out
@@ -474,7 +467,7 @@ class ClusterConnection:
         self._closed = True
         error = ConnectionError("connection to Redis closed")
         for task, out in list(self._tasks.items()):
-            _settle(out, error, True)
+            deliver(out, error, True)  # a cancelled caller's orphan handler gets it
             task.cancel()
         for task in list(self._opening.values()):
             task.cancel()
@@ -503,22 +496,22 @@ class ClusterConnection:
 
 
 def _cancel_with(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
-    """Cancel ``inner`` when the caller cancels ``outer``."""
+    """Cancel ``inner`` when the caller cancels ``outer`` and leaves no
+    ``orphan`` handler (one that wants the reply lets the work finish)."""
     def on_done(fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
+        if fut.cancelled() and getattr(fut, "orphan", None) is None:
             inner.cancel()
     outer.add_done_callback(on_done)
 
 
 def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    if target.done():
-        return
     if source.cancelled():
-        target.cancel()
+        if not target.done():
+            target.cancel()
     elif source.exception() is not None:
-        _settle(target, source.exception(), True)
+        deliver(target, source.exception(), True)
     else:
-        _settle(target, source.result(), False)
+        deliver(target, source.result(), False)
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

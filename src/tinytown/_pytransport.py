@@ -35,6 +35,7 @@ from typing import Any
 import hiredis
 
 from ._resp import encode_command
+from ._transports import ReplyFuture, deliver
 from .errors import ConnectionError, InvalidArgumentError, ReplyError
 
 __all__ = ["Connection"]
@@ -58,25 +59,14 @@ class _Batch:
         self.remaining -= 1
         if self.remaining == 0:
             if self.error is not None:
-                _settle(self.future, self.error, True)
+                deliver(self.future, self.error, True)
             else:
-                _settle(self.future, self.results, False)
+                deliver(self.future, self.results, False)
 
 
 # Marks the place of SUBSCRIBE in the reply queue: every reply from there on
 # goes to the push handler.
 _SUBSCRIBED = object()
-
-
-def _settle(fut: asyncio.Future[Any], value: Any, failed: bool) -> None:
-    # A future cancelled by its caller is done already: its reply is dropped
-    # here, which keeps the reply stream in step with the commands.
-    if fut.done():
-        return
-    if failed:
-        fut.set_exception(value)
-    else:
-        fut.set_result(value)
 
 
 class Connection(asyncio.Protocol):
@@ -189,7 +179,7 @@ class Connection(asyncio.Protocol):
             return
         self._connected = True
         if waiter is not None:
-            _settle(waiter, self, False)
+            deliver(waiter, self, False)
 
     def _fail_connect(self, error: ConnectionError) -> None:
         if self._sock is not None:
@@ -198,7 +188,7 @@ class Connection(asyncio.Protocol):
         waiter = self._connect_waiter
         self._connect_waiter = None
         if waiter is not None:
-            _settle(waiter, error, True)
+            deliver(waiter, error, True)
 
     # -- asyncio.Protocol -------------------------------------------------
 
@@ -238,6 +228,8 @@ class Connection(asyncio.Protocol):
                             slot.set_exception(reply)
                         else:
                             slot.set_result(reply)
+                    else:  # cancelled by its caller: to its orphan handler, if any
+                        deliver(slot, reply, type(reply) is ReplyError)
             if self._closed:
                 return
             try:
@@ -304,7 +296,7 @@ class Connection(asyncio.Protocol):
         waiter = self._connect_waiter
         self._connect_waiter = None
         if waiter is not None:
-            _settle(waiter, ConnectionError("connection closed before it was established"), True)
+            deliver(waiter, ConnectionError("connection closed before it was established"), True)
         waiting = self._waiting
         self._waiting = deque()
         self._pending = 0
@@ -314,7 +306,7 @@ class Connection(asyncio.Protocol):
             if type(slot) is _Batch:
                 slot.add(error)
             else:
-                _settle(slot, error, True)
+                deliver(slot, error, True)
 
     # -- writing ----------------------------------------------------------
 
@@ -359,7 +351,7 @@ class Connection(asyncio.Protocol):
         self._check_open()
         data = encode_command(args)
         was_idle = self._pending == 0
-        fut = self._create_future()
+        fut = ReplyFuture(loop=self._loop)
         self._waiting.append(fut)
         self._pending += 1
         self._send(data, was_idle)
@@ -378,7 +370,7 @@ class Connection(asyncio.Protocol):
         self._check_open()
         encoded = [encode_command(command if isinstance(command, (tuple, list)) else tuple(command))
                    for command in commands]
-        future = self._create_future()
+        future = ReplyFuture(loop=self._loop)
         if not encoded:
             future.set_result([] if replies else None)
             return future

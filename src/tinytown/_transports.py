@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from .errors import InvalidArgumentError, TransportUnavailableError
 
-__all__ = ["TRANSPORTS", "Connectable", "Connection", "connection_class"]
+__all__ = ["TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "connection_class", "deliver"]
 
 log = logging.getLogger("tinytown")
 
@@ -34,6 +34,43 @@ _PYTHON_HINT = "install it with: pip install 'tinytown[python]' (the hiredis pac
 _EXTENSION_HINT = (
     "install a tinytown wheel, or build from source with libhiredis installed "
     "(apt-get install libhiredis-dev / brew install hiredis)")
+
+
+class ReplyFuture(asyncio.Future):  # type: ignore[type-arg]
+    """The future of one reply in the Python transport and the cluster router.
+
+    An asyncio Future with the extension's ``orphan`` hook: a caller that
+    cancels a blocking command may set ``orphan`` to a callable, which then
+    receives the reply that still arrives (or the error that ends the
+    connection) instead of it being dropped.
+    """
+
+    orphan: Callable[[Any], None] | None = None
+
+
+def deliver(fut: asyncio.Future[Any], value: Any, failed: bool) -> None:
+    """Settle ``fut`` with a reply (``failed``: ``value`` is the exception).
+
+    A future cancelled by its caller is done already: its reply goes to its
+    ``orphan`` handler if it has one, else it is dropped; either way the
+    reply stream stays in step with the commands.
+    """
+    if not fut.done():
+        if failed:
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+        return
+    handler = getattr(fut, "orphan", None)
+    if handler is None or not fut.cancelled():
+        return
+    fut.orphan = None  # type: ignore[attr-defined]
+    try:
+        handler(value)
+    except BaseException as exc:  # like a callback's: reported, not raised into the transport
+        fut.get_loop().call_exception_handler({
+            "message": "tinytown: exception in the orphan handler of a cancelled command",
+            "exception": exc, "future": fut})
 
 
 class Connection(Protocol):
