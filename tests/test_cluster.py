@@ -11,6 +11,7 @@ import asyncio
 import random
 
 import pytest
+from test_channel import msg, text_of  # the same message helpers as the single-server tests
 
 from tinytown import (
     Agent,
@@ -20,7 +21,6 @@ from tinytown import (
     ConnectionError,
     InvalidArgumentError,
     Message,
-    MessageType,
     Priority,
     ReplyError,
     Task,
@@ -28,15 +28,6 @@ from tinytown import (
 )
 from tinytown._cluster import command_slot, key_slot
 from tinytown._transports import connection_class
-
-
-def msg(to: AgentId, text: str, priority: Priority = Priority.NORMAL) -> Message:
-    return Message.new(AgentId.supervisor(), to, MessageType.Task(description=text)).with_priority(priority)
-
-
-def text_of(message: Message | None) -> str:
-    assert message is not None
-    return message.msg_type.description
 
 
 def agents_on_every_node(cluster, town: str, per_node: int = 2) -> list[AgentId]:
@@ -125,7 +116,8 @@ async def test_send_many_keeps_each_inbox_in_order(redis_cluster, cluster_url):
         for agent in agents:
             key = f"tt:metro:inbox:{agent}"
             raw = redis_cluster.node_for(key).command("LRANGE", key, 0, -1)
-            assert [Message.from_json(r).msg_type.description for r in raw] == [f"{agent}-{i}" for i in range(30)]
+            texts = [Message.from_json(r).msg_type.description for r in raw]
+            assert texts == [f"{agent}-{i}" for i in range(30)]
 
 
 async def test_agent_and_task_state(redis_cluster, cluster_url):
@@ -199,12 +191,16 @@ async def _move_slot(cluster, slot: int, target) -> None:
         node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
 
-async def test_moved_is_followed_and_learnt(redis_cluster, cluster_url):
+def inbox_slot_and_nodes(cluster):
+    """A new agent, its inbox key and slot, the node owning it and another node."""
     agent = AgentId.new()
     key = f"tt:metro:inbox:{agent}"
-    slot = key_slot(key.encode())
-    owner = redis_cluster.node_for(key)
-    target = next(n for n in redis_cluster.nodes if n is not owner)
+    owner = cluster.node_for(key)
+    return agent, key, key_slot(key.encode()), owner, next(n for n in cluster.nodes if n is not owner)
+
+
+async def test_moved_is_followed_and_learnt(redis_cluster, cluster_url):
+    agent, key, slot, owner, target = inbox_slot_and_nodes(redis_cluster)
     async with await Channel.connect(cluster_url, town="metro") as channel:
         assert await channel.inbox_len(agent) == 0  # the slot map is known now
         await _move_slot(redis_cluster, slot, target)  # the slot is empty: no MIGRATE needed
@@ -219,11 +215,7 @@ async def test_moved_is_followed_and_learnt(redis_cluster, cluster_url):
 
 
 async def test_ask_is_followed_during_a_migration(redis_cluster, cluster_url):
-    agent = AgentId.new()
-    key = f"tt:metro:inbox:{agent}"
-    slot = key_slot(key.encode())
-    source = redis_cluster.node_for(key)
-    target = next(n for n in redis_cluster.nodes if n is not source)
+    agent, key, slot, source, target = inbox_slot_and_nodes(redis_cluster)
     async with await Channel.connect(cluster_url, town="metro") as channel:
         target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", redis_cluster.node_id(source))
         source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", redis_cluster.node_id(target))

@@ -250,13 +250,14 @@ class Connection(asyncio.Protocol):
             str(exc) if exc is not None else "Server closed the connection")
         self._lose(ConnectionError(f"connection to Redis lost: {reason}"))
 
-    def _push(self, reply: Any) -> None:
-        handler = self._push_handler
+    def _push(self, reply: Any, handler: Callable[[Any], None] | None = None) -> None:
+        """Give a pub/sub reply (or the final error) to the subscriber's handler."""
+        handler = handler or self._push_handler
         if handler is None:
             return
         try:
             handler(reply)
-        except BaseException as exc:
+        except BaseException as exc:  # the handler's bug: reported, not raised into the loop's reader
             self._loop.call_exception_handler({
                 "message": "tinytown: exception in a pub/sub handler",
                 "exception": exc, "protocol": self})
@@ -265,13 +266,7 @@ class Connection(asyncio.Protocol):
         """The connection is gone: fail everything pending, tell the subscriber."""
         handler = self._push_handler
         self._shut(error)
-        if handler is not None:
-            try:
-                handler(error)
-            except BaseException as exc:
-                self._loop.call_exception_handler({
-                    "message": "tinytown: exception in a pub/sub handler",
-                    "exception": exc, "protocol": self})
+        self._push(error, handler)
 
     def _shut(self, error: ConnectionError) -> None:
         self._closed = True
