@@ -23,3 +23,4 @@ from tinytown.errors import (
 
 include "reply.pyx"
 include "connection.pyx"
+include "sync_connection.pyx"

@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgumentError",
     "ChannelClosedError",
     "ServerError",
+    "ConcurrentUseError",
 ]
 
 
@@ -59,3 +60,12 @@ class ChannelClosedError(TinytownError):
 
 class ServerError(TinytownError):
     """The managed local redis-server could not be found, started or stopped."""
+
+
+class ConcurrentUseError(TinytownError, RuntimeError):
+    """A SyncChannel was used by a second thread while another thread was in a call.
+
+    A SyncChannel (and each of its broadcast subscriptions) belongs to one
+    thread at a time: give each thread its own. ``close()`` is the exception
+    and may be called from any thread.
+    """
