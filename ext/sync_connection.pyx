@@ -40,6 +40,23 @@ cdef extern from *:
     void tt_clear_errno() noexcept nogil
     int tt_errno() noexcept nogil
 
+# A clock read costs a few ns with the coarse clock (no syscall): enough to
+# tell a connection used a moment ago from one that sat idle.
+cdef extern from *:
+    """
+    #include <time.h>
+    static inline double tt_coarse_now(void) {
+        struct timespec ts;
+    #ifdef CLOCK_MONOTONIC_COARSE
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    #else
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    #endif
+        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    }
+    """
+    double tt_coarse_now() noexcept nogil
+
 cdef extern from "<sys/socket.h>" nogil:
     enum:
         SHUT_RDWR
@@ -51,6 +68,9 @@ cdef enum:
     IO_ERR = 1          # hiredis set c.err: the connection is unusable
     IO_EINTR = 2        # a signal interrupted the wait: run the handlers, go on
     IO_TIMEOUT = 3      # nothing came before the deadline (read_reply only)
+
+# is_usable() probes the socket only after this long without a reply.
+cdef double IDLE_PROBE_AFTER = 0.05
 
 
 cdef inline double _now() noexcept nogil:
@@ -125,7 +145,7 @@ cdef class SyncConnection:
     cdef readonly Py_ssize_t pending     # commands sent whose replies are unread
     cdef bint busy                       # a thread is inside a call
     cdef bint closing                    # close() came while busy
-    cdef bint closed_by_user
+    cdef double last_reply_at            # coarse monotonic time of the last reply
     cdef _Argv argv                      # reused: one command is formatted at a time
 
     def __cinit__(self):
@@ -276,6 +296,7 @@ cdef class SyncConnection:
             raise self._lost()
         if self.pending:            # pub/sub messages answer no command
             self.pending -= 1
+        self.last_reply_at = tt_coarse_now()
         try:
             return reply_to_py(<redisReply *>reply)
         finally:
@@ -420,12 +441,14 @@ cdef class SyncConnection:
         An idle connection has nothing to read: if poll(2) says it has, the
         server closed it (or it broke), so it is closed here and False is
         returned, and the caller can reconnect before sending a command that
-        would fail. One non-blocking poll(2) when idle.
+        would fail. The probe (one non-blocking poll) is made only when the
+        last reply is more than 50 ms old, to keep syscalls off back-to-back
+        calls; a server that died in between fails one call instead.
         """
         cdef pollfd pfd
         if self.c == NULL:
             return False
-        if self.busy or self.pending:
+        if self.busy or self.pending or tt_coarse_now() - self.last_reply_at < IDLE_PROBE_AFTER:
             return True
         pfd.fd = self.c.fd
         pfd.events = POLLIN

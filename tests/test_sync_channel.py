@@ -190,7 +190,7 @@ def test_broadcast_subscription_resubscribes_after_a_drop(fresh_redis):
         fresh_redis.restart()
         sub.start()
         ping = Message.new(AgentId.new(), AgentId.new(), MessageType.Ping())
-        assert channel.broadcast(ping) == 1
+        assert fresh_redis.command("PUBLISH", "tt:broadcast", ping.to_json()) == 1
         assert sub.get(5) == ping
 
 
@@ -356,6 +356,16 @@ def test_calls_fail_and_next_call_reconnects(fresh_redis):
         channel.send(msg(agent, "after"))
         assert channel.inbox_len(agent) == 1
         assert text_of(channel.receive(agent, 5)) == "after"
+
+
+def test_idle_connection_closed_by_the_server_is_reopened(redis_server, redis_url):
+    agent = AgentId.new()
+    with SyncChannel.connect(redis_url, town="alpha") as channel:
+        channel.send(msg(agent, "kept"))
+        assert redis_server.command("CLIENT", "KILL", "TYPE", "normal") >= 1
+        time.sleep(0.1)  # idle: the next call notices the closed connection first
+        assert channel.inbox_len(agent) == 1
+        assert text_of(channel.try_receive(agent)) == "kept"
 
 
 def test_tcp_with_acl_user_password_and_db(redis_server_factory):
