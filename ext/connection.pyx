@@ -90,7 +90,7 @@ cdef class _Argv:
 
 cdef class _Batch:
     """One future for many commands: resolved when the last reply is in."""
-    cdef object future
+    cdef ReplyFuture future
     cdef Py_ssize_t remaining
     cdef object error          # first error reply or connection error
     cdef list results          # None when the caller does not want replies
@@ -117,29 +117,46 @@ cdef inline void _settle(object fut, object value, bint failed) noexcept:
         pass
 
 
+cdef inline void _resolve(Connection conn, ReplyFuture fut, object value, bint failed) noexcept:
+    if not fut._settle(value, failed) or fut._callbacks is None:
+        return
+    if conn is not None and conn.in_read:
+        # Woken at the end of the reader callback, in this loop iteration.
+        try:
+            conn.wakeups.append(fut)
+            return
+        except BaseException:
+            pass
+    fut._schedule_callbacks()
+
+
 cdef void _on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
-    cdef object fut = <object>privdata
+    cdef ReplyFuture fut = <ReplyFuture>privdata
     Py_DECREF(fut)                      # the reference taken in Connection.execute
+    cdef Connection conn = None
     cdef object value
     if ac.data != NULL:
-        (<Connection>ac.data).pending -= 1
+        conn = <Connection>ac.data
+        conn.pending -= 1
     if reply == NULL:
-        _settle(fut, _lost(ac), True)
+        _resolve(conn, fut, _lost(ac), True)
         return
     try:
         value = reply_to_py(<redisReply *>reply)
     except BaseException as exc:
-        _settle(fut, exc, True)
+        _resolve(conn, fut, exc, True)
         return
-    _settle(fut, value, type(value) is ReplyError)
+    _resolve(conn, fut, value, type(value) is ReplyError)
 
 
 cdef void _on_batch_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
     cdef _Batch batch = <_Batch>privdata
     Py_DECREF(batch)                    # one reference per command of the batch
+    cdef Connection conn = None
     cdef object value
     if ac.data != NULL:
-        (<Connection>ac.data).pending -= 1
+        conn = <Connection>ac.data
+        conn.pending -= 1
     try:
         if reply == NULL:
             value = _lost(ac)
@@ -159,9 +176,9 @@ cdef void _on_batch_reply(redisAsyncContext *ac, void *reply, void *privdata) no
     batch.remaining -= 1
     if batch.remaining == 0:
         if batch.error is not None:
-            _settle(batch.future, batch.error, True)
+            _resolve(conn, batch.future, batch.error, True)
         else:
-            _settle(batch.future, batch.results, False)
+            _resolve(conn, batch.future, batch.results, False)
 
 
 cdef void _on_push(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
@@ -233,6 +250,8 @@ cdef class Connection:
     cdef bint in_command       # inside redisAsyncCommandArgv
     cdef bint needs_flush      # hiredis has output waiting
     cdef bint flush_scheduled  # a call_soon flush is queued
+    cdef bint in_read          # inside redisAsyncHandleRead
+    cdef list wakeups          # futures settled by this read, woken after it
     cdef object connect_waiter
     cdef object push_handler
     cdef object _create_future
@@ -249,6 +268,7 @@ cdef class Connection:
         self._read_cb = self._on_readable
         self._write_cb = self._on_writable
         self._flush_cb = self._flush
+        self.wakeups = []
 
     def __dealloc__(self):
         cdef redisAsyncContext *ac = self.ac
@@ -365,8 +385,18 @@ cdef class Connection:
         self._want_write(False)
 
     def _on_readable(self):
-        if self.ac != NULL:
+        cdef list woken
+        if self.ac == NULL:
+            return
+        self.in_read = True
+        try:
             redisAsyncHandleRead(self.ac)
+        finally:
+            self.in_read = False
+        if self.wakeups:
+            woken, self.wakeups = self.wakeups, []
+            for fut in woken:
+                (<ReplyFuture>fut)._run_callbacks()
 
     def _on_writable(self):
         if self.ac != NULL:
@@ -413,14 +443,14 @@ cdef class Connection:
         return 0
 
     def execute(self, *args):
-        """Send one command; returns a future of its reply.
+        """Send one command; returns a :class:`ReplyFuture` of its reply.
 
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
         self._check_open()
         cdef bint was_idle = self.pending == 0
-        fut = self._create_future()
+        cdef ReplyFuture fut = ReplyFuture.__new__(ReplyFuture, self.loop)
         self._issue(args, _on_reply, <void *>fut)
         Py_INCREF(fut)                  # released by _on_reply
         self.pending += 1
@@ -438,7 +468,7 @@ cdef class Connection:
         self._check_open()
         cdef _Batch batch = _Batch.__new__(_Batch)
         cdef bint was_idle = self.pending == 0
-        batch.future = self._create_future()
+        batch.future = ReplyFuture.__new__(ReplyFuture, self.loop)
         batch.results = [] if replies else None
         for command in commands:
             self._issue(command, _on_batch_reply, <void *>batch)

@@ -203,3 +203,56 @@ async def test_commands_of_one_iteration_leave_in_one_write(redis_server, redis_
     assert (await asyncio.gather(*futures))[-1] == 200
     assert proxy.chunks <= 3, proxy.chunks
     conn.close()
+
+
+async def test_reply_future_works_with_asyncio_combinators(redis_server, redis_url):
+    conn = await connect(redis_server)
+    fut = conn.execute("PING")
+    assert asyncio.isfuture(fut)
+    assert await asyncio.shield(fut) == b"PONG"
+    assert await asyncio.wait_for(conn.execute("ECHO", "x"), 5) == b"x"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(conn.execute("BLPOP", "nothing", 5), 0.05)
+    # the BLPOP above was cancelled but is still pending on the server
+    assert conn.pending_replies == 1
+    done, pending = await asyncio.wait([conn.execute("PING"), conn.execute("ECHO", "y")])
+    assert sorted(f.result() for f in done) == [b"PONG", b"y"] and not pending
+    failing = conn.execute("LPUSH")
+    with pytest.raises(ReplyError):
+        await failing
+    assert isinstance(failing.exception(), ReplyError)
+    conn.close()
+
+
+async def test_callbacks_run_in_their_context(redis_server, redis_url):
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="outer")
+    seen = []
+    conn = await connect(redis_server)
+    fut = conn.execute("PING")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+    fut.add_done_callback(lambda f: seen.append(var.get()), context=ctx)
+    fut.add_done_callback(lambda f: seen.append(var.get()))
+    await fut
+    await asyncio.sleep(0)
+    assert seen == ["inner", "outer"]
+    conn.close()
+
+
+async def test_orphan_gets_the_reply_of_a_cancelled_command(redis_server, redis_url):
+    conn = await connect(redis_server)
+    orphaned = []
+    fut = conn.execute("BLPOP", "q", 5)
+    fut.orphan = orphaned.append
+    waiter = asyncio.ensure_future(fut)
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert fut.cancelled()
+    redis_server.command("RPUSH", "q", "kept")
+    assert await conn.execute("PING") == b"PONG"  # replies in order: BLPOP's came first
+    assert orphaned == [[b"q", b"kept"]]
+    conn.close()

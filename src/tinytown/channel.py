@@ -145,25 +145,40 @@ class Channel:
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         address = self._address
-        conn = Connection(self._loop)
-        try:
-            if address.unix_path is not None:
-                waiter = conn.connect_unix(address.unix_path)
-            else:
+        if address.unix_path is not None:
+            conn = await self._connect_one(lambda c: c.connect_unix(address.unix_path))
+        else:
+            try:
                 infos = await self._loop.getaddrinfo(
                     address.host, address.port, type=socket.SOCK_STREAM)
-                if not infos:
-                    raise ConnectionError(f"cannot resolve Redis host {address.host!r}")
-                waiter = conn.connect_tcp(infos[0][4][0], address.port)
-            await asyncio.wait_for(waiter, self._connect_timeout)
+            except socket.gaierror as exc:
+                raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+            # Try every address in order ("localhost" may give ::1 first).
+            error: ConnectionError | None = None
+            for ip in dict.fromkeys(info[4][0] for info in infos):
+                try:
+                    conn = await self._connect_one(lambda c: c.connect_tcp(ip, address.port))
+                    break
+                except ConnectionError as exc:
+                    error = exc
+            else:
+                raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
+        try:
             await self._log_in(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _connect_one(self, start: Any) -> Connection:
+        conn = Connection(self._loop)
+        try:
+            await asyncio.wait_for(start(conn), self._connect_timeout)
         except asyncio.TimeoutError:
             conn.close()
             raise ConnectionError(
-                f"cannot connect to Redis at {address}: no answer in {self._connect_timeout} s") from None
-        except socket.gaierror as exc:
-            conn.close()
-            raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+                f"cannot connect to Redis at {self._address}: "
+                f"no answer in {self._connect_timeout} s") from None
         except BaseException:
             conn.close()
             raise
@@ -255,10 +270,16 @@ class Channel:
         except BaseException:
             self._receivers.release(conn)
             raise
+        # If this caller is cancelled, the BLPOP still completes on the
+        # server; its reply then goes to _abandoned_pop instead of being lost.
+        fut.orphan = lambda reply: self._abandoned_pop(conn, reply)
         try:
-            reply = await asyncio.shield(fut)
+            reply = await fut
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: self._abandoned_pop(conn, f))
+            if fut.done() and not fut.cancelled():
+                # The reply was in, but the cancellation reached the task first.
+                fut.orphan = None
+                self._abandoned_pop(conn, None if fut.exception() else fut.result())
             raise
         except BaseException:
             self._receivers.release(conn)
@@ -268,12 +289,12 @@ class Channel:
             return None
         return await self._decode(agent, reply[1])
 
-    def _abandoned_pop(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
-        """A BLPOP whose caller was cancelled finished: put its message back."""
+    def _abandoned_pop(self, conn: Connection, reply: Any) -> None:
+        """The reply of a BLPOP whose caller was cancelled: put its message back."""
         self._receivers.release(conn)
-        if fut.cancelled() or fut.exception() is not None or fut.result() is None:
+        if not isinstance(reply, list):  # timed out, or the connection failed
             return
-        key, raw = fut.result()
+        key, raw = reply
         main = self._conn
         if main is None or main.is_closed:
             log.error("tinytown: receive() cancelled and Redis unreachable; message lost: %r", raw)
