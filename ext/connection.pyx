@@ -29,63 +29,36 @@ cdef object _coerce_arg(object arg):
         f"cannot send a {type(arg).__name__} to Redis; send bytes, str, int or float")
 
 
-cdef class _Argv:
-    """The argv/argvlen arrays of one command, borrowing the arguments' buffers."""
-    cdef const char *stack_ptrs[STACK_ARGS]
-    cdef size_t stack_lens[STACK_ARGS]
-    cdef const char **ptrs
-    cdef size_t *lens
-    cdef Py_ssize_t argc
-    cdef list keep      # converted arguments whose buffers are borrowed
+cdef list _fill_argv(tuple args, const char **ptrs, size_t *lens):
+    """Point ptrs/lens at the arguments' buffers (UTF-8 for str, no copy).
 
-    cdef int fill(self, object args) except -1:
-        cdef Py_ssize_t i, n
-        cdef object arg
-        cdef const char *text
-        if not isinstance(args, tuple):
-            args = tuple(args)
-        self.argc = len(<tuple>args)
-        if self.argc == 0:
-            raise InvalidArgumentError("empty Redis command")
-        if self.argc > STACK_ARGS:
-            self.ptrs = <const char **>PyMem_Malloc(self.argc * sizeof(char *))
-            self.lens = <size_t *>PyMem_Malloc(self.argc * sizeof(size_t))
-            if self.ptrs == NULL or self.lens == NULL:
-                raise MemoryError()
+    Returns the converted arguments whose buffers are borrowed (keep them
+    alive until hiredis has formatted the command), or None.
+    """
+    cdef Py_ssize_t i, n
+    cdef object arg
+    cdef const char *text
+    cdef list keep = None
+    for i in range(len(args)):
+        arg = args[i]
+        if PyBytes_CheckExact(arg):
+            ptrs[i] = PyBytes_AS_STRING(arg)
+            lens[i] = <size_t>PyBytes_GET_SIZE(arg)
+        elif isinstance(arg, str):
+            try:
+                text = PyUnicode_AsUTF8AndSize(arg, &n)
+            except UnicodeEncodeError as exc:
+                raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
+            ptrs[i] = text
+            lens[i] = <size_t>n
         else:
-            self.ptrs = self.stack_ptrs
-            self.lens = self.stack_lens
-        for i in range(self.argc):
-            arg = (<tuple>args)[i]
-            if PyBytes_CheckExact(arg):
-                self.ptrs[i] = PyBytes_AS_STRING(arg)
-                self.lens[i] = <size_t>PyBytes_GET_SIZE(arg)
-            elif isinstance(arg, str):
-                try:
-                    text = PyUnicode_AsUTF8AndSize(arg, &n)
-                except UnicodeEncodeError as exc:
-                    raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
-                self.ptrs[i] = text
-                self.lens[i] = <size_t>n
-            else:
-                arg = _coerce_arg(arg)
-                if self.keep is None:
-                    self.keep = []
-                self.keep.append(arg)
-                self.ptrs[i] = PyBytes_AS_STRING(arg)
-                self.lens[i] = <size_t>PyBytes_GET_SIZE(arg)
-        return 0
-
-    cdef void release(self) noexcept:
-        if self.ptrs != self.stack_ptrs and self.ptrs != NULL:
-            PyMem_Free(<void *>self.ptrs)
-            PyMem_Free(self.lens)
-        self.ptrs = NULL
-        self.lens = NULL
-        self.keep = None
-
-    def __dealloc__(self):
-        self.release()
+            arg = _coerce_arg(arg)
+            if keep is None:
+                keep = []
+            keep.append(arg)
+            ptrs[i] = PyBytes_AS_STRING(arg)
+            lens[i] = <size_t>PyBytes_GET_SIZE(arg)
+    return keep
 
 
 cdef class _Batch:
@@ -118,7 +91,7 @@ cdef inline void _settle(object fut, object value, bint failed) noexcept:
 
 
 cdef inline void _resolve(Connection conn, ReplyFuture fut, object value, bint failed) noexcept:
-    if not fut._settle(value, failed) or fut._callbacks is None:
+    if not fut._settle(value, failed) or not fut._has_callbacks():
         return
     if conn is not None and conn.in_read:
         # Woken at the end of the reader callback, in this loop iteration.
@@ -429,15 +402,32 @@ cdef class Connection:
         return 0
 
     cdef int _issue(self, object args, redisCallbackFn *fn, void *privdata) except -1:
-        cdef _Argv argv = _Argv.__new__(_Argv)
+        cdef const char *stack_ptrs[STACK_ARGS]
+        cdef size_t stack_lens[STACK_ARGS]
+        cdef const char **ptrs = stack_ptrs
+        cdef size_t *lens = stack_lens
+        cdef Py_ssize_t argc
         cdef int rc
-        argv.fill(args)
-        self.in_command = True
+        cdef list keep
+        if not isinstance(args, tuple):
+            args = tuple(args)
+        argc = len(<tuple>args)
+        if argc == 0:
+            raise InvalidArgumentError("empty Redis command")
+        if argc > STACK_ARGS:
+            ptrs = <const char **>PyMem_Malloc(argc * sizeof(char *))
+            lens = <size_t *>PyMem_Malloc(argc * sizeof(size_t))
         try:
-            rc = redisAsyncCommandArgv(self.ac, fn, privdata, <int>argv.argc, argv.ptrs, argv.lens)
+            if ptrs == NULL or lens == NULL:
+                raise MemoryError()
+            keep = _fill_argv(<tuple>args, ptrs, lens)
+            self.in_command = True
+            rc = redisAsyncCommandArgv(self.ac, fn, privdata, <int>argc, ptrs, lens)
         finally:
             self.in_command = False
-            argv.release()
+            if ptrs != stack_ptrs:
+                PyMem_Free(<void *>ptrs)
+                PyMem_Free(lens)
         if rc != REDIS_OK:
             raise ConnectionError("connection to Redis is closing; command not sent")
         return 0

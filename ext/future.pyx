@@ -32,7 +32,9 @@ cdef class ReplyFuture:
     cdef object _loop
     cdef int _state
     cdef object _value
-    cdef list _callbacks            # [(fn, context), ...] or None
+    cdef object _fn0                # the first callback (nearly always the only one:
+    cdef object _ctx0               # the awaiting task's wake-up) and its context
+    cdef list _callbacks            # further [(fn, context), ...] or None
     cdef object _cancel_message
     cdef public object _asyncio_future_blocking
     cdef public object orphan       # called with the reply of a cancelled command
@@ -78,18 +80,20 @@ cdef class ReplyFuture:
             context = _copy_context()
         if self._state != PENDING:
             self._loop.call_soon(fn, self, context=context)
+        elif self._fn0 is None:
+            self._fn0 = fn
+            self._ctx0 = context
         elif self._callbacks is None:
             self._callbacks = [(fn, context)]
         else:
             self._callbacks.append((fn, context))
 
     def remove_done_callback(self, fn):
-        if not self._callbacks:
-            return 0
-        kept = [(f, c) for f, c in self._callbacks if f != fn]
-        removed = len(self._callbacks) - len(kept)
-        self._callbacks = kept
-        return removed
+        cdef list entries = self._take_callbacks()
+        kept = [(f, c) for f, c in entries if f != fn]
+        for f, c in kept:
+            self.add_done_callback(f, context=c)
+        return len(entries) - len(kept)
 
     def cancel(self, msg=None):
         if self._state != PENDING:
@@ -145,32 +149,51 @@ cdef class ReplyFuture:
         self._value = value
         return True
 
+    cdef inline bint _has_callbacks(self) noexcept:
+        return self._fn0 is not None
+
+    cdef list _take_callbacks(self):
+        cdef list entries
+        if self._fn0 is None:
+            return []
+        entries = [(self._fn0, self._ctx0)]
+        if self._callbacks is not None:
+            entries.extend(self._callbacks)
+        self._fn0 = self._ctx0 = self._callbacks = None
+        return entries
+
     cdef void _schedule_callbacks(self) noexcept:
-        cdef list callbacks = self._callbacks
-        if callbacks is None:
+        if self._fn0 is None:
             return
-        self._callbacks = None
         try:
-            for fn, context in callbacks:
+            for fn, context in self._take_callbacks():
                 self._loop.call_soon(fn, self, context=context)
         except BaseException as exc:  # the loop is closed: nobody is waiting
             PyErr_WriteUnraisable(exc)
 
     cdef int _run_callbacks(self) except -1:
         """Run the callbacks now; only from a loop callback with no task running."""
-        cdef list callbacks = self._callbacks
-        if callbacks is None:
+        cdef object fn = self._fn0
+        cdef object context = self._ctx0
+        cdef list more = self._callbacks
+        if fn is None:
             return 0
-        self._callbacks = None
-        for fn, context in callbacks:
-            try:
-                context.run(fn, self)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._loop.call_exception_handler({
-                    "message": "Exception in a callback of a tinytown reply future",
-                    "exception": exc,
-                    "future": self,
-                })
+        self._fn0 = self._ctx0 = self._callbacks = None
+        self._run_one(fn, context)
+        if more is not None:
+            for fn, context in more:
+                self._run_one(fn, context)
+        return 0
+
+    cdef int _run_one(self, object fn, object context) except -1:
+        try:
+            context.run(fn, self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "Exception in a callback of a tinytown reply future",
+                "exception": exc,
+                "future": self,
+            })
         return 0

@@ -519,7 +519,7 @@ def _rss_bytes() -> int:
 
 def _e2e_receiver(url: str, town: str, agent: str, back: str, count: int) -> None:
     async def run() -> list[int]:
-        got = []
+        got: list[int] = []
         ack = Message.new(AgentId.new(), back, MessageType.Pong())
         async with await Channel.connect(url, town=town) as channel:
             while len(got) < count:
@@ -527,7 +527,9 @@ def _e2e_receiver(url: str, town: str, agent: str, back: str, count: int) -> Non
                 now = time.perf_counter_ns()  # CLOCK_MONOTONIC: comparable across processes
                 if message is None:
                     break
-                got.append(now - int(message.msg_type.payload))
+                stamp = message.msg_type
+                assert isinstance(stamp, MessageType.Custom)
+                got.append(now - int(stamp.payload))
                 await channel.send(ack)
         return got
     print(json.dumps(asyncio.run(run())))

@@ -229,9 +229,10 @@ class Channel:
         Urgent and high priority go to the front (LPUSH), normal and low to
         the back (RPUSH).
         """
-        check_message(message, "send")
+        if type(message) is not Message:
+            check_message(message, "send")
         payload = message.to_json()
-        key = self._keys.inbox_prefix + AgentId(message.to)
+        key = self._keys.inbox_prefix + message.to  # a Message's ids are typed and immutable
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
@@ -299,9 +300,11 @@ class Channel:
         if main is None or main.is_closed:
             log.error("tinytown: receive() cancelled and Redis unreachable; message lost: %r", raw)
             return
-        main.execute(LPUSH, key, raw).add_done_callback(
-            lambda f: f.cancelled() or f.exception() is None
-            or log.error("tinytown: could not requeue %r: %s", raw, f.exception()))
+        def requeued(f: Any) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("tinytown: could not requeue %r: %s", raw, f.exception())
+
+        main.execute(LPUSH, key, raw).add_done_callback(requeued)
 
     async def try_receive(self, agent_id: AgentId | Any) -> Message | None:
         """Take the first message of the inbox without waiting (LPOP); None if empty."""
