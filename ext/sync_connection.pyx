@@ -146,10 +146,6 @@ cdef class SyncConnection:
     cdef bint busy                       # a thread is inside a call
     cdef bint closing                    # close() came while busy
     cdef double last_reply_at            # coarse monotonic time of the last reply
-    cdef _Argv argv                      # reused: one command is formatted at a time
-
-    def __cinit__(self):
-        self.argv = _Argv.__new__(_Argv)
 
     def __dealloc__(self):
         if self.c != NULL:
@@ -246,13 +242,31 @@ cdef class SyncConnection:
     # -- commands ---------------------------------------------------------
 
     cdef int _append(self, object args) except -1:
-        cdef _Argv argv = self.argv
+        """Format one command into hiredis's output buffer (nothing is written yet)."""
+        cdef const char *stack_ptrs[STACK_ARGS]
+        cdef size_t stack_lens[STACK_ARGS]
+        cdef const char **ptrs = stack_ptrs
+        cdef size_t *lens = stack_lens
+        cdef Py_ssize_t argc
         cdef int rc
+        cdef list keep      # holds converted arguments until hiredis has copied them
+        if not isinstance(args, tuple):
+            args = tuple(args)
+        argc = len(<tuple>args)
+        if argc == 0:
+            raise InvalidArgumentError("empty Redis command")
+        if argc > STACK_ARGS:
+            ptrs = <const char **>PyMem_Malloc(argc * sizeof(char *))
+            lens = <size_t *>PyMem_Malloc(argc * sizeof(size_t))
         try:
-            argv.fill(args)
-            rc = redisAppendCommandArgv(self.c, <int>argv.argc, argv.ptrs, argv.lens)
+            if ptrs == NULL or lens == NULL:
+                raise MemoryError()
+            keep = _fill_argv(<tuple>args, ptrs, lens)
+            rc = redisAppendCommandArgv(self.c, <int>argc, ptrs, lens)
         finally:
-            argv.release()
+            if ptrs != stack_ptrs:
+                PyMem_Free(<void *>ptrs)
+                PyMem_Free(lens)
         if rc != REDIS_OK:
             raise MemoryError()
         self.pending += 1
