@@ -9,6 +9,7 @@ thread should open its own SyncChannel.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -114,13 +115,9 @@ class SyncChannel:
         if self._closed:
             raise ChannelClosedError("the channel is closed")
         address = self._address
-        conn = SyncConnection()
+        conn = self._connect()
         client_id: int | None = None
         try:
-            if address.unix_path is not None:
-                conn.connect_unix(address.unix_path, self._connect_timeout)
-            else:
-                conn.connect_tcp(address.host, address.port, self._connect_timeout)
             login = login_commands(address)
             if login:
                 try:
@@ -136,6 +133,27 @@ class SyncChannel:
             conn.close()
             raise
         return conn, client_id
+
+    def _connect(self) -> SyncConnection:
+        address = self._address
+        if address.unix_path is not None:
+            conn = SyncConnection()
+            conn.connect_unix(address.unix_path, self._connect_timeout)
+            return conn
+        try:
+            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+        # Try every address in order, as Channel does ("localhost" may give ::1 first).
+        error: ConnectionError | None = None
+        for ip in dict.fromkeys(info[4][0] for info in infos):
+            conn = SyncConnection()
+            try:
+                conn.connect_tcp(ip, address.port, self._connect_timeout)
+                return conn
+            except ConnectionError as exc:
+                error = exc
+        raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
 
     def _reconnect(self) -> SyncConnection:
         """The main connection, (re)opened."""
