@@ -519,3 +519,53 @@ def test_message_popped_by_an_interrupted_receive_is_put_back(redis_server_facto
         # put back at the front: not lost, not duplicated
         assert server.command("LRANGE", inbox, 0, -1) == [first.to_json()]
         assert channel.receive(agent, 5) == first
+
+
+# ------------------------------------------------------------------------ leaks
+
+
+def _exercise(channel: SyncChannel, sub, agent: AgentId, rounds: int) -> None:
+    conn = channel._conn
+    message = Message.new(AgentId.supervisor(), agent, MessageType.Ping())
+    for _ in range(rounds):
+        channel.send(message)
+        assert channel.receive(agent, 1) == message            # send_command + read_reply
+        channel.send_many([message, message])                  # execute_many
+        assert channel.try_receive(agent) == message
+        assert channel.try_receive(agent) == message
+        assert channel.inbox_len(agent) == 0
+        with pytest.raises(ReplyError):
+            conn.execute("LPUSH")                              # error reply
+        assert conn.execute("MGET", "a", "b", "c") == [None, None, None]
+        with pytest.raises(ReplyError):
+            conn.execute_many([("PING",), ("LPUSH",), ("ECHO", 12345)])
+        assert channel.broadcast(message) == 1
+        assert sub.get(1) == message                           # pub/sub message
+        assert sub.get(0) is None                              # TimeoutError path
+
+
+def test_no_growth_over_many_operations(redis_url):
+    """Every reply tree, argument buffer and exception is released (tracemalloc
+    sees Python objects, RSS hiredis's mallocs)."""
+    import gc
+    import tracemalloc
+
+    from test_leaks import rss_bytes
+
+    agent = AgentId.new()
+    with SyncChannel.connect(redis_url, town="leaks") as channel, channel.broadcasts() as sub:
+        _exercise(channel, sub, agent, 1_000)  # warm up caches and freelists
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before_py = tracemalloc.get_traced_memory()[0]
+            before_rss = rss_bytes()
+            _exercise(channel, sub, agent, 5_000)
+            gc.collect()
+            growth_py = tracemalloc.get_traced_memory()[0] - before_py
+            growth_rss = rss_bytes() - before_rss
+        finally:
+            tracemalloc.stop()
+    # 5,000 rounds are 75,000 commands: a leak of one object per command would be MBs.
+    assert growth_py < 200_000, growth_py
+    assert growth_rss < 4_000_000, growth_rss
