@@ -16,7 +16,7 @@ import pytest
 
 from channel_cases import msg
 from test_town import alive
-from tinytown import Agent, AgentId, Message, MessageType, SyncChannel, Task
+from tinytown import Agent, AgentId, ConfirmationType, Message, MessageType, SyncChannel, Task
 from tinytown.migrate import migrate_keys, plan_migration
 
 SCRIPT = str(Path(sys.executable).parent / "tinytown")
@@ -146,10 +146,9 @@ def test_send_every_message_type(tt, redis_server):
         ("task", "--description", "d"): MessageType.Task("d"),
         ("query", "--question", "q?"): MessageType.Query("q?"),
         ("informational", "--summary", "s"): MessageType.Informational("s"),
-        ("confirmation", "--ack-type", "thanks"): MessageType.Confirmation(
-            ack_type=__import__("tinytown").ConfirmationType.Thanks()),
+        ("confirmation", "--ack-type", "thanks"): MessageType.Confirmation(ConfirmationType.Thanks()),
         ("confirmation", "--ack-type", "rejected", "--reason", "no"): MessageType.Confirmation(
-            ack_type=__import__("tinytown").ConfirmationType.Rejected("no")),
+            ConfirmationType.Rejected("no")),
         ("task_assign", "--task-id", task_id): MessageType.TaskAssign(task_id),
         ("task-done", "--task-id", task_id, "--result", "ok"): MessageType.TaskDone(task_id, "ok"),
         ("task_failed", "--task-id", task_id, "--error", "boom"): MessageType.TaskFailed(task_id, "boom"),
