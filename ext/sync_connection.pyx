@@ -160,7 +160,7 @@ cdef class SyncConnection:
         cdef const char *p = cpath
         cdef timeval tv = _timeval(timeout)
         cdef redisContext *c
-        self._check_unused()
+        self._check_unused(timeout)
         with nogil:
             c = redisConnectUnixWithTimeout(p, tv)
         self._attach(c, f"unix:{path}")
@@ -172,14 +172,16 @@ cdef class SyncConnection:
         cdef const char *h = chost
         cdef timeval tv = _timeval(timeout)
         cdef redisContext *c
-        self._check_unused()
+        self._check_unused(timeout)
         with nogil:
             c = redisConnectWithTimeout(h, port, tv)
         self._attach(c, f"{host}:{port}")
 
-    cdef int _check_unused(self) except -1:
+    cdef int _check_unused(self, double timeout) except -1:
         if self.c != NULL or self.where is not None:
             raise InvalidArgumentError("a SyncConnection can be connected only once")
+        if not timeout > 0:
+            raise InvalidArgumentError(f"connect timeout must be positive, not {timeout!r}")
         return 0
 
     cdef int _attach(self, redisContext *c, str where) except -1:
@@ -299,8 +301,6 @@ cdef class SyncConnection:
             if rc == IO_OK:
                 break
             if self.closing:
-                if reply != NULL:
-                    freeReplyObject(reply)
                 raise self._lost()
             if rc == IO_EINTR:
                 PyErr_CheckSignals()
