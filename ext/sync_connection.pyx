@@ -245,30 +245,15 @@ cdef class SyncConnection:
 
     cdef int _append(self, object args) except -1:
         """Format one command into hiredis's output buffer (nothing is written yet)."""
-        cdef const char *stack_ptrs[STACK_ARGS]
-        cdef size_t stack_lens[STACK_ARGS]
-        cdef const char **ptrs = stack_ptrs
-        cdef size_t *lens = stack_lens
-        cdef Py_ssize_t argc
+        cdef _ArgvBuf argv
         cdef int rc
-        cdef list keep      # holds converted arguments until hiredis has copied them
-        if not isinstance(args, tuple):
-            args = tuple(args)
-        argc = len(<tuple>args)
-        if argc == 0:
-            raise InvalidArgumentError("empty Redis command")
-        if argc > STACK_ARGS:
-            ptrs = <const char **>PyMem_Malloc(argc * sizeof(char *))
-            lens = <size_t *>PyMem_Malloc(argc * sizeof(size_t))
+        cdef list keep      # converted arguments: alive until hiredis formatted the command
+        args = _argv_init(&argv, args)
         try:
-            if ptrs == NULL or lens == NULL:
-                raise MemoryError()
-            keep = _fill_argv(<tuple>args, ptrs, lens)
-            rc = redisAppendCommandArgv(self.c, <int>argc, ptrs, lens)
+            keep = _fill_argv(args, argv.ptrs, argv.lens)
+            rc = redisAppendCommandArgv(self.c, argv.argc, argv.ptrs, argv.lens)
         finally:
-            if ptrs != stack_ptrs:
-                PyMem_Free(<void *>ptrs)
-                PyMem_Free(lens)
+            _argv_close(&argv)
         if rc != REDIS_OK:
             raise MemoryError()
         self.pending += 1
