@@ -61,6 +61,47 @@ cdef list _fill_argv(tuple args, const char **ptrs, size_t *lens):
     return keep
 
 
+cdef struct _ArgvBuf:
+    # argv/argvlen of one command: on the stack for up to STACK_ARGS arguments
+    const char *stack_ptrs[STACK_ARGS]
+    size_t stack_lens[STACK_ARGS]
+    const char **ptrs
+    size_t *lens
+    int argc
+
+
+cdef inline tuple _argv_init(_ArgvBuf *buf, object args):
+    """Size ``buf`` for the command ``args``; returns it as a tuple.
+
+    Then, in a try whose finally calls _argv_close: _fill_argv(the tuple,
+    buf.ptrs, buf.lens), keeping what it returns alive until hiredis has
+    formatted the command. On an exception here there is nothing to close.
+    """
+    if not isinstance(args, tuple):
+        args = tuple(args)
+    cdef Py_ssize_t argc = len(<tuple>args)
+    if argc == 0:
+        raise InvalidArgumentError("empty Redis command")
+    buf.argc = <int>argc
+    buf.ptrs = buf.stack_ptrs
+    buf.lens = buf.stack_lens
+    if argc > STACK_ARGS:
+        buf.ptrs = <const char **>PyMem_Malloc(argc * sizeof(char *))
+        buf.lens = <size_t *>PyMem_Malloc(argc * sizeof(size_t))
+        if buf.ptrs == NULL or buf.lens == NULL:
+            _argv_close(buf)
+            raise MemoryError()
+    return <tuple>args
+
+
+cdef inline void _argv_close(_ArgvBuf *buf) noexcept:
+    if buf.ptrs != buf.stack_ptrs:
+        PyMem_Free(<void *>buf.ptrs)
+        PyMem_Free(buf.lens)
+    buf.ptrs = buf.stack_ptrs
+    buf.lens = buf.stack_lens
+
+
 cdef class _Batch:
     """One future for many commands: resolved when the last reply is in."""
     cdef ReplyFuture future
@@ -402,32 +443,17 @@ cdef class Connection:
         return 0
 
     cdef int _issue(self, object args, redisCallbackFn *fn, void *privdata) except -1:
-        cdef const char *stack_ptrs[STACK_ARGS]
-        cdef size_t stack_lens[STACK_ARGS]
-        cdef const char **ptrs = stack_ptrs
-        cdef size_t *lens = stack_lens
-        cdef Py_ssize_t argc
+        cdef _ArgvBuf argv
         cdef int rc
         cdef list keep
-        if not isinstance(args, tuple):
-            args = tuple(args)
-        argc = len(<tuple>args)
-        if argc == 0:
-            raise InvalidArgumentError("empty Redis command")
-        if argc > STACK_ARGS:
-            ptrs = <const char **>PyMem_Malloc(argc * sizeof(char *))
-            lens = <size_t *>PyMem_Malloc(argc * sizeof(size_t))
+        args = _argv_init(&argv, args)
         try:
-            if ptrs == NULL or lens == NULL:
-                raise MemoryError()
-            keep = _fill_argv(<tuple>args, ptrs, lens)
+            keep = _fill_argv(args, argv.ptrs, argv.lens)
             self.in_command = True
-            rc = redisAsyncCommandArgv(self.ac, fn, privdata, <int>argc, ptrs, lens)
+            rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
         finally:
             self.in_command = False
-            if ptrs != stack_ptrs:
-                PyMem_Free(<void *>ptrs)
-                PyMem_Free(lens)
+            _argv_close(&argv)
         if rc != REDIS_OK:
             raise ConnectionError("connection to Redis is closing; command not sent")
         return 0

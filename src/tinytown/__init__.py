@@ -10,6 +10,7 @@ from .channel import BroadcastSubscription, Channel
 from .enums import AgentState, AgentType, Priority, SpawnMode, TaskState
 from .errors import (
     ChannelClosedError,
+    ConcurrentUseError,
     ConnectionError,
     DecodeError,
     EncodeError,
@@ -21,6 +22,7 @@ from .errors import (
 )
 from .ids import AgentId, MessageId, TaskId
 from .message import ConfirmationType, Message, MessageType
+from .sync_channel import SyncBroadcastSubscription, SyncChannel
 from .task import Task
 from .timestamp import Timestamp
 from .town import Town
@@ -35,6 +37,7 @@ __all__ = [
     "BroadcastSubscription",
     "Channel",
     "ChannelClosedError",
+    "ConcurrentUseError",
     "ConfirmationType",
     "ConnectionError",
     "DecodeError",
@@ -47,6 +50,8 @@ __all__ = [
     "ReplyError",
     "ServerError",
     "SpawnMode",
+    "SyncBroadcastSubscription",
+    "SyncChannel",
     "Task",
     "TaskId",
     "TaskState",

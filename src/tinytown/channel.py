@@ -31,6 +31,7 @@ from ._commands import (
     decode_agent,
     decode_task,
     is_wrongtype,
+    login_commands,
     push_commands,
 )
 from ._transports import Connection, connection_class
@@ -201,14 +202,7 @@ class Channel:
 
     async def _log_in(self, conn: Connection) -> None:
         address = self._address
-        commands: list[tuple[Any, ...]] = []
-        if address.password is not None:
-            if address.username:
-                commands.append((b"AUTH", address.username, address.password))
-            else:
-                commands.append((b"AUTH", address.password))
-        if address.db:
-            commands.append((b"SELECT", address.db))
+        commands = login_commands(address)
         if commands:
             try:
                 await conn.execute_many(commands, False)

@@ -16,6 +16,7 @@ __all__ = [
     "ChannelClosedError",
     "ServerError",
     "TransportUnavailableError",
+    "ConcurrentUseError",
 ]
 
 
@@ -67,4 +68,13 @@ class TransportUnavailableError(TinytownError, ImportError):
 
     The message says what to install: a wheel or libhiredis for the hiredis
     extension, ``pip install 'tinytown[python]'`` for the Python transport.
+    """
+
+
+class ConcurrentUseError(TinytownError, RuntimeError):
+    """A SyncChannel was used by a second thread while another thread was in a call.
+
+    A SyncChannel (and each of its broadcast subscriptions) belongs to one
+    thread at a time: give each thread its own. ``close()`` is the exception
+    and may be called from any thread.
     """
