@@ -39,7 +39,8 @@ def targets() -> list[Target]:
     for op in ("send", "try_receive", "get_agent_state", "set_agent_state", "get_task", "set_task"):
         out.append(Target(op, "ratio_redis_py", 0.70, True, f"{op} median vs redis-py asyncio"))
         out.append(Target(op, "ratio_c_client", 1.5, True, f"{op} median vs redis-benchmark -c 1 p50"))
-    for op in ("sync send", "sync try_receive", "sync get_agent_state", "sync set_agent_state"):
+    for op in ("sync send", "sync try_receive", "sync get_agent_state", "sync set_agent_state",
+               "sync get_task", "sync set_task"):
         out.append(Target(op, "ratio_c_client", 1.15, True, f"{op} median vs redis-benchmark -c 1 p50"))
     out += [
         Target("100 coroutines, one Channel", "ratio_redis_py", 10.0, False,
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", help="JSON written by pytest --benchmark-json")
     parser.add_argument("--allow-missing", action="store_true",
-                        help="do not fail on targets whose row is absent (e.g. no SyncChannel)")
+                        help="do not fail on targets whose row is absent (e.g. a partial run)")
     args = parser.parse_args(argv)
     with open(args.report, encoding="utf-8") as f:
         rows = rows_of(json.load(f))

@@ -1,4 +1,4 @@
-"""One Channel call at a time: per-operation latency beside redis-py and redis-benchmark.
+"""One Channel (or SyncChannel) call at a time: latency beside redis-py and redis-benchmark.
 
 pytest-benchmark times tinytown's batch of each round; the untimed ``setup``
 of the same round runs the redis-py batch, the TCP batch and the C client,
@@ -13,10 +13,12 @@ import pytest
 from conftest import record, rounds
 from tinytown.bench import Bench
 
-OPERATIONS = [
+ASYNC_OPERATIONS = [
     "send", "try_receive", "receive (message waiting)", "inbox_len", "set_agent_state",
     "get_agent_state", "set_task", "get_task", "broadcast",
 ]
+# The same calls on the blocking SyncChannel, beside redis-py's sync client.
+OPERATIONS = ASYNC_OPERATIONS + [f"sync {name}" for name in ASYNC_OPERATIONS]
 
 
 def test_operation_list_is_complete(bench: Bench) -> None:

@@ -6,4 +6,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/bootstrap.sh
-exec .venv/bin/python -m tinytown.bench "$@"
+exec .venv/bin/tinytown bench "$@"

@@ -211,18 +211,29 @@ class Bench:
         self.channel: Channel | None = None
         self.tcp_channel: Channel | None = None
         self.redis_py: Any = None
+        self.sync_channel: Any = None      # tinytown.SyncChannel
+        self.redis_py_sync: Any = None     # redis.Redis (sync client)
 
     async def __aenter__(self) -> Bench:
         self.channel = await Channel.connect(self.server.url, town=self.town)
         if self.tcp_server is not None:
             self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town)
         try:
+            from .sync_channel import SyncChannel
+        except ImportError:  # the Python transport has no sync channel
+            self.sync_channel = None
+        else:
+            self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
+        try:
+            import redis
             import redis.asyncio as aredis
         except ImportError:  # the baseline is optional for `tinytown bench`
             self.redis_py = None
         else:
             self.redis_py = aredis.Redis(unix_socket_path=str(self.server.socket_path))
             await self.redis_py.ping()
+            self.redis_py_sync = redis.Redis(unix_socket_path=str(self.server.socket_path))
+            self.redis_py_sync.ping()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -232,6 +243,10 @@ class Bench:
             await self.tcp_channel.close()
         if self.redis_py is not None:
             await self.redis_py.aclose()
+        if self.sync_channel is not None:
+            self.sync_channel.close()
+        if self.redis_py_sync is not None:
+            self.redis_py_sync.close()
 
     # -- primitives -------------------------------------------------------------
 
@@ -240,6 +255,14 @@ class Bench:
         for _ in range(n):
             start = clock()
             await op()
+            into.append(clock() - start)
+
+    @staticmethod
+    def _time_sync_ops(op: Callable[[], Any], n: int, into: list[int]) -> None:
+        clock = time.perf_counter_ns
+        for _ in range(n):
+            start = clock()
+            op()
             into.append(clock() - start)
 
     async def _prefill(self, channel: Channel, key: str, n: int) -> None:
@@ -288,15 +311,43 @@ class Bench:
              ["PUBLISH", "tt:broadcast", payload_text], None),
         ]
 
+    def _sync_operations(self) -> list[tuple[str, Callable[[Any], Any], Any, list[str], str | None]]:
+        """The same calls on the blocking SyncChannel, beside redis-py's sync client."""
+        if self.sync_channel is None:
+            return []
+        agent, message, payload, inbox = self.agent, self.message, self.payload, self.inbox
+        rp = self.redis_py_sync
+        agent_state, task = self.agent_state, self.task
+        rows = []
+        for name, make_op, rp_op, c_command, prefill in self._operations():
+            rows.append((f"sync {name}", make_op, rp_op, c_command, prefill))
+        sync_rp = {
+            "sync send": rp and (lambda: rp.rpush(inbox, payload)),
+            "sync try_receive": rp and (lambda: rp.lpop(inbox)),
+            "sync receive (message waiting)": rp and (lambda: rp.blpop([inbox], 1)),
+            "sync inbox_len": rp and (lambda: rp.llen(inbox)),
+            "sync set_agent_state": rp and (lambda: rp.set(self.agent_key, agent_state.to_json())),
+            "sync get_agent_state": rp and (lambda: rp.get(self.agent_key)),
+            "sync set_task": rp and (lambda: rp.set(self.task_key, task.to_json())),
+            "sync get_task": rp and (lambda: rp.get(self.task_key)),
+            "sync broadcast": rp and (lambda: rp.publish("tt:broadcast", payload)),
+        }
+        del agent, message
+        return [(name, make_op, sync_rp[name], c_command, prefill)
+                for name, make_op, _rp, c_command, prefill in rows]
+
     def operation(self, name: str) -> OperationBench:
-        """The measurement of one Channel call, to be driven round by round."""
+        """The measurement of one Channel (or SyncChannel) call, driven round by round."""
         for op_name, make_op, rp_op, c_command, prefill in self._operations():
             if op_name == name:
                 return OperationBench(self, name, make_op, rp_op, c_command, prefill)
+        for op_name, make_op, rp_op, c_command, prefill in self._sync_operations():
+            if op_name == name:
+                return OperationBench(self, name, make_op, rp_op, c_command, prefill, sync=True)
         raise KeyError(name)
 
     def operation_names(self) -> list[str]:
-        return [op[0] for op in self._operations()]
+        return [op[0] for op in self._operations()] + [op[0] for op in self._sync_operations()]
 
     async def single_operations(self, only: set[str] | None = None) -> list[Result]:
         """Median per-operation latency of each Channel call, interleaved with the baselines."""
@@ -455,17 +506,23 @@ class OperationBench:
     "redis_py", "tcp") after :meth:`prepare`, or the C client (:meth:`c_round`).
     """
 
-    def __init__(self, bench: Bench, name: str, make_op: Callable[[Channel], Op],
-                 redis_py_op: Op | None, c_command: list[str], prefill: str | None) -> None:
+    def __init__(self, bench: Bench, name: str, make_op: Callable[[Any], Any],
+                 redis_py_op: Any, c_command: list[str], prefill: str | None,
+                 sync: bool = False) -> None:
         self.bench = bench
         self.name = name
         self.c_command = c_command
         self.prefill = prefill
-        self.ops: dict[str, Op | None] = {
-            "tinytown": make_op(bench.channel) if bench.channel else None,
-            "redis_py": redis_py_op,
-            "tcp": make_op(bench.tcp_channel) if bench.tcp_channel else None,
-        }
+        self.sync = sync
+        if sync:  # the same calls on the SyncChannel; no TCP row for them
+            self.ops: dict[str, Any] = {"tinytown": make_op(bench.sync_channel),
+                                        "redis_py": redis_py_op, "tcp": None}
+        else:
+            self.ops = {
+                "tinytown": make_op(bench.channel) if bench.channel else None,
+                "redis_py": redis_py_op,
+                "tcp": make_op(bench.tcp_channel) if bench.tcp_channel else None,
+            }
         self.samples: dict[str, list[int]] = {who: [] for who in self.ops}
         self.c_p50s: list[float] = []
 
@@ -491,7 +548,11 @@ class OperationBench:
 
     async def timed_round(self, who: str) -> None:
         op = self.ops[who]
-        if op is not None:
+        if op is None:
+            return
+        if self.sync:
+            self.bench._time_sync_ops(op, self.bench.per_round, self.samples[who])
+        else:
             await self.bench._time_ops(op, self.bench.per_round, self.samples[who])
 
     def c_round(self) -> None:
@@ -687,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.per_round < 1:
         parser.error("--rounds and --per-round must be positive")
-    total = args.rounds * (9 + 2) + max(1, args.rounds) + 1
+    total = args.rounds * (18 + 2) + max(1, args.rounds) + 1
     progress = _Progress(total)
     try:
         results = asyncio.run(run_all(args, progress))
