@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 INSTALL_HINT = (
@@ -25,12 +26,17 @@ INSTALL_HINT = (
 def hiredis_flags() -> dict[str, list[str]]:
     prefix = os.environ.get("TINYTOWN_HIREDIS_PREFIX")
     if prefix:
+        libdir = os.path.join(os.path.abspath(prefix), "lib")
         return {
             "include_dirs": [os.path.join(prefix, "include")],
-            "library_dirs": [os.path.join(prefix, "lib")],
+            "library_dirs": [libdir],
             "libraries": ["hiredis"],
             "extra_compile_args": [],
-            "extra_link_args": [],
+            # An rpath to the private hiredis lets the built module load as is
+            # and lets auditwheel find the library to copy into the wheel (it
+            # then rewrites the rpath to the wheel's copy). On macOS the
+            # library's absolute install name does the same for delocate.
+            "extra_link_args": [f"-Wl,-rpath,{libdir}"] if sys.platform.startswith("linux") else [],
         }
     try:
         out = subprocess.run(
@@ -85,4 +91,20 @@ def extensions() -> list[Extension]:
     )
 
 
-setup(ext_modules=extensions())
+class build_py_with_notices(build_py):
+    """Ship the license of a hiredis that the wheel will bundle.
+
+    With TINYTOWN_HIREDIS_PREFIX (scripts/build_hiredis.sh), the wheel carries
+    that libhiredis (BSD-3-Clause, whose notice must come with binaries), so
+    its COPYING goes into the package as ``LICENSE.hiredis``.
+    """
+
+    def run(self) -> None:
+        super().run()
+        prefix = os.environ.get("TINYTOWN_HIREDIS_PREFIX")
+        notice = prefix and os.path.join(prefix, "share", "licenses", "hiredis", "COPYING")
+        if notice and os.path.exists(notice):
+            self.copy_file(notice, os.path.join(self.build_lib, "tinytown", "LICENSE.hiredis"))
+
+
+setup(ext_modules=extensions(), cmdclass={"build_py": build_py_with_notices})

@@ -23,4 +23,6 @@ from tinytown.errors import (
 )
 
 include "reply.pyx"
+include "future.pyx"
 include "connection.pyx"
+include "sync_connection.pyx"

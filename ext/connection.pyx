@@ -29,68 +29,82 @@ cdef object _coerce_arg(object arg):
         f"cannot send a {type(arg).__name__} to Redis; send bytes, str, int or float")
 
 
-cdef class _Argv:
-    """The argv/argvlen arrays of one command, borrowing the arguments' buffers."""
-    cdef const char *stack_ptrs[STACK_ARGS]
-    cdef size_t stack_lens[STACK_ARGS]
-    cdef const char **ptrs
-    cdef size_t *lens
-    cdef Py_ssize_t argc
-    cdef list keep      # converted arguments whose buffers are borrowed
+cdef list _fill_argv(tuple args, const char **ptrs, size_t *lens):
+    """Point ptrs/lens at the arguments' buffers (UTF-8 for str, no copy).
 
-    cdef int fill(self, object args) except -1:
-        cdef Py_ssize_t i, n
-        cdef object arg
-        cdef const char *text
-        if not isinstance(args, tuple):
-            args = tuple(args)
-        self.argc = len(<tuple>args)
-        if self.argc == 0:
-            raise InvalidArgumentError("empty Redis command")
-        if self.argc > STACK_ARGS:
-            self.ptrs = <const char **>PyMem_Malloc(self.argc * sizeof(char *))
-            self.lens = <size_t *>PyMem_Malloc(self.argc * sizeof(size_t))
-            if self.ptrs == NULL or self.lens == NULL:
-                raise MemoryError()
+    Returns the converted arguments whose buffers are borrowed (keep them
+    alive until hiredis has formatted the command), or None.
+    """
+    cdef Py_ssize_t i, n
+    cdef object arg
+    cdef const char *text
+    cdef list keep = None
+    for i in range(len(args)):
+        arg = args[i]
+        if PyBytes_CheckExact(arg):
+            ptrs[i] = PyBytes_AS_STRING(arg)
+            lens[i] = <size_t>PyBytes_GET_SIZE(arg)
+        elif isinstance(arg, str):
+            try:
+                text = PyUnicode_AsUTF8AndSize(arg, &n)
+            except UnicodeEncodeError as exc:
+                raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
+            ptrs[i] = text
+            lens[i] = <size_t>n
         else:
-            self.ptrs = self.stack_ptrs
-            self.lens = self.stack_lens
-        for i in range(self.argc):
-            arg = (<tuple>args)[i]
-            if PyBytes_CheckExact(arg):
-                self.ptrs[i] = PyBytes_AS_STRING(arg)
-                self.lens[i] = <size_t>PyBytes_GET_SIZE(arg)
-            elif isinstance(arg, str):
-                try:
-                    text = PyUnicode_AsUTF8AndSize(arg, &n)
-                except UnicodeEncodeError as exc:
-                    raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
-                self.ptrs[i] = text
-                self.lens[i] = <size_t>n
-            else:
-                arg = _coerce_arg(arg)
-                if self.keep is None:
-                    self.keep = []
-                self.keep.append(arg)
-                self.ptrs[i] = PyBytes_AS_STRING(arg)
-                self.lens[i] = <size_t>PyBytes_GET_SIZE(arg)
-        return 0
+            arg = _coerce_arg(arg)
+            if keep is None:
+                keep = []
+            keep.append(arg)
+            ptrs[i] = PyBytes_AS_STRING(arg)
+            lens[i] = <size_t>PyBytes_GET_SIZE(arg)
+    return keep
 
-    cdef void release(self) noexcept:
-        if self.ptrs != self.stack_ptrs and self.ptrs != NULL:
-            PyMem_Free(<void *>self.ptrs)
-            PyMem_Free(self.lens)
-        self.ptrs = NULL
-        self.lens = NULL
-        self.keep = None
 
-    def __dealloc__(self):
-        self.release()
+cdef struct _ArgvBuf:
+    # argv/argvlen of one command: on the stack for up to STACK_ARGS arguments
+    const char *stack_ptrs[STACK_ARGS]
+    size_t stack_lens[STACK_ARGS]
+    const char **ptrs
+    size_t *lens
+    int argc
+
+
+cdef inline tuple _argv_init(_ArgvBuf *buf, object args):
+    """Size ``buf`` for the command ``args``; returns it as a tuple.
+
+    Then, in a try whose finally calls _argv_close: _fill_argv(the tuple,
+    buf.ptrs, buf.lens), keeping what it returns alive until hiredis has
+    formatted the command. On an exception here there is nothing to close.
+    """
+    if not isinstance(args, tuple):
+        args = tuple(args)
+    cdef Py_ssize_t argc = len(<tuple>args)
+    if argc == 0:
+        raise InvalidArgumentError("empty Redis command")
+    buf.argc = <int>argc
+    buf.ptrs = buf.stack_ptrs
+    buf.lens = buf.stack_lens
+    if argc > STACK_ARGS:
+        buf.ptrs = <const char **>PyMem_Malloc(argc * sizeof(char *))
+        buf.lens = <size_t *>PyMem_Malloc(argc * sizeof(size_t))
+        if buf.ptrs == NULL or buf.lens == NULL:
+            _argv_close(buf)
+            raise MemoryError()
+    return <tuple>args
+
+
+cdef inline void _argv_close(_ArgvBuf *buf) noexcept:
+    if buf.ptrs != buf.stack_ptrs:
+        PyMem_Free(<void *>buf.ptrs)
+        PyMem_Free(buf.lens)
+    buf.ptrs = buf.stack_ptrs
+    buf.lens = buf.stack_lens
 
 
 cdef class _Batch:
     """One future for many commands: resolved when the last reply is in."""
-    cdef object future
+    cdef ReplyFuture future
     cdef Py_ssize_t remaining
     cdef object error          # first error reply or connection error
     cdef list results          # None when the caller does not want replies
@@ -121,29 +135,46 @@ cdef inline void _settle(object fut, object value, bint failed) noexcept:
         pass
 
 
+cdef inline void _resolve(Connection conn, ReplyFuture fut, object value, bint failed) noexcept:
+    if not fut._settle(value, failed) or not fut._has_callbacks():
+        return
+    if conn is not None and conn.in_read:
+        # Woken at the end of the reader callback, in this loop iteration.
+        try:
+            conn.wakeups.append(fut)
+            return
+        except BaseException:
+            pass
+    fut._schedule_callbacks()
+
+
 cdef void _on_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
-    cdef object fut = <object>privdata
+    cdef ReplyFuture fut = <ReplyFuture>privdata
     Py_DECREF(fut)                      # the reference taken in Connection.execute
+    cdef Connection conn = None
     cdef object value
     if ac.data != NULL:
-        (<Connection>ac.data).pending -= 1
+        conn = <Connection>ac.data
+        conn.pending -= 1
     if reply == NULL:
-        _settle(fut, _lost(ac), True)
+        _resolve(conn, fut, _lost(ac), True)
         return
     try:
         value = reply_to_py(<redisReply *>reply)
     except BaseException as exc:
-        _settle(fut, exc, True)
+        _resolve(conn, fut, exc, True)
         return
-    _settle(fut, value, type(value) is ReplyError)
+    _resolve(conn, fut, value, type(value) is ReplyError)
 
 
 cdef void _on_batch_reply(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
     cdef _Batch batch = <_Batch>privdata
     Py_DECREF(batch)                    # one reference per command of the batch
+    cdef Connection conn = None
     cdef object value
     if ac.data != NULL:
-        (<Connection>ac.data).pending -= 1
+        conn = <Connection>ac.data
+        conn.pending -= 1
     try:
         if reply == NULL:
             value = _lost(ac)
@@ -163,9 +194,9 @@ cdef void _on_batch_reply(redisAsyncContext *ac, void *reply, void *privdata) no
     batch.remaining -= 1
     if batch.remaining == 0:
         if batch.error is not None:
-            _settle(batch.future, batch.error, True)
+            _resolve(conn, batch.future, batch.error, True)
         else:
-            _settle(batch.future, batch.results, False)
+            _resolve(conn, batch.future, batch.results, False)
 
 
 cdef void _on_push(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
@@ -237,6 +268,8 @@ cdef class Connection:
     cdef bint in_command       # inside redisAsyncCommandArgv
     cdef bint needs_flush      # hiredis has output waiting
     cdef bint flush_scheduled  # a call_soon flush is queued
+    cdef bint in_read          # inside redisAsyncHandleRead
+    cdef list wakeups          # futures settled by this read, woken after it
     cdef object connect_waiter
     cdef object push_handler
     cdef object _create_future
@@ -254,6 +287,7 @@ cdef class Connection:
         self._read_cb = self._on_readable
         self._write_cb = self._on_writable
         self._flush_cb = self._flush
+        self.wakeups = []
         self.guard.pending = &self.pending
 
     def __dealloc__(self):
@@ -373,8 +407,18 @@ cdef class Connection:
         self._want_write(False)
 
     def _on_readable(self):
-        if self.ac != NULL:
+        cdef list woken
+        if self.ac == NULL:
+            return
+        self.in_read = True
+        try:
             redisAsyncHandleRead(self.ac)
+        finally:
+            self.in_read = False
+        if self.wakeups:
+            woken, self.wakeups = self.wakeups, []
+            for fut in woken:
+                (<ReplyFuture>fut)._run_callbacks()
 
     def _on_writable(self):
         if self.ac != NULL:
@@ -407,28 +451,30 @@ cdef class Connection:
         return 0
 
     cdef int _issue(self, object args, redisCallbackFn *fn, void *privdata) except -1:
-        cdef _Argv argv = _Argv.__new__(_Argv)
+        cdef _ArgvBuf argv
         cdef int rc
-        argv.fill(args)
-        self.in_command = True
+        cdef list keep
+        args = _argv_init(&argv, args)
         try:
-            rc = redisAsyncCommandArgv(self.ac, fn, privdata, <int>argv.argc, argv.ptrs, argv.lens)
+            keep = _fill_argv(args, argv.ptrs, argv.lens)
+            self.in_command = True
+            rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
         finally:
             self.in_command = False
-            argv.release()
+            _argv_close(&argv)
         if rc != REDIS_OK:
             raise ConnectionError("connection to Redis is closing; command not sent")
         return 0
 
     def execute(self, *args):
-        """Send one command; returns a future of its reply.
+        """Send one command; returns a :class:`ReplyFuture` of its reply.
 
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
         self._check_open()
         cdef bint was_idle = self.pending == 0
-        fut = self._create_future()
+        cdef ReplyFuture fut = ReplyFuture.__new__(ReplyFuture, self.loop)
         self._issue(args, _on_reply, <void *>fut)
         Py_INCREF(fut)                  # released by _on_reply
         self.pending += 1
@@ -446,7 +492,7 @@ cdef class Connection:
         self._check_open()
         cdef _Batch batch = _Batch.__new__(_Batch)
         cdef bint was_idle = self.pending == 0
-        batch.future = self._create_future()
+        batch.future = ReplyFuture.__new__(ReplyFuture, self.loop)
         batch.results = [] if replies else None
         for command in commands:
             self._issue(command, _on_batch_reply, <void *>batch)

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # The test command: set up (scripts/bootstrap.sh), then run the whole suite
-# against real redis-server processes. Extra arguments go to pytest
-# (e.g. scripts/test.sh -k town -x). Exits with pytest's exit code.
+# against real redis-server processes once per transport (hiredis extension,
+# then pure Python; scripts/run_suite.sh), then every benchmark once with
+# timing off (so the benches keep working; speed is measured by
+# scripts/bench.sh and `pytest benches --benchmark-only`, never asserted).
+# Extra arguments go to the test-suite pytest (e.g. scripts/test.sh -k town -x).
+# Exits non-zero if any run fails.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/bootstrap.sh
-exec .venv/bin/python -m pytest tests "$@"
+status=0
+PYTHON="$ROOT/.venv/bin/python" scripts/run_suite.sh "$@" || status=$?
+.venv/bin/python -m pytest benches --benchmark-disable -q || status=$?
+exit "$status"

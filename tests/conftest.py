@@ -12,6 +12,10 @@ Fixtures (all synchronous; async tests open their own channels):
                            of 127.0.0.1 (``.url`` is ``redis://127.0.0.1:N``).
 ``redis_server_factory``   function-scoped ``factory(*extra_args, tcp=False)``
                            starting more servers; all closed at test end.
+``redis_cluster``          session-scoped three-master :class:`servers.RedisCluster`
+                           on 127.0.0.1 (started on first use).
+``cluster_url``            function-scoped: FLUSHALL on every node, then
+                           ``redis+cluster://127.0.0.1:P1,...``.
 ``loop_kind``              ``"asyncio"`` or ``"uvloop"`` for async tests.
 
 Every ``async def test_*`` is parametrized over ``loop_kind`` (ids
@@ -28,7 +32,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from servers import RedisProcess
+from servers import RedisCluster, RedisProcess
 
 LOOP_KINDS = ("asyncio", "uvloop")
 DEFAULT_ASYNC_TIMEOUT = 60.0
@@ -39,6 +43,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "async_timeout(seconds): safety timeout of an async test (default 60 s)",
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # scripts/test.sh runs the suite once per transport (TINYTOWN_TRANSPORT).
+    from tinytown._transports import connection_class
+
+    cls = connection_class()
+    return f"tinytown transport: {cls.__module__}.{cls.__qualname__}"
 
 
 # ---------------------------------------------------------------- event loops
@@ -187,3 +199,20 @@ def redis_server_factory() -> Iterator[Callable[..., RedisProcess]]:
     finally:
         for server in started:
             server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A three-master Redis Cluster shared by the session (started on first use)."""
+    cluster = RedisCluster(masters=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """URL of the shared cluster, every node FLUSHALLed just before the test."""
+    redis_cluster.flushall()
+    return redis_cluster.url

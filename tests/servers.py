@@ -31,6 +31,8 @@ __all__ = [
     "find_server_binary",
     "free_tcp_port",
     "resp_command",
+    "RedisCluster",
+    "find_cli_binary",
 ]
 
 READY_TIMEOUT = 10.0
@@ -223,6 +225,7 @@ class RedisProcess:
         tcp: bool = False,
         directory: str | os.PathLike[str] | None = None,
         binary: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.extra_args: tuple[str, ...] = tuple(str(a) for a in extra_args)
@@ -232,7 +235,7 @@ class RedisProcess:
             tempfile.mkdtemp(prefix="tt-redis-") if directory is None else directory
         ).absolute()
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._port: int | None = None
+        self._port: int | None = port  # None: a free one, chosen at start
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
         self.password: str | None = None
@@ -463,3 +466,113 @@ class RedisProcess:
 def start_server(*extra_args: str, tcp: bool = False, **kw: object) -> RedisProcess:
     """Create and start a :class:`RedisProcess`."""
     return RedisProcess(*extra_args, tcp=tcp, **kw).start()  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------
+# Redis Cluster
+
+
+def _free_cluster_port() -> int:
+    """A free port P of 127.0.0.1 whose cluster bus port P + 10000 is free too."""
+    for _ in range(100):
+        port = free_tcp_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
+def find_cli_binary(server_binary: str) -> str:
+    """redis-cli (or valkey-cli) beside the server binary, else on PATH."""
+    name = "valkey-cli" if "valkey" in os.path.basename(server_binary) else "redis-cli"
+    beside = os.path.join(os.path.dirname(server_binary), name)
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"no {name} on PATH: run scripts/bootstrap.sh (apt-get install redis-tools)")
+    return found
+
+
+class RedisCluster:
+    """A real Redis Cluster of ``masters`` redis-server processes on 127.0.0.1.
+
+    Each node runs with ``--cluster-enabled yes`` on its own TCP port (the
+    cluster bus on port + 10000); ``redis-cli --cluster create`` assigns the
+    16384 slots and :meth:`start` waits until every node reports
+    ``cluster_state:ok`` and knows the whole map.
+    """
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 5000) -> None:
+        self.nodes: list[RedisProcess] = []
+        self._masters = masters
+        self._node_timeout_ms = node_timeout_ms
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...``"""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 30.0) -> "RedisCluster":
+        for _ in range(self._masters):
+            node = RedisProcess(
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self._node_timeout_ms),
+                tcp=True, port=_free_cluster_port())
+            self.nodes.append(node)
+            node.start()
+        cli = find_cli_binary(self.nodes[0].binary)
+        argv = [cli, "--cluster", "create"]
+        argv += [f"127.0.0.1:{n.port}" for n in self.nodes]
+        argv += ["--cluster-replicas", "0", "--cluster-yes"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}\n{done.stderr}")
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+        return self
+
+    def ready(self) -> bool:
+        """True when every node says cluster_state:ok and maps all 16384 slots alike."""
+        maps = []
+        for node in self.nodes:
+            info = node.command("CLUSTER", "INFO")
+            if b"cluster_state:ok" not in info:  # type: ignore[operator]
+                return False
+            maps.append(sorted((s[0], s[1], s[2][1]) for s in node.command("CLUSTER", "SLOTS")))  # type: ignore[union-attr]
+        return all(m == maps[0] for m in maps) and sum(e - b + 1 for b, e, _ in maps[0]) == 16384
+
+    def node_for(self, key: str | bytes) -> RedisProcess:
+        """The node that owns ``key``'s slot, as the cluster itself says."""
+        slot = self.nodes[0].command("CLUSTER", "KEYSLOT", key)
+        for entry in self.nodes[0].command("CLUSTER", "SLOTS"):  # type: ignore[union-attr]
+            if entry[0] <= slot <= entry[1]:
+                return next(n for n in self.nodes if n.port == entry[2][1])
+        raise RuntimeError(f"no node owns slot {slot}")
+
+    def node_id(self, node: RedisProcess) -> str:
+        return node.command("CLUSTER", "MYID").decode()  # type: ignore[union-attr]
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            node.command("FLUSHALL")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> "RedisCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,7 +11,8 @@ from datetime import timedelta
 
 import pytest
 
-from messages import task_message
+import channel_cases
+from channel_cases import msg
 from tinytown import (
     Agent,
     AgentId,
@@ -26,13 +27,10 @@ from tinytown import (
 )
 
 
-text_message = task_message
-
-
 def sized_message(to: AgentId, size: int) -> Message:
     """A message whose JSON is exactly ``size`` bytes."""
-    base = text_message(to, "")
-    return text_message(to, "x" * (size - len(base.to_json())))
+    base = msg(to, "")
+    return msg(to, "x" * (size - len(base.to_json())))
 
 
 # ------------------------------------------------------------------ oversized
@@ -47,7 +45,7 @@ async def test_oversized_writes_are_refused_before_anything_is_written(redis_ser
         sub = await channel.broadcasts().start()
 
         for attempt in (lambda: channel.send(over),
-                        lambda: channel.send_many([text_message(agent, "small"), over]),
+                        lambda: channel.send_many([msg(agent, "small"), over]),
                         lambda: channel.broadcast(over),
                         lambda: channel.set_agent_state(Agent.new("n" * limit, "claude")),
                         lambda: channel.set_task(Task.new("d" * limit))):
@@ -78,8 +76,9 @@ async def test_default_limit_is_16_mib(redis_server, redis_url):
 # -------------------------------------------------------------- invalid ids
 
 
-BAD_IDS = ["not-a-uuid", "", "12345678-1234-1234-1234-12345678901", 12, None, b"\x00" * 16,
-           "00000000-0000-0000-0000-00000000000g", "tt:alpha:inbox:*"]
+# channel_cases.BAD_IDS, plus near misses and a key pattern
+BAD_IDS = channel_cases.BAD_IDS + ["12345678-1234-1234-1234-12345678901",
+                                   "00000000-0000-0000-0000-00000000000g", "tt:alpha:inbox:*"]
 
 
 async def test_every_id_taking_call_rejects_bad_ids(redis_server, redis_url):
@@ -114,7 +113,7 @@ async def test_bad_timeouts_for_reliable_receive(redis_server, redis_url):
         for bad in [0, -1, -0.001, float("nan"), float("inf"), "1", None, True, timedelta(seconds=-1)]:
             with pytest.raises(InvalidArgumentError):
                 await channel.receive_reliable(AgentId.new(), bad)
-        for not_a_delivery in [None, text_message(AgentId.new(), "x"), b"raw"]:
+        for not_a_delivery in [None, msg(AgentId.new(), "x"), b"raw"]:
             with pytest.raises(InvalidArgumentError):
                 await channel.ack(not_a_delivery)
         assert redis_server.command("DBSIZE") == 0
@@ -136,7 +135,7 @@ async def test_every_call_after_close_raises_and_writes_nothing(redis_server, re
     agent = AgentId.new()
     channel = await Channel.connect(redis_url, town="alpha")
     await channel.close()
-    message = text_message(agent, "late")
+    message = msg(agent, "late")
     delivery = Delivery(message, agent, message.to_json())
     calls = [
         lambda: channel.send(message),

@@ -9,6 +9,19 @@ from datetime import timedelta
 
 import pytest
 
+from channel_cases import (
+    BAD_IDS,
+    BAD_TIMEOUTS,
+    BAD_TOWNS,
+    BAD_URLS,
+    NOT_MESSAGES,
+    PRIORITY_ORDER,
+    PRIORITY_SENDS,
+    UNDECODABLE,
+    msg,
+    send_many_case,
+    text_of,
+)
 from tinytown import (
     Agent,
     AgentId,
@@ -20,21 +33,10 @@ from tinytown import (
     InvalidArgumentError,
     Message,
     MessageType,
-    Priority,
     Task,
     TaskId,
     TaskState,
 )
-
-
-def msg(to: AgentId, text: str, priority: Priority = Priority.NORMAL) -> Message:
-    return Message.new(AgentId.supervisor(), to, MessageType.Task(description=text)).with_priority(priority)
-
-
-def text_of(message: Message | None) -> str:
-    assert message is not None
-    assert isinstance(message.msg_type, MessageType.Task)
-    return message.msg_type.description
 
 
 # ----------------------------------------------------------------- send/receive
@@ -58,13 +60,10 @@ async def test_send_writes_rust_layout(redis_server, redis_url):
 async def test_priority_placement(redis_url):
     agent = AgentId.new()
     async with await Channel.connect(redis_url, town="alpha") as channel:
-        await channel.send(msg(agent, "normal-1"))
-        await channel.send(msg(agent, "low", Priority.LOW))
-        await channel.send(msg(agent, "high", Priority.HIGH))
-        await channel.send(msg(agent, "normal-2", Priority.NORMAL))
-        await channel.send(msg(agent, "urgent", Priority.URGENT))
-        order = [text_of(await channel.try_receive(agent)) for _ in range(5)]
-        assert order == ["urgent", "high", "normal-1", "low", "normal-2"]
+        for text, priority in PRIORITY_SENDS:
+            await channel.send(msg(agent, text, priority))
+        order = [text_of(await channel.try_receive(agent)) for _ in PRIORITY_SENDS]
+        assert order == PRIORITY_ORDER
 
 
 async def test_ids_accept_id_uuid_and_str(redis_url):
@@ -145,19 +144,16 @@ async def test_cancelled_receive_loses_nothing(redis_url):
 
 async def test_send_many_keeps_order_and_placement(redis_server, redis_url):
     a, b = AgentId.new(), AgentId.new()
-    messages = [msg(a, f"a{i}") for i in range(2500)]
-    messages += [msg(b, "b-normal"), msg(b, "b-urgent", Priority.URGENT), msg(a, "a-last")]
-    messages += [msg(b, f"b-high{i}", Priority.HIGH) for i in range(3)]
+    messages, inbox_a, pops_b = send_many_case(a, b)
     async with await Channel.connect(redis_url, town="alpha") as channel:
         await channel.send_many(messages)
         await channel.send_many([])
-        assert await channel.inbox_len(a) == 2501
+        assert await channel.inbox_len(a) == len(inbox_a)
         raw_a = redis_server.command("LRANGE", f"tt:alpha:inbox:{a}", 0, -1)
-        assert [Message.from_json(r).msg_type.description for r in raw_a] == \
-            [f"a{i}" for i in range(2500)] + ["a-last"]
-        got_b = [text_of(await channel.try_receive(b)) for _ in range(5)]
+        assert [text_of(Message.from_json(r)) for r in raw_a] == inbox_a
+        got_b = [text_of(await channel.try_receive(b)) for _ in pops_b]
         # each HIGH/URGENT went to the front, as individual sends would have put them
-        assert got_b == ["b-high2", "b-high1", "b-high0", "b-urgent", "b-normal"]
+        assert got_b == pops_b
 
 
 async def test_send_many_encodes_everything_before_sending(redis_url):
@@ -259,30 +255,26 @@ async def test_towns_are_isolated_on_one_server(redis_url):
 async def test_undecodable_message_goes_to_dead_letters(redis_server, redis_url):
     agent = AgentId.new()
     inbox = f"tt:alpha:inbox:{agent}"
-    redis_server.command("RPUSH", inbox, b"\xffnot json", b'{"id":"x"}')
+    redis_server.command("RPUSH", inbox, *UNDECODABLE)
     async with await Channel.connect(redis_url, town="alpha") as channel:
         await channel.send(msg(agent, "good"))
         with pytest.raises(DecodeError) as first:
             await channel.try_receive(agent)
-        assert first.value.raw == b"\xffnot json"
+        assert first.value.raw == UNDECODABLE[0]
         with pytest.raises(DecodeError) as second:
             await channel.receive(agent, 1)
-        assert second.value.raw == b'{"id":"x"}'
+        assert second.value.raw == UNDECODABLE[1]
         assert text_of(await channel.receive(agent, 1)) == "good"
-        assert redis_server.command("LRANGE", f"tt:alpha:dead:{agent}", 0, -1) == \
-            [b"\xffnot json", b'{"id":"x"}']
+        assert redis_server.command("LRANGE", f"tt:alpha:dead:{agent}", 0, -1) == UNDECODABLE
 
 
-@pytest.mark.parametrize("url", [
-    "http://localhost:6379", "unix://relative/path.sock", "unix:relative.sock", "redis://",
-    "redis://host:notaport", "redis://host:6379/db", "rediss://host:6379", "", 42,
-])
+@pytest.mark.parametrize("url", BAD_URLS)
 async def test_bad_urls(url):
     with pytest.raises(InvalidArgumentError):
         await Channel.connect(url, town="alpha")
 
 
-@pytest.mark.parametrize("town", ["", "a:b", "a*", "a?", "a[b", "a b", "tab\t", None])
+@pytest.mark.parametrize("town", BAD_TOWNS)
 async def test_bad_town_names(redis_url, town):
     with pytest.raises(InvalidArgumentError):
         await Channel.connect(redis_url, town=town)
@@ -290,15 +282,15 @@ async def test_bad_town_names(redis_url, town):
 
 async def test_bad_arguments(redis_url):
     async with await Channel.connect(redis_url, town="alpha") as channel:
-        for bad_id in ["not-a-uuid", "", 12, None, b"\x00" * 16]:
+        for bad_id in BAD_IDS:
             with pytest.raises(InvalidArgumentError):
                 await channel.inbox_len(bad_id)
             with pytest.raises(InvalidArgumentError):
                 await channel.get_agent_state(bad_id)
-        for bad_timeout in [0, -1, float("nan"), float("inf"), "5", None, True, timedelta(0)]:
+        for bad_timeout in BAD_TIMEOUTS:
             with pytest.raises(InvalidArgumentError):
                 await channel.receive(AgentId.new(), bad_timeout)
-        for not_a_message in [None, "text", {"id": 1}]:
+        for not_a_message in NOT_MESSAGES:
             with pytest.raises(InvalidArgumentError):
                 await channel.send(not_a_message)
             with pytest.raises(InvalidArgumentError):

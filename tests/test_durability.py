@@ -22,7 +22,7 @@ from typing import AsyncIterator
 
 import pytest
 
-from messages import task_message
+from channel_cases import msg
 from tinytown import (
     Agent,
     AgentId,
@@ -33,9 +33,6 @@ from tinytown import (
     Task,
     Town,
 )
-
-
-msg = task_message
 
 
 async def crash(town: Town) -> None:
@@ -92,7 +89,7 @@ async def test_aof_always_keeps_every_acknowledged_send_across_kill_9(tmp_path: 
 
     async def producer(channel: Channel, agent: AgentId) -> None:
         while not killed.is_set() or len(unknown) == 0:
-            message = msg(agent)
+            message = msg(agent, "")
             try:
                 await channel.send(message)
             except ConnectionError:
@@ -182,7 +179,7 @@ async def test_server_restart_under_running_producers_and_consumers(redis_server
 
     async def producer(channel: Channel, index: int) -> None:
         for i in range(per_producer):
-            message = msg(agents[(index + i) % len(agents)])
+            message = msg(agents[(index + i) % len(agents)], "")
             try:
                 await channel.send(message)
                 acked.add(message.id)

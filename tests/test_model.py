@@ -899,7 +899,7 @@ def test_corrupted_documents_raise_only_decode_error(base: dict[str, Any], chang
             pass
 
 
-WIRE_DIR = Path(os.environ.get("TINYTOWN_WIRE_DIR", "/work/shared/wire"))
+WIRE_DIR = Path(os.environ.get("TINYTOWN_WIRE_DIR", Path(__file__).parent / "data" / "wire"))
 MESSAGE_LINES, AGENT_LINES, TASK_LINES = (
     [line for line in (WIRE_DIR / name).read_text(encoding="utf-8").split("\n") if line]
     for name in ("messages.jsonl", "agents.jsonl", "tasks.jsonl")

@@ -18,21 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from messages import task_message
+from channel_cases import msg
 from tinytown import (
     AgentId,
     Channel,
     DecodeError,
     Delivery,
+    InvalidArgumentError,
     Message,
     MessageType,
     Priority,
 )
 
 LOAD = Path(__file__).resolve().parents[1] / "scripts" / "load.py"
-
-
-msg = task_message
 
 
 def texts(raw_list: list[bytes]) -> list[str]:
@@ -149,6 +147,14 @@ async def test_unacked_message_survives_a_server_crash(redis_server_factory):
         again = await channel.receive_reliable(agent, 5)
         assert again.message == taken.message
         assert await channel.ack(again)
+
+
+async def test_reliable_receive_is_refused_on_a_cluster(cluster_url):
+    async with await Channel.connect(cluster_url, town="alpha") as channel:
+        with pytest.raises(InvalidArgumentError, match="Cluster"):
+            await channel.receive_reliable(AgentId.new(), 1)
+        with pytest.raises(InvalidArgumentError, match="Cluster"):
+            await channel.reclaim(AgentId.new())
 
 
 # ----------------------------------------------------- killed consumer processes

@@ -1,4 +1,9 @@
-"""The Cython transport (tinytown._transport.Connection) against a real redis-server."""
+"""Both transports against a real redis-server, case for case.
+
+Every test runs with the Cython transport (``tinytown._transport``) and the
+pure-Python one (``tinytown._pytransport``): the ``Connection`` fixture is
+parametrized, so the two are checked against the same expectations.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,26 @@ import threading
 
 import pytest
 
-from tinytown import _transport
+from tinytown import _pytransport, _transport
 from tinytown.errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
 
+CLASSES = {"hiredis": _transport.Connection, "python": _pytransport.Connection}
 
-async def connect(server) -> _transport.Connection:
-    conn = _transport.Connection(asyncio.get_running_loop())
+
+@pytest.fixture(params=list(CLASSES))
+def Connection(request):
+    """The Connection class of one transport (each test runs with both)."""
+    return CLASSES[request.param]
+
+
+async def connect(Connection, server):
+    conn = Connection(asyncio.get_running_loop())
     await conn.connect_unix(server.unix_path)
     return conn
 
 
-async def test_reply_types(redis_server, redis_url):
-    conn = await connect(redis_server)
+async def test_reply_types(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
     try:
         assert await conn.execute("PING") == b"PONG"
         assert await conn.execute(b"SET", "k", "v\x00\xff".encode("latin-1")) == b"OK"
@@ -40,24 +53,24 @@ async def test_reply_types(redis_server, redis_url):
         conn.close()
 
 
-async def test_many_arguments_use_heap_argv(redis_server, redis_url):
-    conn = await connect(redis_server)
+async def test_many_arguments_use_heap_argv(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
     values = [str(i) for i in range(500)]
     assert await conn.execute("RPUSH", "big", *values) == 500
     assert await conn.execute("LRANGE", "big", 0, -1) == [v.encode() for v in values]
     conn.close()
 
 
-async def test_large_values_cross_partial_writes_and_reads(redis_server, redis_url):
-    conn = await connect(redis_server)
+async def test_large_values_cross_partial_writes_and_reads(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
     blob = bytes(range(256)) * 40_000  # 10 MB: several partial writes and reads
     assert await conn.execute("SET", "blob", blob) == b"OK"
     assert await conn.execute("GET", "blob") == blob
     conn.close()
 
 
-async def test_bad_arguments_raise_typed_errors_and_send_nothing(redis_server, redis_url):
-    conn = await connect(redis_server)
+async def test_bad_arguments_raise_typed_errors_and_send_nothing(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
     with pytest.raises(InvalidArgumentError):
         conn.execute()
     with pytest.raises(InvalidArgumentError):
@@ -71,8 +84,8 @@ async def test_bad_arguments_raise_typed_errors_and_send_nothing(redis_server, r
     conn.close()
 
 
-async def test_replies_resolve_in_order_under_concurrency(redis_server, redis_url):
-    conn = await connect(redis_server)
+async def test_replies_resolve_in_order_under_concurrency(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
     futures = [conn.execute("INCR", "counter") for _ in range(2000)]
     assert conn.pending_replies == 2000
     assert await asyncio.gather(*futures) == list(range(1, 2001))
@@ -80,8 +93,8 @@ async def test_replies_resolve_in_order_under_concurrency(redis_server, redis_ur
     conn.close()
 
 
-async def test_cancelled_caller_does_not_desynchronise(redis_server, redis_url):
-    conn = await connect(redis_server)
+async def test_cancelled_caller_does_not_desynchronise(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
     await conn.execute("SET", "a", "A")
     await conn.execute("SET", "b", "B")
     first = conn.execute("GET", "a")
@@ -102,8 +115,8 @@ async def test_cancelled_caller_does_not_desynchronise(redis_server, redis_url):
     conn.close()
 
 
-async def test_execute_many_returns_all_replies_or_first_error(redis_server, redis_url):
-    conn = await connect(redis_server)
+async def test_execute_many_returns_all_replies_or_first_error(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
     assert await conn.execute_many([("SET", "s", "1"), ("INCR", "s"), ("GET", "s")]) == [b"OK", 2, b"2"]
     assert await conn.execute_many([], False) is None
     with pytest.raises(ReplyError, match="WRONGTYPE"):
@@ -113,29 +126,29 @@ async def test_execute_many_returns_all_replies_or_first_error(redis_server, red
     conn.close()
 
 
-async def test_connection_refused_is_a_connection_error(tmp_path):
-    conn = _transport.Connection(asyncio.get_running_loop())
+async def test_connection_refused_is_a_connection_error(Connection, tmp_path):
+    conn = Connection(asyncio.get_running_loop())
     with pytest.raises(ConnectionError, match="No such file"):
         conn.connect_unix(str(tmp_path / "nothing.sock"))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     listener.close()  # nobody listens there now
-    conn = _transport.Connection(asyncio.get_running_loop())
+    conn = Connection(asyncio.get_running_loop())
     with pytest.raises(ConnectionError, match="cannot connect"):
         await conn.connect_tcp("127.0.0.1", port)
     assert conn.is_closed
 
 
-async def test_tcp_connection(tcp_redis):
-    conn = _transport.Connection(asyncio.get_running_loop())
+async def test_tcp_connection(Connection, tcp_redis):
+    conn = Connection(asyncio.get_running_loop())
     await conn.connect_tcp("127.0.0.1", tcp_redis.port)
     assert await conn.execute("PING") == b"PONG"
     conn.close()
 
 
-async def test_close_fails_pending_calls(fresh_redis):
-    conn = await connect(fresh_redis)
+async def test_close_fails_pending_calls(Connection, fresh_redis):
+    conn = await connect(Connection, fresh_redis)
     blocked = conn.execute("BLPOP", "never", 10)
     await asyncio.sleep(0.05)
     conn.close()
@@ -147,8 +160,8 @@ async def test_close_fails_pending_calls(fresh_redis):
     conn.close()  # idempotent
 
 
-async def test_server_death_fails_pending_calls_at_once(fresh_redis):
-    conn = await connect(fresh_redis)
+async def test_server_death_fails_pending_calls_at_once(Connection, fresh_redis):
+    conn = await connect(Connection, fresh_redis)
     blocked = conn.execute("BLPOP", "never", 30)
     await asyncio.sleep(0.05)
     fresh_redis.kill()
@@ -157,8 +170,8 @@ async def test_server_death_fails_pending_calls_at_once(fresh_redis):
     assert conn.is_closed
 
 
-async def test_killed_by_client_kill(fresh_redis):
-    conn = await connect(fresh_redis)
+async def test_killed_by_client_kill(Connection, fresh_redis):
+    conn = await connect(Connection, fresh_redis)
     pending = conn.execute("BLPOP", "never", 30)
     await asyncio.sleep(0.05)
     fresh_redis.command("CLIENT", "KILL", "TYPE", "normal")
@@ -191,9 +204,9 @@ class _CountingProxy:
             upstream.sendall(data)
 
 
-async def test_commands_of_one_iteration_leave_in_one_write(redis_server, redis_url, tmp_path):
+async def test_commands_of_one_iteration_leave_in_one_write(Connection, redis_server, redis_url, tmp_path):
     proxy = _CountingProxy(redis_server.unix_path, str(tmp_path / "proxy.sock"))
-    conn = _transport.Connection(asyncio.get_running_loop())
+    conn = Connection(asyncio.get_running_loop())
     await conn.connect_unix(proxy.path)
     assert await conn.execute("PING") == b"PONG"
     assert proxy.chunks == 1
@@ -202,4 +215,136 @@ async def test_commands_of_one_iteration_leave_in_one_write(redis_server, redis_
     futures = [conn.execute("INCR", "n") for _ in range(200)]
     assert (await asyncio.gather(*futures))[-1] == 200
     assert proxy.chunks <= 3, proxy.chunks
+    conn.close()
+
+
+async def test_error_elements_inside_arrays_are_instances(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
+    await conn.execute("SET", "s", "text")
+    replies = await conn.execute_many([("MULTI",), ("INCR", "n"), ("LPUSH", "s", "x"), ("EXEC",)])
+    assert replies[:3] == [b"OK", b"QUEUED", b"QUEUED"]
+    n, error = replies[3]
+    assert n == 1 and type(error) is ReplyError and str(error).startswith("WRONGTYPE")
+    with pytest.raises(ReplyError, match="WRONGTYPE"):  # the batch fails with the first error
+        await conn.execute_many([("GET", "s"), ("LPUSH", "s", "x")])
+    conn.close()
+
+
+async def test_subscribe_delivers_pubsub_replies_then_the_disconnect(Connection, fresh_redis):
+    sub = await connect(Connection, fresh_redis)
+    pub = await connect(Connection, fresh_redis)
+    got: list = []
+    arrived = asyncio.Event()
+
+    def handler(item):
+        got.append(item)
+        arrived.set()
+
+    with pytest.raises(InvalidArgumentError):
+        sub.subscribe(handler)
+    sub.subscribe(handler, "news", b"more")
+    while len(got) < 2:
+        arrived.clear()
+        await arrived.wait()
+    assert got == [[b"subscribe", b"news", 1], [b"subscribe", b"more", 2]]
+    assert await pub.execute("PUBLISH", "news", b"\x00hello") == 1
+    while len(got) < 3:
+        arrived.clear()
+        await arrived.wait()
+    assert got[2] == [b"message", b"news", b"\x00hello"]
+    fresh_redis.kill()
+    while len(got) < 4:
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 5)
+    assert isinstance(got[3], ConnectionError) and "lost" in str(got[3])
+    assert sub.is_closed
+    pub.close()
+
+
+async def test_close_does_not_call_the_subscriber(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
+    got: list = []
+    conn.subscribe(got.append, "news")
+    await asyncio.sleep(0.05)
+    assert got == [[b"subscribe", b"news", 1]]
+    conn.close()
+    await asyncio.sleep(0.05)
+    assert len(got) == 1 and conn.is_closed
+
+
+async def test_close_abandons_a_connect_in_progress(Connection, redis_server):
+    conn = Connection(asyncio.get_running_loop())
+    assert conn.is_closed  # nothing opened yet
+    waiter = conn.connect_unix(redis_server.unix_path)
+    assert not conn.is_closed
+    conn.close()
+    with pytest.raises(ConnectionError, match="closed"):
+        await waiter
+    assert conn.is_closed
+    with pytest.raises(InvalidArgumentError, match="only once"):
+        conn.connect_unix(redis_server.unix_path)
+    with pytest.raises(ConnectionError, match="closed"):
+        conn.execute("PING")
+
+
+async def test_not_connected_yet(Connection, redis_server):
+    conn = Connection(asyncio.get_running_loop())
+    with pytest.raises(ConnectionError, match="not open"):
+        conn.execute("PING")
+    waiter = conn.connect_unix(redis_server.unix_path)
+    assert await waiter is conn
+    assert await conn.execute("PING") == b"PONG"
+
+
+async def test_reply_future_works_with_asyncio_combinators(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
+    fut = conn.execute("PING")
+    assert asyncio.isfuture(fut)
+    assert await asyncio.shield(fut) == b"PONG"
+    assert await asyncio.wait_for(conn.execute("ECHO", "x"), 5) == b"x"
+    with pytest.raises(asyncio.TimeoutError):
+        # (1 s: the commands below wait behind it, and this runs on 2 transports x 2 loops)
+        await asyncio.wait_for(conn.execute("BLPOP", "nothing", 1), 0.05)
+    # the BLPOP above was cancelled but is still pending on the server
+    assert conn.pending_replies == 1
+    done, pending = await asyncio.wait([conn.execute("PING"), conn.execute("ECHO", "y")])
+    assert sorted(f.result() for f in done) == [b"PONG", b"y"] and not pending
+    failing = conn.execute("LPUSH")
+    with pytest.raises(ReplyError):
+        await failing
+    assert isinstance(failing.exception(), ReplyError)
+    conn.close()
+
+
+async def test_callbacks_run_in_their_context(Connection, redis_server, redis_url):
+    import contextvars
+
+    var = contextvars.ContextVar("var", default="outer")
+    seen = []
+    conn = await connect(Connection, redis_server)
+    fut = conn.execute("PING")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "inner")
+    fut.add_done_callback(lambda f: seen.append(var.get()), context=ctx)
+    fut.add_done_callback(lambda f: seen.append(var.get()))
+    await fut
+    await asyncio.sleep(0)
+    assert seen == ["inner", "outer"]
+    conn.close()
+
+
+async def test_orphan_gets_the_reply_of_a_cancelled_command(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
+    orphaned = []
+    fut = conn.execute("BLPOP", "q", 5)
+    fut.orphan = orphaned.append
+    waiter = asyncio.ensure_future(fut)
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert fut.cancelled()
+    redis_server.command("RPUSH", "q", "kept")
+    assert await conn.execute("PING") == b"PONG"  # replies in order: BLPOP's came first
+    assert orphaned == [[b"q", b"kept"]]
     conn.close()

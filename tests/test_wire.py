@@ -19,8 +19,19 @@ from tinytown.message import ConfirmationType, Message, MessageType
 from tinytown.task import Task
 from tinytown.timestamp import Timestamp
 
-WIRE_DIR = Path(os.environ.get("TINYTOWN_WIRE_DIR", "/work/shared/wire"))
+# A copy of the golden vectors of shared/wire/ (Tinytown's serde_json output).
+WIRE_DIR = Path(os.environ.get("TINYTOWN_WIRE_DIR", Path(__file__).parent / "data" / "wire"))
 KINDS = {"messages.jsonl": Message, "agents.jsonl": Agent, "tasks.jsonl": Task}
+
+
+SHARED_WIRE_DIR = Path(__file__).resolve().parents[2] / "shared" / "wire"
+
+
+@pytest.mark.skipif(not SHARED_WIRE_DIR.is_dir(), reason="no shared/ checkout beside the repo")
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_vector_copy_matches_shared(name: str) -> None:
+    """tests/data/wire must stay byte-identical to the project's shared/wire vectors."""
+    assert (WIRE_DIR / name).read_bytes() == (SHARED_WIRE_DIR / name).read_bytes()
 
 
 def _lines(name: str) -> list[str]:

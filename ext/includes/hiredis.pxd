@@ -69,3 +69,20 @@ cdef extern from "hiredis/async.h" nogil:
     void redisAsyncHandleWrite(redisAsyncContext *ac)
     int redisAsyncCommandArgv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata,
                               int argc, const char **argv, const size_t *argvlen)
+
+# The blocking API of a plain redisContext, used by SyncConnection. The
+# calls that do I/O (connect, redisBufferRead/Write) are made without the GIL.
+from posix.time cimport timeval
+
+cdef extern from "hiredis/hiredis.h" nogil:
+    redisContext *redisConnectWithTimeout(const char *ip, int port, const timeval tv)
+    redisContext *redisConnectUnixWithTimeout(const char *path, const timeval tv)
+    int redisSetTimeout(redisContext *c, const timeval tv)
+    void redisFree(redisContext *c)
+    void freeReplyObject(void *reply)
+    int redisAppendCommandArgv(redisContext *c, int argc, const char **argv, const size_t *argvlen)
+    void *redisCommandArgv(redisContext *c, int argc, const char **argv, const size_t *argvlen)
+    int redisBufferRead(redisContext *c)
+    int redisBufferWrite(redisContext *c, int *done)
+    int redisGetReply(redisContext *c, void **reply)
+    int redisGetReplyFromReader(redisContext *c, void **reply)

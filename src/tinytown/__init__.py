@@ -11,6 +11,7 @@ from .channel import BroadcastSubscription, Channel
 from .enums import AgentState, AgentType, Priority, SpawnMode, TaskState
 from .errors import (
     ChannelClosedError,
+    ConcurrentUseError,
     ConnectionError,
     DecodeError,
     EncodeError,
@@ -18,10 +19,12 @@ from .errors import (
     ReplyError,
     ServerError,
     TinytownError,
+    TransportUnavailableError,
 )
 from .ids import AgentId, MessageId, TaskId
 from .message import ConfirmationType, Message, MessageType
 from .reliable import Delivery
+from .sync_channel import SyncBroadcastSubscription, SyncChannel
 from .task import Task
 from .timestamp import Timestamp
 from .town import Town
@@ -37,6 +40,7 @@ __all__ = [
     "BroadcastSubscription",
     "Channel",
     "ChannelClosedError",
+    "ConcurrentUseError",
     "ConfirmationType",
     "ConnectionError",
     "DecodeError",
@@ -50,10 +54,13 @@ __all__ = [
     "ReplyError",
     "ServerError",
     "SpawnMode",
+    "SyncBroadcastSubscription",
+    "SyncChannel",
     "Task",
     "TaskId",
     "TaskState",
     "Timestamp",
     "TinytownError",
     "Town",
+    "TransportUnavailableError",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+from .address import Address
 from .agent import Agent
 from .errors import InvalidArgumentError
 from .ids import AgentId
@@ -110,3 +111,16 @@ def decode_task(raw: bytes | list[bytes] | None) -> Task | None:
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     it = iter(flat)
     return dict(zip(it, it))
+
+
+def login_commands(address: Address) -> list[tuple[Any, ...]]:
+    """AUTH (with the ACL user when there is one) and SELECT for a new connection."""
+    commands: list[tuple[Any, ...]] = []
+    if address.password is not None:
+        if address.username:
+            commands.append((b"AUTH", address.username, address.password))
+        else:
+            commands.append((b"AUTH", address.password))
+    if address.db:
+        commands.append((b"SELECT", address.db))
+    return commands

@@ -99,7 +99,12 @@ def load_object(data: Any, owner: str) -> dict[str, Any]:
 
 
 def wrap_error(owner: str, exc: Exception, data: Any, what: str = "JSON") -> DecodeError:
-    """A DecodeError for an exception raised while decoding a parsed document."""
+    """A DecodeError for an exception raised while decoding a parsed document.
+
+    A KeyError is a required field that is missing (decoders index the
+    parsed object directly, which is the fast path)."""
+    if type(exc) is KeyError and exc.args and isinstance(exc.args[0], str):
+        exc = FieldError(exc.args[0], "missing field")
     if isinstance(exc, FieldError):
         return DecodeError(f"invalid {owner} {what}: {exc}", raw=raw_bytes(data))
     # Nothing else should get here; if something does, it is still bad input.

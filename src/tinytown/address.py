@@ -10,7 +10,8 @@ from .errors import InvalidArgumentError
 
 __all__ = ["Address", "parse_url"]
 
-_FORMS = "unix:///absolute/path/redis.sock or redis://[user:password@]host:port[/db]"
+_FORMS = ("unix:///absolute/path/redis.sock, redis://[user:password@]host:port[/db] "
+          "or redis+cluster://[user:password@]host:port[,host:port...]")
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,13 @@ class Address:
     username: str | None = None
     password: str | None = None
     db: int = 0
+    #: Seed nodes of a Redis Cluster (``redis+cluster://``), else empty.
+    cluster: tuple[tuple[str, int], ...] = ()
 
     def __str__(self) -> str:
+        if self.cluster:
+            return "redis+cluster://" + ",".join(
+                f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.cluster)
         where = f"unix://{self.unix_path}" if self.unix_path else f"redis://{self.host}:{self.port}"
         return where + (f"/{self.db}" if self.db and not self.unix_path else "")
 
@@ -36,6 +42,8 @@ def parse_url(url: str) -> Address:
     """
     if not isinstance(url, str):
         raise InvalidArgumentError(f"Redis URL must be a str, not {type(url).__name__}")
+    if url.startswith("redis+cluster://"):
+        return _parse_cluster_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -70,3 +78,31 @@ def parse_url(url: str) -> Address:
         password=unquote(parts.password) if parts.password is not None else None,
         db=int(db_text) if db_text else 0,
     )
+
+
+def _parse_cluster_url(url: str) -> Address:
+    """``redis+cluster://[user:password@]host:port[,host:port...]``: seed nodes of a cluster."""
+    rest = url[len("redis+cluster://"):]
+    where, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise InvalidArgumentError(
+            f"bad Redis URL {url!r}: a Redis Cluster has only database 0")
+    userinfo, _, hosts = where.rpartition("@")
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        try:
+            parts = urlsplit("redis://" + item)
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidArgumentError(f"bad Redis URL {url!r}: {exc}; expected {_FORMS}") from None
+        if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in item:
+            raise InvalidArgumentError(f"bad Redis URL {url!r}: bad node {item!r}; expected {_FORMS}")
+        seeds.append((parts.hostname, port if port is not None else 6379))
+    username = password = None
+    if userinfo:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = unquote(user_text) or None
+        password = unquote(password_text) if colon else None
+    host, port = seeds[0]
+    return Address(host=host, port=port, username=username, password=password,
+                   cluster=tuple(seeds))

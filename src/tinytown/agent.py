@@ -29,6 +29,8 @@ from .errors import InvalidArgumentError
 from .ids import AgentId, TaskId
 from .timestamp import Timestamp
 
+_new = object.__new__
+
 __all__ = ["Agent"]
 
 _SPAWN_MODES = _json.enum_table(SpawnMode)
@@ -160,36 +162,30 @@ class Agent:
         obj = _json.load_object(data, "Agent")
         try:
             get = obj.get
-
-            def req(key: str) -> Any:
-                try:
-                    return obj[key]
-                except KeyError:
-                    missing(key)
-
             spawn_mode = get("spawn_mode", SpawnMode.FRESH)
             if spawn_mode is not SpawnMode.FRESH:
                 spawn_mode = as_enum(spawn_mode, _SPAWN_MODES, "spawn_mode")
-            rounds = get("rounds_completed", 0)
-            last_active = get("last_active_at")
-            return cls(
-                id=as_id(req("id"), AgentId, "id"),
-                name=as_str(req("name"), "name"),
-                nickname=as_opt_str(get("nickname"), "nickname"),
-                role_id=as_opt_str(get("role_id"), "role_id"),
-                parent_agent_id=as_opt_id(get("parent_agent_id"), AgentId, "parent_agent_id"),
-                spawn_mode=spawn_mode,
-                agent_type=as_enum(req("agent_type"), _AGENT_TYPES, "agent_type"),
-                state=as_enum(req("state"), _AGENT_STATES, "state"),
-                cli=as_str(req("cli"), "cli"),
-                current_task=as_opt_id(get("current_task"), TaskId, "current_task"),
-                created_at=as_ts(req("created_at"), "created_at"),
-                last_heartbeat=as_ts(req("last_heartbeat"), "last_heartbeat"),
-                tasks_completed=as_u64(req("tasks_completed"), "tasks_completed"),
-                rounds_completed=as_u64(rounds, "rounds_completed"),
-                # serde's default for a missing last_active_at is "now"; null is an error.
-                last_active_at=Timestamp.now() if "last_active_at" not in obj else as_ts(last_active, "last_active_at"),
-            )
+            # Every field is validated here, so the instance is filled
+            # directly instead of going through __init__/__post_init__ again.
+            agent = _new(cls)
+            agent.id = as_id(obj["id"], AgentId, "id")
+            agent.name = as_str(obj["name"], "name")
+            agent.nickname = as_opt_str(get("nickname"), "nickname")
+            agent.role_id = as_opt_str(get("role_id"), "role_id")
+            agent.parent_agent_id = as_opt_id(get("parent_agent_id"), AgentId, "parent_agent_id")
+            agent.spawn_mode = spawn_mode
+            agent.agent_type = as_enum(obj["agent_type"], _AGENT_TYPES, "agent_type")
+            agent.state = as_enum(obj["state"], _AGENT_STATES, "state")
+            agent.cli = as_str(obj["cli"], "cli")
+            agent.current_task = as_opt_id(get("current_task"), TaskId, "current_task")
+            agent.created_at = as_ts(obj["created_at"], "created_at")
+            agent.last_heartbeat = as_ts(obj["last_heartbeat"], "last_heartbeat")
+            agent.tasks_completed = as_u64(obj["tasks_completed"], "tasks_completed")
+            agent.rounds_completed = as_u64(get("rounds_completed", 0), "rounds_completed")
+            # serde's default for a missing last_active_at is "now"; null is an error.
+            agent.last_active_at = (Timestamp.now() if "last_active_at" not in obj
+                                    else as_ts(obj["last_active_at"], "last_active_at"))
+            return agent
         except MemoryError:
             raise
         except Exception as exc:

@@ -16,11 +16,13 @@ import asyncio
 import logging
 import math
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
+from ._cluster import ClusterConnection, ClusterTopology
 from ._commands import (
     LPUSH,
     RPUSH,
@@ -31,9 +33,10 @@ from ._commands import (
     decode_agent,
     decode_task,
     is_wrongtype,
+    login_commands,
     push_commands,
 )
-from ._transport import Connection
+from ._transports import Connection, connection_class
 from .address import Address, parse_url
 from .agent import Agent
 from .backoff import Backoff, ReconnectSchedule
@@ -111,25 +114,17 @@ class _ReceiverPool:
         self._idle.clear()
 
 
-def _relay(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
-    """Pass the outcome of ``source`` on to ``target`` unless it stopped waiting."""
-    if source.cancelled():
-        if not target.done():
-            target.cancel()
-        return
-    error = source.exception()  # retrieved even when nobody waits any more
-    if target.done():
-        return
-    if error is not None:
-        target.set_exception(error)
-    else:
-        target.set_result(source.result())
-
-
 def _too_big(what: str, payload: bytes, limit: int) -> InvalidArgumentError:
     return InvalidArgumentError(
         f"the {what} is {len(payload)} bytes of JSON, more than max_message_bytes={limit} "
         "(see Channel.connect); nothing was written")
+
+
+def _cancelling() -> bool:
+    """True if the current task is being cancelled from outside (Python >= 3.11;
+    on 3.10 a cancellation in the same instant as a receive stall is missed)."""
+    task = asyncio.current_task()
+    return task is not None and sys.version_info >= (3, 11) and task.cancelling() > 0
 
 
 class Channel:
@@ -146,10 +141,14 @@ class Channel:
     """
 
     def __init__(self, address: Address, town: str, *, loop: asyncio.AbstractEventLoop,
-                 max_receivers: int, connect_timeout: float, backoff: Backoff = Backoff(),
-                 reconnect_timeout: float = 5.0, max_message_bytes: int = 16 * 2**20) -> None:
+                 max_receivers: int, connect_timeout: float, transport: str | None = None,
+                 backoff: Backoff = Backoff(), reconnect_timeout: float = 5.0,
+                 max_message_bytes: int = 16 * 2**20) -> None:
         # Use Channel.connect(); this only wires the parts together.
+        self._transport = connection_class(transport)
         self._address = address
+        # redis+cluster://: every connection routes over per-node connections by slot.
+        self._cluster = ClusterTopology(address, self._open_connection) if address.cluster else None
         self._keys = TownKeys(town)
         self._loop = loop
         self._connect_timeout = connect_timeout
@@ -157,10 +156,10 @@ class Channel:
         self._reconnect_timeout = reconnect_timeout
         self._max_bytes = max_message_bytes
         # Blocking commands in flight: future -> (loop time to give up, connection).
-        self._unanswered: dict[asyncio.Future[Any], tuple[
-            float, Connection, asyncio.Future[Any], Callable[[Connection, asyncio.Future[Any]], None]]] = {}
+        self._unanswered: dict[asyncio.Future[Any], tuple[float, Connection]] = {}
+        self._gave_up: set[asyncio.Future[Any]] = set()  # cancelled by the watchdog, caller not told yet
+        self._stalled = 0  # commands given up by the watchdog whose reply has not come
         self._watchdog: asyncio.TimerHandle | None = None
-        self._stalled = 0  # receives given up by the watchdog whose reply has not come yet
         self._conn: Connection | None = None
         self._reconnecting: asyncio.Task[Connection] | None = None
         self._receivers = _ReceiverPool(self, max_receivers)
@@ -169,15 +168,20 @@ class Channel:
 
     @classmethod
     async def connect(cls, url: str, town: str, *, max_receivers: int = 16,
-                      connect_timeout: float = 5.0, backoff: Backoff | None = None,
-                      reconnect_timeout: float = 5.0,
+                      connect_timeout: float = 5.0, transport: str | None = None,
+                      backoff: Backoff | None = None, reconnect_timeout: float = 5.0,
                       max_message_bytes: int = 16 * 2**20) -> Channel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
-        ``url`` is ``unix:///abs/path/redis.sock`` or
+        ``url`` is ``unix:///abs/path/redis.sock``,
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
-        connect). ``max_receivers`` bounds the connections used by concurrent
+        connect) or ``redis+cluster://[user:password@]host:port[,host:port...]``
+        (seed nodes of a Redis Cluster; each command goes to the node owning
+        its key). ``max_receivers`` bounds the connections used by concurrent
         blocking receives. ``connect_timeout`` bounds one connection attempt.
+        ``transport`` is ``"hiredis"`` (the C extension) or ``"python"``; None
+        means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
+        Python.
 
         After the connection drops, a call reconnects, retrying with
         ``backoff`` (default :class:`tinytown.Backoff`: 50 ms doubling up to
@@ -189,9 +193,11 @@ class Channel:
         agent or task that this channel writes: a bigger one raises
         :class:`InvalidArgumentError` and nothing is written.
 
-        Raises :class:`InvalidArgumentError` for a bad URL, town name or
-        option, and :class:`ConnectionError` if Redis cannot be reached (the
-        first connection is tried once: a wrong address fails fast).
+        Raises :class:`InvalidArgumentError` for a bad URL, town name,
+        transport or option, :class:`TransportUnavailableError` when no
+        transport can be loaded and :class:`ConnectionError` if Redis cannot
+        be reached (the first connection is tried once: a wrong address fails
+        fast).
         """
         address = parse_url(url)
         if not isinstance(max_receivers, int) or max_receivers < 1:
@@ -210,44 +216,68 @@ class Channel:
             raise InvalidArgumentError(f"backoff must be a tinytown.Backoff, not {backoff!r}")
         channel = cls(address, town, loop=asyncio.get_running_loop(),
                       max_receivers=max_receivers, connect_timeout=connect_timeout,
-                      backoff=backoff, reconnect_timeout=reconnect_timeout,
+                      transport=transport, backoff=backoff, reconnect_timeout=reconnect_timeout,
                       max_message_bytes=max_message_bytes)
         channel._conn = await channel._open_connection()
         return channel
 
     # -- connections --------------------------------------------------------
 
-    async def _open_connection(self, timeout: float | None = None) -> Connection:
-        """A new logged-in connection to this channel's server: one attempt,
-        at most ``timeout`` (default ``connect_timeout``) seconds, login included."""
+    async def _open_connection(self, address: Address | None = None,
+                               timeout: float | None = None) -> Connection:
+        """A new logged-in connection to this channel's server (or to ``address``,
+        a node of its cluster; for a cluster, a ClusterConnection over such ones).
+
+        One attempt; connecting and logging in to a node each take at most
+        ``timeout`` (default and upper bound: ``connect_timeout``) seconds.
+        """
         if self._closed:
             raise ChannelClosedError("the channel is closed")
-        address = self._address
         if timeout is None or timeout > self._connect_timeout:
             timeout = self._connect_timeout
-        conn = Connection(self._loop)
-
-        async def establish() -> None:
-            if address.unix_path is not None:
-                waiter = conn.connect_unix(address.unix_path)
-            else:
+        if address is None:
+            if self._cluster is not None:
+                return await ClusterConnection(self._cluster, self._loop).start()
+            address = self._address
+        if address.unix_path is not None:
+            conn = await self._connect_one(lambda c: c.connect_unix(address.unix_path), timeout)
+        else:
+            try:
                 infos = await self._loop.getaddrinfo(
                     address.host, address.port, type=socket.SOCK_STREAM)
-                if not infos:
-                    raise ConnectionError(f"cannot resolve Redis host {address.host!r}")
-                waiter = conn.connect_tcp(infos[0][4][0], address.port)
-            await waiter
-            await self._log_in(conn)
-
+            except socket.gaierror as exc:
+                raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+            # Try every address in order ("localhost" may give ::1 first).
+            error: ConnectionError | None = None
+            for ip in dict.fromkeys(info[4][0] for info in infos):
+                try:
+                    conn = await self._connect_one(lambda c: c.connect_tcp(ip, address.port), timeout)
+                    break
+                except ConnectionError as exc:
+                    error = exc
+            else:
+                raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
         try:
-            await asyncio.wait_for(establish(), timeout)
+            await asyncio.wait_for(self._log_in(conn), timeout)
         except asyncio.TimeoutError:
             conn.close()
             raise ConnectionError(
-                f"cannot connect to Redis at {address}: no answer in {timeout:.3g} s") from None
-        except socket.gaierror as exc:
+                f"Redis at {self._address} accepted the connection but did not answer "
+                f"in {timeout:.3g} s") from None
+        except BaseException:
             conn.close()
-            raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
+            raise
+        return conn
+
+    async def _connect_one(self, start: Any, timeout: float) -> Connection:
+        conn = self._transport(self._loop)
+        try:
+            await asyncio.wait_for(start(conn), timeout)
+        except asyncio.TimeoutError:
+            conn.close()
+            raise ConnectionError(
+                f"cannot connect to Redis at {self._address}: "
+                f"no answer in {timeout:.3g} s") from None
         except BaseException:
             conn.close()
             raise
@@ -255,18 +285,10 @@ class Channel:
 
     async def _log_in(self, conn: Connection) -> None:
         address = self._address
-        commands: list[tuple[Any, ...]] = []
-        if address.password is not None:
-            if address.username:
-                commands.append((b"AUTH", address.username, address.password))
-            else:
-                commands.append((b"AUTH", address.password))
-        if address.db:
-            commands.append((b"SELECT", address.db))
         # A server restarted with a large dataset accepts connections while it
         # loads, and answers -LOADING to nearly everything: PING makes such a
         # connection a failed attempt, which the backoff retries.
-        commands.append((b"PING",))
+        commands = login_commands(address) + [(b"PING",)]
         try:
             await conn.execute_many(commands, False)
         except ReplyError as exc:
@@ -276,7 +298,8 @@ class Channel:
 
     async def _connect(self, deadline: float) -> Connection:
         """A new connection, retried with backoff until ``deadline`` (loop time)."""
-        return await self._schedule.connect(self._open_connection, deadline, str(self._address))
+        return await self._schedule.connect(
+            lambda timeout: self._open_connection(timeout=timeout), deadline, str(self._address))
 
     async def _reconnect(self) -> Connection:
         """The main connection, reopened; concurrent callers share one attempt."""
@@ -308,11 +331,12 @@ class Channel:
         Urgent and high priority go to the front (LPUSH), normal and low to
         the back (RPUSH).
         """
-        check_message(message, "send")
+        if type(message) is not Message:
+            check_message(message, "send")
         payload = message.to_json()
         if len(payload) > self._max_bytes:
             raise _too_big("message", payload, self._max_bytes)
-        key = self._keys.inbox_prefix + AgentId(message.to)
+        key = self._keys.inbox_prefix + message.to  # a Message's ids are typed and immutable
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
@@ -359,14 +383,17 @@ class Channel:
         return await self._decode(agent, reply[1])
 
     async def _blocking(self, timeout: float | timedelta, command: tuple[Any, ...],
-                        on_abandoned: Callable[[Connection, asyncio.Future[Any]], None]) -> Any:
+                        on_abandoned: Callable[[Connection, Any], None]) -> Any:
         """Run the blocking ``command`` (its timeout argument appended) on a
         receiver connection.
 
         Reconnecting, waiting for a free connection and the command itself
         all fit in ``timeout`` (plus RECEIVE_GRACE for Redis's answer); None
-        when time runs out before the command could be sent. If the caller is
-        cancelled, ``on_abandoned(conn, future)`` runs once the reply is in.
+        when time runs out before the command could be sent. If the caller
+        stops waiting (cancelled, or the watchdog gave up on a silent
+        server), the command still completes on the server: its reply then
+        goes to ``on_abandoned(conn, reply)`` (an exception if the
+        connection failed), which also gives the connection back.
         """
         text = blpop_timeout(timeout)
         if self._closed:
@@ -398,29 +425,29 @@ class Channel:
             # Redis: one retry on a fresh connection is safe.
             fut.exception()  # retrieved
             self._receivers.release(conn)
-        # The caller waits on `waiter`, not on `fut` itself, so that it can
-        # stop waiting (cancelled, or a silent server) while the command's
-        # own future lives on until the reply comes.
-        waiter = loop.create_future()
-        fut.add_done_callback(lambda f: _relay(f, waiter))
+        fut.orphan = lambda reply: on_abandoned(conn, reply)
         # One watchdog per channel, not a timer per receive (see _watch).
-        # While the entry is in _unanswered, this call owns the connection;
-        # the watchdog takes it over (removing the entry) only on a stall.
-        self._unanswered[fut] = (deadline + RECEIVE_GRACE, conn, waiter, on_abandoned)
+        self._unanswered[fut] = (deadline + RECEIVE_GRACE, conn)
         if self._watchdog is None:
             self._watchdog = loop.call_later(_WATCHDOG_TICK, self._watch)
         try:
-            reply = await waiter
+            reply = await fut
         except asyncio.CancelledError:
-            if self._unanswered.pop(fut, None) is not None:
-                if fut.done():  # the reply came, but the caller is gone
-                    on_abandoned(conn, fut)
-                else:
-                    fut.add_done_callback(lambda f: on_abandoned(conn, f))
+            self._unanswered.pop(fut, None)
+            if fut in self._gave_up:
+                self._gave_up.discard(fut)
+                if not _cancelling():  # the watchdog's doing, not the caller's
+                    raise ConnectionError(
+                        "Redis did not answer a blocking receive within its timeout plus "
+                        f"{RECEIVE_GRACE:g} s (server paused or unreachable)") from None
+            elif fut.done() and not fut.cancelled():
+                # The reply was in, but the cancellation reached the task first.
+                fut.orphan = None
+                on_abandoned(conn, None if fut.exception() else fut.result())
             raise
         except BaseException:
-            if self._unanswered.pop(fut, None) is not None:
-                self._receivers.release(conn)
+            self._unanswered.pop(fut, None)
+            self._receivers.release(conn)
             raise
         self._unanswered.pop(fut, None)
         self._receivers.release(conn)
@@ -429,40 +456,41 @@ class Channel:
     def _watch(self) -> None:
         """The watchdog of blocking commands in flight.
 
-        A command still unanswered RECEIVE_GRACE after its timeout fails its
-        caller with ConnectionError. The connection stays open with its
-        on_abandoned callback: a server that was only paused (SIGSTOP, a
-        frozen VM) runs the queued BLPOP when it resumes and may pop a
-        message then, which on_abandoned puts back. Closing the connection
-        instead would lose that message. Such connections keep their pool
-        slot until the reply comes, so a server that never answers again
-        holds at most max_receivers connections.
+        A command still unanswered RECEIVE_GRACE after its timeout is given
+        up: its future is cancelled, which raises ConnectionError in the
+        caller (see _blocking). The connection stays open with the command's
+        orphan handler: a server that was only paused (SIGSTOP, a frozen VM)
+        runs the queued BLPOP when it resumes and may pop a message then,
+        which the handler puts back. Closing the connection instead would
+        lose that message. Such connections keep their pool slot until the
+        reply comes, so a server that never answers again holds at most
+        max_receivers connections.
         """
         self._watchdog = None
         now = self._loop.time()
-        for fut, (expiry, conn, waiter, on_abandoned) in list(self._unanswered.items()):
-            if not fut.done() and now >= expiry:
+        for fut, (expiry, conn) in list(self._unanswered.items()):
+            if now >= expiry and not fut.done():
                 del self._unanswered[fut]
+                self._gave_up.add(fut)
                 self._stalled += 1
-                fut.add_done_callback(lambda f, c=conn, cb=on_abandoned: self._stall_over(c, f, cb))
-                if not waiter.done():
-                    waiter.set_exception(ConnectionError(
-                        f"Redis did not answer a blocking receive within its timeout plus "
-                        f"{RECEIVE_GRACE:g} s (server paused or unreachable)"))
+                fut.orphan = self._stall_handler(fut.orphan)
+                fut.cancel()
         if self._unanswered and not self._closed:
             self._watchdog = self._loop.call_later(_WATCHDOG_TICK, self._watch)
 
-    def _stall_over(self, conn: Connection, fut: asyncio.Future[Any],
-                    on_abandoned: Callable[[Connection, asyncio.Future[Any]], None]) -> None:
-        self._stalled -= 1
-        on_abandoned(conn, fut)
+    def _stall_handler(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        def stall_over(reply: Any) -> None:
+            self._stalled -= 1
+            handler(reply)
 
-    def _abandoned_pop(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
-        """A BLPOP whose caller was cancelled finished: put its message back."""
+        return stall_over
+
+    def _abandoned_pop(self, conn: Connection, reply: Any) -> None:
+        """The reply of a BLPOP whose caller stopped waiting: put its message back."""
         self._receivers.release(conn)
-        if fut.cancelled() or fut.exception() is not None or fut.result() is None:
+        if not isinstance(reply, list):  # timed out, or the connection failed
             return
-        key, raw = fut.result()
+        key, raw = reply
         self._requeue((LPUSH, key, raw), raw)
 
     def _requeue(self, command: tuple[Any, ...], raw: bytes) -> None:
@@ -531,14 +559,15 @@ class Channel:
         message goes from the processing list to the dead-letter list and
         raises :class:`DecodeError` (with ``raw``). If the caller is
         cancelled, a message already moved goes back to the inbox's front.
-        Needs Redis >= 6.2.
+        Needs Redis >= 6.2; not available on a Redis Cluster.
         """
+        self._check_not_cluster("receive_reliable")
         agent = AgentId(agent_id)
         inbox = self._keys.inbox_prefix + agent
         processing = self._keys.processing(agent)
         raw = await self._blocking(
             timeout, (b"BLMOVE", inbox, processing, b"LEFT", b"RIGHT"),
-            lambda conn, fut: self._abandoned_move(conn, fut, inbox, processing))
+            lambda conn, reply: self._abandoned_move(conn, reply, inbox, processing))
         if raw is None:
             return None
         try:
@@ -554,14 +583,12 @@ class Channel:
             raise
         return Delivery(message, agent, raw)
 
-    def _abandoned_move(self, conn: Connection, fut: asyncio.Future[Any],
-                        inbox: str, processing: str) -> None:
-        """A BLMOVE whose caller was cancelled finished: move its message back."""
+    def _abandoned_move(self, conn: Connection, reply: Any, inbox: str, processing: str) -> None:
+        """The reply of a BLMOVE whose caller stopped waiting: move its message back."""
         self._receivers.release(conn)
-        if fut.cancelled() or fut.exception() is not None or fut.result() is None:
+        if not isinstance(reply, bytes):  # timed out, or the connection failed
             return
-        raw = fut.result()
-        self._requeue((b"EVAL", MOVE_ENTRY_SCRIPT, 2, processing, inbox, raw, LPUSH), raw)
+        self._requeue((b"EVAL", MOVE_ENTRY_SCRIPT, 2, processing, inbox, reply, LPUSH), reply)
 
     async def ack(self, delivery: Delivery) -> bool:
         """Remove a delivery from the processing list: it is done.
@@ -585,10 +612,18 @@ class Channel:
         its messages in processing are not abandoned, and reclaiming them
         would deliver them twice.
         """
+        self._check_not_cluster("reclaim")
         agent = AgentId(agent_id)
         conn = await self._main()
         return await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
                                   self._keys.inbox_prefix + agent)
+
+    def _check_not_cluster(self, operation: str) -> None:
+        if self._cluster is not None:
+            raise InvalidArgumentError(
+                f"{operation}() is not available on a Redis Cluster: it moves messages between "
+                "an inbox and a processing list in one command, and Tinytown's key names put "
+                "them on different hash slots")
 
     async def processing_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages received reliably by the agent and not yet acked."""

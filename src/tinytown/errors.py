@@ -15,6 +15,8 @@ __all__ = [
     "InvalidArgumentError",
     "ChannelClosedError",
     "ServerError",
+    "TransportUnavailableError",
+    "ConcurrentUseError",
 ]
 
 
@@ -59,3 +61,20 @@ class ChannelClosedError(TinytownError):
 
 class ServerError(TinytownError):
     """The managed local redis-server could not be found, started or stopped."""
+
+
+class TransportUnavailableError(TinytownError, ImportError):
+    """The chosen transport (or, chosen automatically, every transport) cannot be loaded.
+
+    The message says what to install: a wheel or libhiredis for the hiredis
+    extension, ``pip install 'tinytown[python]'`` for the Python transport.
+    """
+
+
+class ConcurrentUseError(TinytownError, RuntimeError):
+    """A SyncChannel was used by a second thread while another thread was in a call.
+
+    A SyncChannel (and each of its broadcast subscriptions) belongs to one
+    thread at a time: give each thread its own. ``close()`` is the exception
+    and may be called from any thread.
+    """

@@ -53,12 +53,12 @@ class ConfirmationType:
     __slots__ = ()
     _tag: ClassVar[str]
 
-    # The variants, attached below.
-    Received: ClassVar[type[ConfirmationType]]
-    Acknowledged: ClassVar[type[ConfirmationType]]
-    Thanks: ClassVar[type[ConfirmationType]]
-    Approved: ClassVar[type[ConfirmationType]]
-    Rejected: ClassVar[type[ConfirmationType]]
+    # The variants, attached below (typed precisely for type checkers).
+    Received: ClassVar[type[_Received]]
+    Acknowledged: ClassVar[type[_Acknowledged]]
+    Thanks: ClassVar[type[_Thanks]]
+    Approved: ClassVar[type[_Approved]]
+    Rejected: ClassVar[type[_Rejected]]
 
     def _json(self) -> str:
         """This value as a JSON object."""
@@ -157,20 +157,20 @@ class MessageType:
     _tag: ClassVar[str]
     _actionable: ClassVar[bool]
 
-    # The variants, attached below.
-    Task: ClassVar[type[MessageType]]
-    Query: ClassVar[type[MessageType]]
-    Informational: ClassVar[type[MessageType]]
-    Confirmation: ClassVar[type[MessageType]]
-    TaskAssign: ClassVar[type[MessageType]]
-    TaskDone: ClassVar[type[MessageType]]
-    TaskFailed: ClassVar[type[MessageType]]
-    StatusRequest: ClassVar[type[MessageType]]
-    StatusResponse: ClassVar[type[MessageType]]
-    Ping: ClassVar[type[MessageType]]
-    Pong: ClassVar[type[MessageType]]
-    Shutdown: ClassVar[type[MessageType]]
-    Custom: ClassVar[type[MessageType]]
+    # The variants, attached below (typed precisely for type checkers).
+    Task: ClassVar[type[_Task]]
+    Query: ClassVar[type[_Query]]
+    Informational: ClassVar[type[_Informational]]
+    Confirmation: ClassVar[type[_Confirmation]]
+    TaskAssign: ClassVar[type[_TaskAssign]]
+    TaskDone: ClassVar[type[_TaskDone]]
+    TaskFailed: ClassVar[type[_TaskFailed]]
+    StatusRequest: ClassVar[type[_StatusRequest]]
+    StatusResponse: ClassVar[type[_StatusResponse]]
+    Ping: ClassVar[type[_Ping]]
+    Pong: ClassVar[type[_Pong]]
+    Shutdown: ClassVar[type[_Shutdown]]
+    Custom: ClassVar[type[_Custom]]
 
     @property
     def tag(self) -> str:

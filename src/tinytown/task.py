@@ -32,6 +32,8 @@ from .errors import InvalidArgumentError
 from .ids import AgentId, TaskId
 from .timestamp import Timestamp
 
+_new = object.__new__
+
 __all__ = ["Task"]
 
 # "in_flight" is what some Rust releases call RUNNING; it is read, never written.
@@ -188,26 +190,21 @@ class Task:
         obj = _json.load_object(data, "Task")
         try:
             get = obj.get
-
-            def req(key: str) -> Any:
-                try:
-                    return obj[key]
-                except KeyError:
-                    missing(key)
-
-            return cls(
-                id=as_id(req("id"), TaskId, "id"),
-                description=as_str(req("description"), "description"),
-                state=as_enum(req("state"), _TASK_STATES, "state"),
-                assigned_to=as_opt_id(get("assigned_to"), AgentId, "assigned_to"),
-                created_at=as_ts(req("created_at"), "created_at"),
-                updated_at=as_ts(req("updated_at"), "updated_at"),
-                started_at=as_opt_ts(get("started_at"), "started_at"),
-                completed_at=as_opt_ts(get("completed_at"), "completed_at"),
-                result=as_opt_str(get("result"), "result"),
-                parent_id=as_opt_id(get("parent_id"), TaskId, "parent_id"),
-                tags=as_str_list(obj["tags"], "tags") if "tags" in obj else [],
-            )
+            # Every field is validated here, so the instance is filled
+            # directly instead of going through __init__/__post_init__ again.
+            task = _new(cls)
+            task.id = as_id(obj["id"], TaskId, "id")
+            task.description = as_str(obj["description"], "description")
+            task.state = as_enum(obj["state"], _TASK_STATES, "state")
+            task.assigned_to = as_opt_id(get("assigned_to"), AgentId, "assigned_to")
+            task.created_at = as_ts(obj["created_at"], "created_at")
+            task.updated_at = as_ts(obj["updated_at"], "updated_at")
+            task.started_at = as_opt_ts(get("started_at"), "started_at")
+            task.completed_at = as_opt_ts(get("completed_at"), "completed_at")
+            task.result = as_opt_str(get("result"), "result")
+            task.parent_id = as_opt_id(get("parent_id"), TaskId, "parent_id")
+            task.tags = as_str_list(obj["tags"], "tags") if "tags" in obj else []
+            return task
         except MemoryError:
             raise
         except Exception as exc:

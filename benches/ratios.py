@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Turn one benchmark run into ratios and check them against the speed targets.
+
+    pytest benches --benchmark-only --benchmark-json=bench.json
+    python benches/ratios.py bench.json
+
+Prints one line per target with the measured ratio; exits 1 when a target is
+missed (or could not be measured), 0 when all are met. Every ratio compares
+tinytown with a baseline measured in the same run, in interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+MB = 1_000_000
+
+
+@dataclass
+class Target:
+    row: str           # Result.name in extra_info
+    measure: str       # key of extra_info: ratio_redis_py, ratio_c_client, tinytown
+    limit: float
+    at_most: bool      # True: measured <= limit; False: measured >= limit
+    label: str
+
+    def check(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return value <= self.limit if self.at_most else value >= self.limit
+
+
+def targets() -> list[Target]:
+    out = []
+    for op in ("send", "try_receive", "get_agent_state", "set_agent_state", "get_task", "set_task"):
+        out.append(Target(op, "ratio_redis_py", 0.70, True, f"{op} median vs redis-py asyncio"))
+        out.append(Target(op, "ratio_c_client", 1.5, True, f"{op} median vs redis-benchmark -c 1 p50"))
+    for op in ("sync send", "sync try_receive", "sync get_agent_state", "sync set_agent_state",
+               "sync get_task", "sync set_task"):
+        out.append(Target(op, "ratio_c_client", 1.15, True, f"{op} median vs redis-benchmark -c 1 p50"))
+    out += [
+        Target("100 coroutines, one Channel", "ratio_redis_py", 10.0, False,
+               "100 coroutines sends/s vs redis-py asyncio"),
+        Target("100 coroutines, one Channel", "ratio_c_client", 1.0, False,
+               "100 coroutines sends/s vs redis-benchmark -c 100"),
+        Target("send_many(10000)", "ratio_c_client", 0.25, False,
+               "send_many(10000) msgs/s vs redis-benchmark -P 1000"),
+        Target("send -> receive, another process", "ratio_c_client", 2.5, True,
+               "send -> receive in another process vs redis-benchmark p50"),
+    ]
+    return out
+
+
+def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for bench in report.get("benchmarks", []):
+        info = bench.get("extra_info") or {}
+        if "name" in info:
+            rows[info["name"]] = info
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", help="JSON written by pytest --benchmark-json")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="do not fail on targets whose row is absent (e.g. a partial run)")
+    args = parser.parse_args(argv)
+    with open(args.report, encoding="utf-8") as f:
+        rows = rows_of(json.load(f))
+    missed = 0
+    for target in targets():
+        row = rows.get(target.row)
+        if row is None:
+            status = "absent" if args.allow_missing else "MISSING"
+            missed += 0 if args.allow_missing else 1
+            print(f"{status:8} {target.label}: no measurement in this run")
+            continue
+        value = row.get(target.measure)
+        ok = target.check(value)
+        missed += not ok
+        sign = "<=" if target.at_most else ">="
+        shown = "-" if value is None else f"{value:.2f}x"
+        print(f"{'ok' if ok else 'MISSED':8} {target.label}: {shown} (target {sign} {target.limit}x)")
+    memory = next((r for name, r in rows.items() if name.startswith("RSS growth")), None)
+    if memory is None:
+        missed += 0 if args.allow_missing else 1
+        print(f"{'absent' if args.allow_missing else 'MISSING':8} memory: no measurement in this run")
+    else:
+        ok = memory["tinytown"] <= 10 * MB
+        missed += not ok
+        print(f"{'ok' if ok else 'MISSED':8} {memory['name']}: "
+              f"{memory['tinytown'] / MB:.1f} MB (target <= 10 MB)")
+    print(f"{missed} target(s) missed" if missed else "all targets met")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,422 @@
+"""tinytown's pure-Python transport: the fallback for the hiredis extension.
+
+Same interface and behaviour as :class:`tinytown._transport.Connection`
+(the Cython transport over hiredis's async context): one Redis connection
+driven by an asyncio loop, futures for replies, automatic pipelining,
+cancellation that cannot desynchronise the reply stream, and the same typed
+errors for bad arguments.
+
+Why not redis-py's own connection classes: ``redis.asyncio.Connection``
+sends one command and awaits its reply under a lock, so concurrent callers
+cannot share one pipelined connection, and it drops the connection when a
+caller is cancelled mid-command. Channel relies on the opposite (every
+non-blocking command shares one connection, pipelined; a cancelled caller
+just loses interest in its reply). So this transport is an asyncio
+:class:`~asyncio.Protocol` that keeps a FIFO of waiting futures itself, and
+takes from redis-py's stack the part that matters for speed: the hiredis
+parser (``hiredis.Reader``, what redis-py uses when installed as
+``redis[hiredis]``), a C parser fed with the bytes asyncio reads. Commands
+are encoded here (RESP is a few lines) because the argument rules must be
+exactly the extension's: str as UTF-8, int/float as their repr, bool and
+other types rejected with :class:`InvalidArgumentError`.
+
+Needs the ``hiredis`` package: ``pip install 'tinytown[python]'``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import hiredis
+
+from ._resp import encode_command
+from ._transports import ReplyFuture, deliver
+from .errors import ConnectionError, InvalidArgumentError, ReplyError
+
+__all__ = ["Connection"]
+
+class _Batch:
+    """One future for many commands: resolved when the last reply is in."""
+
+    __slots__ = ("error", "future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[Any], remaining: int, replies: bool) -> None:
+        self.future = future
+        self.remaining = remaining
+        self.error: BaseException | None = None
+        self.results: list[Any] | None = [] if replies else None
+
+    def add(self, value: Any) -> None:
+        if isinstance(value, BaseException) and self.error is None:
+            self.error = value
+        if self.results is not None:
+            self.results.append(value)
+        self.remaining -= 1
+        if self.remaining == 0:
+            if self.error is not None:
+                deliver(self.future, self.error, True)
+            else:
+                deliver(self.future, self.results, False)
+
+
+# Marks the place of SUBSCRIBE in the reply queue: every reply from there on
+# goes to the push handler.
+_SUBSCRIBED = object()
+
+
+class Connection(asyncio.Protocol):
+    """One Redis connection driven by an asyncio loop, in pure Python (+ hiredis's parser).
+
+    ``Connection(loop)``, then ``await conn.connect_unix(path)`` or
+    ``await conn.connect_tcp(ip, port)``. Every command method returns an
+    asyncio future. Not thread-safe: use it from its loop's thread only.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._create_future = loop.create_future
+        self._reader = hiredis.Reader(replyError=ReplyError)
+        self._waiting: deque[Any] = deque()   # futures, batches and _SUBSCRIBED, in command order
+        self._pending = 0
+        self._out: list[bytes] = []           # commands waiting for the end-of-iteration flush
+        self._flush_scheduled = False
+        self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None
+        self._where: str | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._connect_waiter: asyncio.Future[Connection] | None = None
+        self._push_handler: Callable[[Any], None] | None = None
+        self._subscribed = False
+        self._connected = False
+        self._closed = False
+
+    # -- opening ----------------------------------------------------------
+
+    def connect_unix(self, path: str) -> asyncio.Future[Connection]:
+        """Start connecting to a Unix socket; returns a future resolved when connected.
+
+        Call :meth:`close` to abandon a connect that takes too long.
+        """
+        if not isinstance(path, str):
+            raise TypeError(f"path must be a str, not {type(path).__name__}")
+        sock = self._new_socket(socket.AF_UNIX, f"unix:{path}")
+        # A Unix connect completes or fails at once (as in hiredis, a missing
+        # socket file is reported here, not through the future).
+        try:
+            sock.connect(path)
+            done = True
+        except (BlockingIOError, InterruptedError):
+            done = False
+        except OSError as exc:
+            sock.close()
+            raise self._cannot_connect(exc) from None
+        return self._attach(sock, None if done else path)
+
+    def connect_tcp(self, host: str, port: int) -> asyncio.Future[Connection]:
+        """Start connecting to a numeric IP address and port (resolve names first)."""
+        if not isinstance(host, str):
+            raise TypeError(f"host must be a str, not {type(host).__name__}")
+        if not isinstance(port, int) or isinstance(port, bool):
+            raise TypeError(f"port must be an int, not {type(port).__name__}")
+        try:
+            # Resolves at once for a numeric address; a name is resolved with
+            # a blocking call, as hiredis does (Channel passes numbers).
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, OverflowError) as exc:
+            raise ConnectionError(f"cannot connect to Redis at {host}:{port}: {exc}") from None
+        family, _, _, _, sockaddr = info[0]
+        sock = self._new_socket(family, f"{host}:{port}")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return self._attach(sock, sockaddr)
+
+    def _new_socket(self, family: int, where: str) -> socket.socket:
+        if self._where is not None or self._closed:
+            raise InvalidArgumentError("a Connection can be connected only once")
+        self._where = where
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        return sock
+
+    def _cannot_connect(self, exc: OSError) -> ConnectionError:
+        # asyncio's sock_connect words its errors its own way ("Connect call
+        # failed ..."); report the system's text for the errno, as hiredis does.
+        reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
+        return ConnectionError(f"cannot connect to Redis at {self._where}: {reason}")
+
+    def _attach(self, sock: socket.socket, address: Any) -> asyncio.Future[Connection]:
+        self._sock = sock
+        waiter = self._connect_waiter = self._create_future()
+        self._connect_task = self._loop.create_task(self._finish_connect(sock, address))
+        return waiter
+
+    async def _finish_connect(self, sock: socket.socket, address: Any) -> None:
+        try:
+            if address is not None:
+                await self._loop.sock_connect(sock, address)
+            if sock.family == socket.AF_UNIX:
+                await self._loop.create_unix_connection(lambda: self, sock=sock)
+            else:
+                await self._loop.create_connection(lambda: self, sock=sock)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except OSError as exc:
+            self._fail_connect(self._cannot_connect(exc))
+            return
+        except BaseException as exc:  # the loop refused the socket: report, do not hide
+            self._fail_connect(ConnectionError(f"cannot connect to Redis at {self._where}: {exc!r}"))
+            return
+        finally:
+            self._connect_task = None
+        waiter = self._connect_waiter
+        self._connect_waiter = None
+        if self._closed:  # closed while the loop was setting up the transport
+            return
+        self._connected = True
+        if waiter is not None:
+            deliver(waiter, self, False)
+
+    def _fail_connect(self, error: ConnectionError) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._closed = True
+        waiter = self._connect_waiter
+        self._connect_waiter = None
+        if waiter is not None:
+            deliver(waiter, error, True)
+
+    # -- asyncio.Protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._closed:  # close() came while the loop was wrapping the socket
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        try:
+            reader.feed(data)
+            reply = reader.gets()
+        except hiredis.ProtocolError as exc:
+            self._lose(ConnectionError(f"connection to Redis lost: protocol error: {exc}"))
+            return
+        waiting = self._waiting
+        while reply is not False:
+            if self._subscribed:
+                self._push(reply)
+            else:
+                slot = waiting.popleft() if waiting else None
+                if slot is _SUBSCRIBED:
+                    self._subscribed = True
+                    self._push(reply)
+                elif slot is None:
+                    self._lose(ConnectionError(
+                        "connection to Redis lost: a reply came for no command"))
+                    return
+                else:
+                    self._pending -= 1
+                    if type(slot) is _Batch:
+                        slot.add(reply)
+                    elif not slot.done():
+                        if type(reply) is ReplyError:
+                            slot.set_exception(reply)
+                        else:
+                            slot.set_result(reply)
+                    else:  # cancelled by its caller: to its orphan handler, if any
+                        deliver(slot, reply, type(reply) is ReplyError)
+            if self._closed:
+                return
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._lose(ConnectionError(f"connection to Redis lost: protocol error: {exc}"))
+                return
+
+    def eof_received(self) -> bool:
+        # Redis closing its side ends the connection; returning False lets
+        # asyncio close ours, and connection_lost reports it.
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed:
+            return
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else (
+            str(exc) if exc is not None else "Server closed the connection")
+        self._lose(ConnectionError(f"connection to Redis lost: {reason}"))
+
+    def _push(self, reply: Any, handler: Callable[[Any], None] | None = None) -> None:
+        """Give a pub/sub reply (or the final error) to the subscriber's handler."""
+        handler = handler or self._push_handler
+        if handler is None:
+            return
+        try:
+            handler(reply)
+        except BaseException as exc:  # the handler's bug: reported, not raised into the loop's reader
+            self._loop.call_exception_handler({
+                "message": "tinytown: exception in a pub/sub handler",
+                "exception": exc, "protocol": self})
+
+    def _lose(self, error: ConnectionError) -> None:
+        """The connection is gone: fail everything pending, tell the subscriber."""
+        handler = self._push_handler
+        self._shut(error)
+        self._push(error, handler)
+
+    def _shut(self, error: ConnectionError) -> None:
+        self._closed = True
+        self._connected = False
+        self._push_handler = None
+        self._out.clear()
+        transport = self._transport
+        if transport is not None:
+            # asyncio closes the socket on its next iteration; hang up now, as
+            # the extension does, so that Redis sees the client gone before
+            # anything this loop sends next (e.g. a PUBLISH counting subscribers).
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+            except OSError:
+                pass
+            transport.abort()
+        elif self._sock is not None:
+            self._sock.close()
+        task = self._connect_task
+        if task is not None:
+            task.cancel()
+        waiter = self._connect_waiter
+        self._connect_waiter = None
+        if waiter is not None:
+            deliver(waiter, ConnectionError("connection closed before it was established"), True)
+        waiting = self._waiting
+        self._waiting = deque()
+        self._pending = 0
+        for slot in waiting:
+            if slot is _SUBSCRIBED:
+                continue
+            if type(slot) is _Batch:
+                slot.add(error)
+            else:
+                deliver(slot, error, True)
+
+    # -- writing ----------------------------------------------------------
+
+    def _send(self, data: bytes, was_idle: bool) -> None:
+        # An idle connection writes at once (lowest latency); commands issued
+        # while replies are outstanding are written together by one flush at
+        # the end of the loop iteration, like the extension does.
+        if was_idle:
+            if self._out:
+                self._out.append(data)
+                data = b"".join(self._out)
+                self._out.clear()
+            self._transport.write(data)  # type: ignore[union-attr]
+            return
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self._transport is None or self._closed:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._transport.write(data)
+
+    # -- commands ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or not self._connected:
+            raise ConnectionError(
+                "connection to Redis is closed" if self._closed else "connection to Redis is not open")
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]:
+        """Send one command; returns a future of its reply.
+
+        Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
+        list. An error reply sets :class:`tinytown.ReplyError` on the future.
+        """
+        self._check_open()
+        data = encode_command(args)
+        was_idle = self._pending == 0
+        fut = ReplyFuture(loop=self._loop)
+        self._waiting.append(fut)
+        self._pending += 1
+        self._send(data, was_idle)
+        return fut
+
+    def execute_many(self, commands: Iterable[Sequence[Any]],
+                     replies: bool = True) -> asyncio.Future[list[Any] | None]:
+        """Send many commands in one write; returns one future.
+
+        It resolves to the list of replies (error replies included as
+        ReplyError instances) or, with ``replies=False``, to None; if any
+        reply is an error, the future fails with the first one, once every
+        reply is in. Commands are sent in order. Every command is encoded
+        before anything is sent, so a bad argument sends nothing.
+        """
+        self._check_open()
+        encoded = [encode_command(command if isinstance(command, (tuple, list)) else tuple(command))
+                   for command in commands]
+        future = ReplyFuture(loop=self._loop)
+        if not encoded:
+            future.set_result([] if replies else None)
+            return future
+        batch = _Batch(future, len(encoded), replies)
+        was_idle = self._pending == 0
+        self._waiting.extend([batch] * len(encoded))
+        self._pending += len(encoded)
+        self._send(b"".join(encoded), was_idle)
+        return future
+
+    def subscribe(self, handler: Callable[[Any], None], *channels: Any) -> None:
+        """Turn this connection into a subscriber of ``channels``.
+
+        Every pub/sub reply (subscribe confirmations and messages, as lists)
+        is passed to ``handler``; when the connection goes away, ``handler``
+        receives the ConnectionError instead. No other command may be sent
+        on a subscribed connection.
+        """
+        self._check_open()
+        if not channels:
+            raise InvalidArgumentError("subscribe needs at least one channel")
+        data = encode_command((b"SUBSCRIBE",) + channels)
+        self._push_handler = handler
+        self._waiting.append(_SUBSCRIBED)
+        self._send(data, True)
+
+    def close(self) -> None:
+        """Close now; every pending call fails with ConnectionError."""
+        self._push_handler = None
+        if self._closed or self._where is None:
+            self._closed = True
+            return
+        self._shut(ConnectionError("connection to Redis closed"))
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is closed or lost (or before any connect)."""
+        return self._closed or self._where is None
+
+    @property
+    def pending_replies(self) -> int:
+        """Number of commands sent whose replies have not arrived."""
+        return self._pending
+
+    pending = pending_replies
+
+    def fileno(self) -> int:
+        sock = self._sock
+        return -1 if sock is None or self._closed else sock.fileno()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.is_closed else ("open" if self._connected else "connecting")
+        return f"<tinytown python Connection {self._where} {state} pending={self._pending}>"
+

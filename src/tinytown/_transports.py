@@ -1,0 +1,148 @@
+"""Choosing the transport behind a Channel.
+
+Two implementations of one interface (:class:`Connection` below):
+
+``"hiredis"``  the Cython extension ``tinytown._transport`` over hiredis's
+               async context (the default; in every wheel);
+``"python"``   ``tinytown._pytransport``: pure Python on asyncio, with the
+               hiredis parser of redis-py's ``redis[hiredis]`` (``hiredis``
+               package; ``pip install 'tinytown[python]'``).
+
+``Channel.connect(..., transport=...)`` picks one; without it the
+environment variable ``TINYTOWN_TRANSPORT`` does; without that, the
+extension is used when it loads and the Python transport otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from .errors import InvalidArgumentError, TransportUnavailableError
+
+__all__ = ["TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "connection_class", "deliver"]
+
+log = logging.getLogger("tinytown")
+
+TRANSPORTS = ("hiredis", "python")
+ENV_VAR = "TINYTOWN_TRANSPORT"
+
+_PYTHON_HINT = "install it with: pip install 'tinytown[python]' (the hiredis package)"
+_EXTENSION_HINT = (
+    "install a tinytown wheel, or build from source with libhiredis installed "
+    "(apt-get install libhiredis-dev / brew install hiredis)")
+
+
+class ReplyFuture(asyncio.Future):  # type: ignore[type-arg]
+    """The future of one reply in the Python transport and the cluster router.
+
+    An asyncio Future with the extension's ``orphan`` hook: a caller that
+    cancels a blocking command may set ``orphan`` to a callable, which then
+    receives the reply that still arrives (or the error that ends the
+    connection) instead of it being dropped.
+    """
+
+    orphan: Callable[[Any], None] | None = None
+
+
+def deliver(fut: asyncio.Future[Any], value: Any, failed: bool) -> None:
+    """Settle ``fut`` with a reply (``failed``: ``value`` is the exception).
+
+    A future cancelled by its caller is done already: its reply goes to its
+    ``orphan`` handler if it has one, else it is dropped; either way the
+    reply stream stays in step with the commands.
+    """
+    if not fut.done():
+        if failed:
+            fut.set_exception(value)
+        else:
+            fut.set_result(value)
+        return
+    handler = getattr(fut, "orphan", None)
+    if handler is None or not fut.cancelled():
+        return
+    fut.orphan = None  # type: ignore[attr-defined]
+    try:
+        handler(value)
+    except BaseException as exc:  # like a callback's: reported, not raised into the transport
+        fut.get_loop().call_exception_handler({
+            "message": "tinytown: exception in the orphan handler of a cancelled command",
+            "exception": exc, "future": fut})
+
+
+class Connection(Protocol):
+    """What Channel needs from an open connection (both transports and the
+    cluster connection provide it)."""
+
+    def execute(self, *args: Any) -> asyncio.Future[Any]: ...
+    def execute_many(self, commands: Iterable[Sequence[Any]],
+                     replies: bool = True) -> asyncio.Future[Any]: ...
+    def subscribe(self, handler: Callable[[Any], None], *channels: Any) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def is_closed(self) -> bool: ...
+    @property
+    def pending_replies(self) -> int: ...
+
+
+class Connectable(Connection, Protocol):
+    """A transport connection before it is open: ``Connection(loop)``, then one connect."""
+
+    def connect_unix(self, path: str) -> asyncio.Future[Any]: ...
+    def connect_tcp(self, host: str, port: int) -> asyncio.Future[Any]: ...
+
+
+ConnectionClass = Callable[[asyncio.AbstractEventLoop], Connectable]
+
+_warned_fallback = False
+
+
+def _load(name: str) -> ConnectionClass:
+    if name == "hiredis":
+        from ._transport import Connection as Extension
+        return Extension  # type: ignore[return-value]
+    from ._pytransport import Connection as Python
+    return Python
+
+
+def connection_class(name: str | None = None) -> ConnectionClass:
+    """The Connection class of transport ``name`` (None: the environment, then automatic).
+
+    Raises :class:`InvalidArgumentError` for an unknown name and
+    :class:`TransportUnavailableError` (an ImportError too) when the chosen
+    transport, or with automatic choice both of them, cannot be loaded; the
+    message says what to install.
+    """
+    global _warned_fallback
+    source = "transport"
+    if name is None:
+        name = os.environ.get(ENV_VAR) or None
+        source = ENV_VAR
+    if name is not None:
+        if name not in TRANSPORTS:
+            raise InvalidArgumentError(
+                f"{source}={name!r} is not a tinytown transport; choose 'hiredis' or 'python'")
+        try:
+            return _load(name)
+        except ImportError as exc:
+            hint = _EXTENSION_HINT if name == "hiredis" else _PYTHON_HINT
+            raise TransportUnavailableError(
+                f"tinytown transport {name!r} cannot be loaded ({exc}); {hint}") from exc
+    try:
+        return _load("hiredis")
+    except ImportError as ext_exc:
+        try:
+            cls = _load("python")
+        except ImportError as py_exc:
+            raise TransportUnavailableError(
+                "tinytown has no usable transport: the hiredis extension cannot be loaded "
+                f"({ext_exc}) and the pure-Python transport needs the hiredis package "
+                f"({py_exc}); {_PYTHON_HINT}, or {_EXTENSION_HINT}") from py_exc
+        if not _warned_fallback:
+            _warned_fallback = True
+            log.warning("tinytown: the hiredis extension cannot be loaded (%s); "
+                        "using the pure-Python transport", ext_exc)
+        return cls

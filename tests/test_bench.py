@@ -1,0 +1,43 @@
+"""`tinytown bench` (the main job) runs end to end and reports every row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tinytown.bench import Result, render_table
+
+
+def test_bench_command_json_and_plot(tmp_path):
+    chart = tmp_path / "latency.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytown.bench", "--rounds", "1", "--per-round", "20",
+         "--e2e-messages", "10", "--memory-pairs", "200", "--json", "--plot", str(chart)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    names = [r["name"] for r in report["results"]]
+    for expected in ["send", "try_receive", "receive (message waiting)", "inbox_len",
+                     "set_agent_state", "get_agent_state", "set_task", "get_task", "broadcast",
+                     "100 coroutines, one Channel", "send_many(10000)",
+                     "send -> receive, another process"]:
+        assert expected in names
+    send = report["results"][names.index("send")]
+    assert send["tinytown"] > 0 and send["redis_py"] > 0 and send["c_client"] > 0
+    assert send["ratio_redis_py"] == pytest.approx(send["tinytown"] / send["redis_py"])
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_marks_the_target_and_ratios():
+    rows = [Result("send", "ns", 50_000, 90_000, redis_py=100_000, c_client=40_000, tcp=75_000),
+            Result("slow", "ns", 150_000),
+            Result("send_many(10000)", "ops/s", 800_000, redis_py=100_000, c_client=1_600_000)]
+    table = render_table(rows)
+    lines = table.splitlines()
+    assert "met" in lines[2] and "0.50x" in lines[2] and "1.25x" in lines[2] and "1.50x" in lines[2]
+    assert "missed" in lines[3]
+    assert "800,000/s" in lines[4] and "8.00x" in lines[4] and "0.50x" in lines[4]

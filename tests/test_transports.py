@@ -1,0 +1,80 @@
+"""Choosing the transport: argument, TINYTOWN_TRANSPORT, automatic fallback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from tinytown import (
+    Channel,
+    InvalidArgumentError,
+    TransportUnavailableError,
+    _pytransport,
+    _transport,
+    _transports,
+)
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv("TINYTOWN_TRANSPORT", raising=False)
+    monkeypatch.setattr(_transports, "_warned_fallback", False)
+
+
+@pytest.mark.parametrize("name, cls", [("hiredis", _transport.Connection),
+                                       ("python", _pytransport.Connection)])
+async def test_explicit_transport(redis_url, no_env, name, cls):
+    async with await Channel.connect(redis_url, town="t", transport=name) as channel:
+        assert type(channel._conn) is cls
+        assert await channel.execute("PING") == b"PONG"
+
+
+async def test_environment_variable_and_argument_precedence(redis_url, no_env, monkeypatch):
+    monkeypatch.setenv("TINYTOWN_TRANSPORT", "python")
+    async with await Channel.connect(redis_url, town="t") as channel:
+        assert type(channel._conn) is _pytransport.Connection
+    async with await Channel.connect(redis_url, town="t", transport="hiredis") as channel:
+        assert type(channel._conn) is _transport.Connection
+    monkeypatch.setenv("TINYTOWN_TRANSPORT", "hiredis")
+    async with await Channel.connect(redis_url, town="t") as channel:
+        assert type(channel._conn) is _transport.Connection
+
+
+async def test_default_is_the_extension(redis_url, no_env):
+    async with await Channel.connect(redis_url, town="t") as channel:
+        assert type(channel._conn) is _transport.Connection
+
+
+async def test_unknown_names(redis_url, no_env, monkeypatch):
+    with pytest.raises(InvalidArgumentError, match="'cython' is not a tinytown transport"):
+        await Channel.connect(redis_url, town="t", transport="cython")
+    monkeypatch.setenv("TINYTOWN_TRANSPORT", "fast")
+    with pytest.raises(InvalidArgumentError, match="TINYTOWN_TRANSPORT='fast'"):
+        await Channel.connect(redis_url, town="t")
+
+
+async def test_falls_back_to_python_when_the_extension_cannot_load(redis_url, no_env, monkeypatch, caplog):
+    # None in sys.modules makes `import tinytown._transport` raise ImportError,
+    # as a wheel whose libhiredis is missing would.
+    monkeypatch.setitem(sys.modules, "tinytown._transport", None)
+    with caplog.at_level(logging.WARNING, logger="tinytown"):
+        async with await Channel.connect(redis_url, town="t") as channel:
+            assert type(channel._conn) is _pytransport.Connection
+            assert await channel.execute("PING") == b"PONG"
+    assert "using the pure-Python transport" in caplog.text
+    with pytest.raises(TransportUnavailableError, match="'hiredis' cannot be loaded.*tinytown wheel"):
+        await Channel.connect(redis_url, town="t", transport="hiredis")
+
+
+async def test_no_transport_at_all_says_what_to_install(redis_url, no_env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tinytown._transport", None)
+    # and the hiredis package missing: _pytransport's own import fails
+    monkeypatch.delitem(sys.modules, "tinytown._pytransport")
+    monkeypatch.setitem(sys.modules, "hiredis", None)
+    with pytest.raises(TransportUnavailableError, match=r"hiredis.*pip install 'tinytown\[python\]'") as info:
+        await Channel.connect(redis_url, town="t")
+    assert isinstance(info.value, ImportError)
+    with pytest.raises(TransportUnavailableError, match=r"'python' cannot be loaded"):
+        await Channel.connect(redis_url, town="t", transport="python")
