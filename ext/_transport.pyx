@@ -21,6 +21,7 @@ from tinytown.errors import (
     InvalidArgumentError,
     ReplyError,
 )
+from tinytown._resp import coerce_arg
 
 include "reply.pyx"
 include "future.pyx"

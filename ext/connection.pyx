@@ -17,18 +17,6 @@ cdef enum:
     STACK_ARGS = 8
 
 
-cdef object _coerce_arg(object arg):
-    """Bytes for an argument that is neither bytes nor str."""
-    if isinstance(arg, (bytes, bytearray, memoryview)):
-        return bytes(arg)
-    if isinstance(arg, bool):
-        raise InvalidArgumentError("cannot send a bool to Redis; send 0/1 or text")
-    if isinstance(arg, (int, float)):
-        return repr(arg).encode("ascii")
-    raise InvalidArgumentError(
-        f"cannot send a {type(arg).__name__} to Redis; send bytes, str, int or float")
-
-
 cdef list _fill_argv(tuple args, const char **ptrs, size_t *lens):
     """Point ptrs/lens at the arguments' buffers (UTF-8 for str, no copy).
 
@@ -52,7 +40,7 @@ cdef list _fill_argv(tuple args, const char **ptrs, size_t *lens):
             ptrs[i] = text
             lens[i] = <size_t>n
         else:
-            arg = _coerce_arg(arg)
+            arg = coerce_arg(arg)
             if keep is None:
                 keep = []
             keep.append(arg)

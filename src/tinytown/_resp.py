@@ -11,13 +11,17 @@ from typing import Any
 
 from .errors import EncodeError, InvalidArgumentError
 
-__all__ = ["encode_command"]
+__all__ = ["coerce_arg", "encode_command"]
 
 _CRLF = b"\r\n"
 
 
-def _coerce_arg(arg: object) -> bytes:
-    """Bytes for an argument that is neither bytes nor str (the extension's rules)."""
+def coerce_arg(arg: object) -> bytes:
+    """Bytes for an argument that is neither bytes nor str.
+
+    The one statement of which other types a command takes; the hiredis
+    extension calls it too (only for such arguments, off its fast path).
+    """
     if isinstance(arg, (bytes, bytearray, memoryview)):
         return bytes(arg)
     if isinstance(arg, bool):
@@ -49,7 +53,7 @@ def encode_command(args: Sequence[Any]) -> bytes:
             except UnicodeEncodeError as exc:
                 raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
         else:
-            data = _coerce_arg(arg)
+            data = coerce_arg(arg)
         append(b"$%d\r\n" % len(data))
         append(data)
         append(_CRLF)
