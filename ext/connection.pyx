@@ -90,6 +90,23 @@ cdef inline void _argv_close(_ArgvBuf *buf) noexcept:
     buf.lens = buf.stack_lens
 
 
+cdef tuple _checked_command(object command):
+    """``command`` as a tuple whose arguments hiredis takes as they are
+    (bytes or str; str checked for UTF-8, which CPython then keeps cached);
+    raises InvalidArgumentError/EncodeError otherwise."""
+    cdef _ArgvBuf argv
+    cdef tuple args = _argv_init(&argv, command)
+    cdef list keep
+    try:
+        keep = _fill_argv(args, argv.ptrs, argv.lens)
+    finally:
+        _argv_close(&argv)
+    if keep is None:
+        return args
+    return tuple([a if PyBytes_CheckExact(a) or isinstance(a, str) else coerce_arg(a)
+                  for a in args])
+
+
 cdef class _Batch:
     """One future for many commands: resolved when the last reply is in."""
     cdef ReplyFuture future
@@ -480,9 +497,12 @@ cdef class Connection:
         self._check_open()
         cdef _Batch batch = _Batch.__new__(_Batch)
         cdef bint was_idle = self.pending == 0
+        # Check every command before queueing any: a bad argument in the
+        # middle must not leave the commands before it in hiredis's buffer.
+        cdef list checked = [_checked_command(command) for command in commands]
         batch.future = ReplyFuture.__new__(ReplyFuture, self.loop)
         batch.results = [] if replies else None
-        for command in commands:
+        for command in checked:
             self._issue(command, _on_batch_reply, <void *>batch)
             Py_INCREF(batch)            # released by _on_batch_reply
             batch.remaining += 1

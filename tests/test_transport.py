@@ -126,6 +126,18 @@ async def test_execute_many_returns_all_replies_or_first_error(Connection, redis
     conn.close()
 
 
+async def test_execute_many_with_a_bad_argument_sends_nothing(Connection, redis_server, redis_url):
+    conn = await connect(Connection, redis_server)
+    for bad in (object(), True, "lone \ud800"):
+        with pytest.raises((InvalidArgumentError, EncodeError)):
+            conn.execute_many([("RPUSH", "l", "a"), ("RPUSH", "l", 1, bad), ("RPUSH", "l", "c")])
+        assert conn.pending_replies == 0
+    # nothing was queued either: the next command is the first to reach Redis
+    assert await conn.execute("LLEN", "l") == 0
+    assert redis_server.command("LLEN", "l") == 0
+    conn.close()
+
+
 async def test_connection_refused_is_a_connection_error(Connection, tmp_path):
     conn = Connection(asyncio.get_running_loop())
     with pytest.raises(ConnectionError, match="No such file"):
