@@ -14,7 +14,6 @@ from typing import Any
 from .address import Address
 from .agent import Agent
 from .errors import InvalidArgumentError
-from .ids import AgentId
 from .message import Message
 from .task import Task
 
@@ -36,21 +35,34 @@ def push_verb(message: Message) -> bytes:
     return LPUSH if message.priority.is_front else RPUSH
 
 
-def push_commands(messages: Iterable[Message], inbox_prefix: str) -> list[list[Any]]:
+def too_big(what: str, payload: bytes, limit: int) -> InvalidArgumentError:
+    """The error for a write over the channel's ``max_message_bytes``."""
+    return InvalidArgumentError(
+        f"the {what} is {len(payload)} bytes of JSON, more than max_message_bytes={limit} "
+        "(see Channel.connect); nothing was written")
+
+
+def push_commands(messages: Iterable[Message], inbox_prefix: str,
+                  max_bytes: int | None = None) -> list[list[Any]]:
     """The pushes of ``send_many``: one variadic push per run of messages with
     the same inbox and end, which leaves every inbox exactly as one push per
-    message would. Everything is encoded before anything is sent."""
+    message would. Everything is encoded (and checked against ``max_bytes``)
+    before anything is sent."""
     commands: list[list[Any]] = []
     current: list[Any] = []
     for message in messages:
-        check_message(message, "send_many")
+        if type(message) is not Message:
+            check_message(message, "send_many")
         verb = LPUSH if message.priority.is_front else RPUSH
-        key = inbox_prefix + AgentId(message.to)
+        key = inbox_prefix + message.to  # a Message's ids are typed and immutable
+        payload = message.to_json()
+        if max_bytes is not None and len(payload) > max_bytes:
+            raise too_big("message", payload, max_bytes)
         if current and current[0] is verb and current[1] == key \
                 and len(current) < MAX_VALUES_PER_PUSH + 2:
-            current.append(message.to_json())
+            current.append(payload)
         else:
-            current = [verb, key, message.to_json()]
+            current = [verb, key, payload]
             commands.append(current)
     return commands
 

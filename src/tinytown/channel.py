@@ -35,6 +35,7 @@ from ._commands import (
     is_wrongtype,
     login_commands,
     push_commands,
+    too_big,
 )
 from ._transports import Connection, connection_class
 from .address import Address, parse_url
@@ -112,12 +113,6 @@ class _ReceiverPool:
         for conn in self._idle + list(self._busy):
             conn.close()
         self._idle.clear()
-
-
-def _too_big(what: str, payload: bytes, limit: int) -> InvalidArgumentError:
-    return InvalidArgumentError(
-        f"the {what} is {len(payload)} bytes of JSON, more than max_message_bytes={limit} "
-        "(see Channel.connect); nothing was written")
 
 
 def _cancelling() -> bool:
@@ -335,7 +330,7 @@ class Channel:
             check_message(message, "send")
         payload = message.to_json()
         if len(payload) > self._max_bytes:
-            raise _too_big("message", payload, self._max_bytes)
+            raise too_big("message", payload, self._max_bytes)
         key = self._keys.inbox_prefix + message.to  # a Message's ids are typed and immutable
         conn = self._conn
         if conn is None or conn.is_closed:
@@ -351,12 +346,7 @@ class Channel:
         variadic push, which leaves each inbox exactly as one send per
         message would.
         """
-        commands = push_commands(messages, self._keys.inbox_prefix)
-        limit = self._max_bytes
-        for command in commands:
-            for payload in command[2:]:
-                if len(payload) > limit:
-                    raise _too_big("message", payload, limit)
+        commands = push_commands(messages, self._keys.inbox_prefix, self._max_bytes)
         if not commands:
             if self._closed:
                 raise ChannelClosedError("the channel is closed")
@@ -643,7 +633,7 @@ class Channel:
         check_message(message, "broadcast")
         payload = message.to_json()
         if len(payload) > self._max_bytes:
-            raise _too_big("message", payload, self._max_bytes)
+            raise too_big("message", payload, self._max_bytes)
         conn = await self._main()
         return await conn.execute(b"PUBLISH", _BROADCAST, payload)
 
@@ -664,7 +654,7 @@ class Channel:
         """Store ``agent`` at ``tt:<town>:agent:<id>`` (JSON, as Tinytown's Rust code does)."""
         payload = check_agent(agent).to_json()
         if len(payload) > self._max_bytes:
-            raise _too_big("agent state", payload, self._max_bytes)
+            raise too_big("agent state", payload, self._max_bytes)
         conn = await self._main()
         await conn.execute(b"SET", self._keys.agent_prefix + AgentId(agent.id), payload)
 
@@ -677,7 +667,7 @@ class Channel:
         """Store ``task`` at ``tt:<town>:task:<id>``."""
         payload = check_task(task).to_json()
         if len(payload) > self._max_bytes:
-            raise _too_big("task", payload, self._max_bytes)
+            raise too_big("task", payload, self._max_bytes)
         conn = await self._main()
         await conn.execute(b"SET", self._keys.task_prefix + TaskId(task.id), payload)
 
