@@ -22,7 +22,6 @@ from ._json import (
     enc_field_ts,
     enc_field_u64,
     hash_u64,
-    missing,
 )
 from .enums import AgentState, AgentType, SpawnMode
 from .errors import InvalidArgumentError
@@ -229,30 +228,23 @@ class Agent:
         fields = _json.hash_to_str_dict(mapping, "Agent")
         try:
             get = fields.get
-
-            def req(key: str) -> str:
-                try:
-                    return fields[key]
-                except KeyError:
-                    missing(key)
-
             spawn_mode = get("spawn_mode")
             rounds = get("rounds_completed")
             last_active = get("last_active_at")
             return cls(
-                id=as_id(req("id"), AgentId, "id"),
-                name=req("name"),
+                id=as_id(fields["id"], AgentId, "id"),
+                name=fields["name"],
                 nickname=get("nickname"),
                 role_id=get("role_id"),
                 parent_agent_id=as_opt_id(get("parent_agent_id"), AgentId, "parent_agent_id"),
                 spawn_mode=SpawnMode.FRESH if spawn_mode is None else as_enum(spawn_mode, _SPAWN_MODES, "spawn_mode"),
-                agent_type=as_enum(req("agent_type"), _AGENT_TYPES, "agent_type"),
-                state=as_enum(req("state"), _AGENT_STATES, "state"),
-                cli=req("cli"),
+                agent_type=as_enum(fields["agent_type"], _AGENT_TYPES, "agent_type"),
+                state=as_enum(fields["state"], _AGENT_STATES, "state"),
+                cli=fields["cli"],
                 current_task=as_opt_id(get("current_task"), TaskId, "current_task"),
-                created_at=as_ts(req("created_at"), "created_at"),
-                last_heartbeat=as_ts(req("last_heartbeat"), "last_heartbeat"),
-                tasks_completed=hash_u64(req("tasks_completed"), "tasks_completed"),
+                created_at=as_ts(fields["created_at"], "created_at"),
+                last_heartbeat=as_ts(fields["last_heartbeat"], "last_heartbeat"),
+                tasks_completed=hash_u64(fields["tasks_completed"], "tasks_completed"),
                 rounds_completed=0 if rounds is None else hash_u64(rounds, "rounds_completed"),
                 last_active_at=Timestamp.now() if last_active is None else as_ts(last_active, "last_active_at"),
             )

@@ -25,7 +25,6 @@ from ._json import (
     enc_field_str_list,
     enc_field_ts,
     hash_str_list,
-    missing,
 )
 from .enums import TaskState
 from .errors import InvalidArgumentError
@@ -244,21 +243,14 @@ class Task:
         fields = _json.hash_to_str_dict(mapping, "Task")
         try:
             get = fields.get
-
-            def req(key: str) -> str:
-                try:
-                    return fields[key]
-                except KeyError:
-                    missing(key)
-
             tags = get("tags")
             return cls(
-                id=as_id(req("id"), TaskId, "id"),
-                description=req("description"),
-                state=as_enum(req("state"), _TASK_STATES, "state"),
+                id=as_id(fields["id"], TaskId, "id"),
+                description=fields["description"],
+                state=as_enum(fields["state"], _TASK_STATES, "state"),
                 assigned_to=as_opt_id(get("assigned_to"), AgentId, "assigned_to"),
-                created_at=as_ts(req("created_at"), "created_at"),
-                updated_at=as_ts(req("updated_at"), "updated_at"),
+                created_at=as_ts(fields["created_at"], "created_at"),
+                updated_at=as_ts(fields["updated_at"], "updated_at"),
                 started_at=as_opt_ts(get("started_at"), "started_at"),
                 completed_at=as_opt_ts(get("completed_at"), "completed_at"),
                 result=get("result"),
