@@ -335,9 +335,7 @@ cdef class SyncConnection:
         Returns the list of replies (error replies included as ReplyError
         instances) or, with ``replies=False``, None; if any reply is an
         error, raises the first one once every reply is in. An argument that
-        cannot be sent raises before anything is written (the connection is
-        closed if earlier commands were already formatted, so that none of
-        them goes out).
+        cannot be sent raises before anything is queued or written.
         """
         cdef list results = [] if replies else None
         cdef object error = None
@@ -348,10 +346,13 @@ cdef class SyncConnection:
             if self.pending:
                 raise InvalidArgumentError(
                     f"{self.pending} replies are still unread on this connection (read_reply)")
+            # Check every command before formatting any: a bad argument in
+            # the middle must not leave the ones before it in the buffer.
+            checked = [_checked_command(command) for command in commands]
             try:
-                for command in commands:
+                for command in checked:
                     self._append(command)
-            except BaseException:
+            except BaseException:   # out of memory while formatting
                 if self.pending:
                     self._free()    # drops the formatted, unsent commands
                 raise

@@ -32,6 +32,7 @@ from tinytown import (
     ConcurrentUseError,
     ConnectionError,
     DecodeError,
+    EncodeError,
     InvalidArgumentError,
     Message,
     MessageType,
@@ -261,6 +262,18 @@ def test_undecodable_message_goes_to_dead_letters(redis_server, redis_url):
         assert second.value.raw == UNDECODABLE[1]
         assert text_of(channel.receive(agent, 1)) == "good"
         assert redis_server.command("LRANGE", f"tt:alpha:dead:{agent}", 0, -1) == UNDECODABLE
+
+
+def test_batch_with_a_bad_argument_sends_nothing(redis_server, redis_url):
+    with SyncChannel.connect(redis_url, town="alpha") as channel:
+        conn = channel._conn
+        for bad in (object(), True, "lone \ud800"):
+            with pytest.raises((InvalidArgumentError, EncodeError)):
+                conn.execute_many([("RPUSH", "l", "a"), ("RPUSH", "l", 1, bad)])
+            assert redis_server.command("LLEN", "l") == 0
+        # the same connection goes on working: nothing was left half-queued
+        assert conn.execute("RPUSH", "l", "b") == 1
+        assert channel._conn is conn
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
