@@ -11,43 +11,37 @@ from tinytown.bench import Bench, Result
 MEMORY_PAIRS = int(os.environ.get("TINYTOWN_BENCH_MEMORY_PAIRS", "1000000"))
 
 
-def test_100_coroutines_one_channel(benchmark, bench: Bench, run) -> None:
+def measure_rate(benchmark, run, name: str, round_of, c_round) -> Result:
+    """Interleaved rounds of a rate: pytest-benchmark times tinytown's round
+    (``round_of("tinytown")``); the untimed setup of each round runs
+    redis-py's round and the C client's (``c_round()``, None if absent)."""
     tt: list[float] = []
     base: list[float] = []
     c: list[float] = []
 
     def baselines() -> None:
-        base.append(run(bench.concurrent_round("redis_py")))
-        rate = bench.concurrent_c()
+        base.append(run(round_of("redis_py")))
+        rate = c_round()
         if rate is not None:
             c.append(rate)
 
     benchmark.group = "throughput"
-    benchmark.pedantic(lambda: tt.append(run(bench.concurrent_round("tinytown"))),
+    benchmark.pedantic(lambda: tt.append(run(round_of("tinytown"))),
                        setup=baselines, rounds=rounds(benchmark), iterations=1)
-    record(benchmark, Result("100 coroutines, one Channel", "ops/s", statistics.median(tt),
-                             redis_py=statistics.median(base),
-                             c_client=statistics.median(c) if c else None))
-    assert all(rate > 0 for rate in tt)
+    assert all(rate > 0 for rate in tt + base)
+    result = Result(name, "ops/s", statistics.median(tt), redis_py=statistics.median(base),
+                    c_client=statistics.median(c) if c else None)
+    record(benchmark, result)
+    return result
+
+
+def test_100_coroutines_one_channel(benchmark, bench: Bench, run) -> None:
+    measure_rate(benchmark, run, "100 coroutines, one Channel",
+                 bench.concurrent_round, bench.concurrent_c)
 
 
 def test_send_many_10000(benchmark, bench: Bench, run) -> None:
-    tt: list[float] = []
-    base: list[float] = []
-    c: list[float] = []
-
-    def baselines() -> None:
-        base.append(run(bench.send_many_round("redis_py")))
-        rate = bench.send_many_c()
-        if rate is not None:
-            c.append(rate)
-
-    benchmark.group = "throughput"
-    benchmark.pedantic(lambda: tt.append(run(bench.send_many_round("tinytown"))),
-                       setup=baselines, rounds=rounds(benchmark), iterations=1)
-    record(benchmark, Result("send_many(10000)", "ops/s", statistics.median(tt),
-                             redis_py=statistics.median(base),
-                             c_client=statistics.median(c) if c else None))
+    measure_rate(benchmark, run, "send_many(10000)", bench.send_many_round, bench.send_many_c)
 
 
 def test_end_to_end_another_process(benchmark, bench: Bench, run) -> None:
