@@ -10,10 +10,8 @@ transports (the extension, and the pure-Python one of _pytransport).
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
-import tracemalloc
 from typing import Any, Iterator
 
 import pytest
@@ -21,6 +19,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import LOOP_KINDS, new_event_loop
+from memory import memory_growth
 from resp_fake import FakeRedis, is_reply_value, random_stream, same_reply, split
 from tinytown._transports import TRANSPORTS, connection_class
 from tinytown.errors import ConnectionError, ReplyError
@@ -205,11 +204,6 @@ def test_message_push_with_odd_payload_types_is_delivered_as_a_list(loop, transp
 # ----------------------------------------------------------------------- leaks
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def test_reply_path_does_not_leak(loop, transport, fake):
     """Many rounds of random streams (big bulk strings included): Python
     allocations (tracemalloc) and RSS stay flat after a warm-up."""
@@ -220,19 +214,10 @@ def test_reply_path_does_not_leak(loop, transport, fake):
             mode, first, stream = random_stream(rng, big=True)
             _check(mode, first, loop.run_until_complete(_one_command(transport, fake, split(rng, stream))))
 
-    rounds(150)  # warm-up: caches, free lists, the loop's internals
-    gc.collect()
-    tracemalloc.start()
-    try:
-        rounds(50)
-        gc.collect()
-        base_py, base_rss = tracemalloc.get_traced_memory()[0], _rss_bytes()
+    rounds(200)  # warm-up: caches, free lists, the loop's internals
+    with memory_growth() as grown:
         rounds(800)
-        gc.collect()
-        grown_py, grown_rss = tracemalloc.get_traced_memory()[0] - base_py, _rss_bytes() - base_rss
-    finally:
-        tracemalloc.stop()
     # A leaked reply per round would be ~800 objects (tracemalloc) or, for the
     # 70 kB bulk strings, tens of MB (RSS).
-    assert grown_py < 200_000, f"Python allocations grew by {grown_py} bytes over 800 rounds"
-    assert grown_rss < 16 * 2**20, f"RSS grew by {grown_rss} bytes over 800 rounds"
+    assert grown.python < 200_000, f"Python allocations grew by {grown.python} bytes over 800 rounds"
+    assert grown.rss < 16 * 2**20, f"RSS grew by {grown.rss} bytes over 800 rounds"

@@ -560,25 +560,13 @@ def _exercise(channel: SyncChannel, sub, agent: AgentId, rounds: int) -> None:
 def test_no_growth_over_many_operations(redis_url):
     """Every reply tree, argument buffer and exception is released (tracemalloc
     sees Python objects, RSS hiredis's mallocs)."""
-    import gc
-    import tracemalloc
-
-    from test_leaks import rss_bytes
+    from memory import memory_growth
 
     agent = AgentId.new()
     with SyncChannel.connect(redis_url, town="leaks") as channel, channel.broadcasts() as sub:
         _exercise(channel, sub, agent, 1_000)  # warm up caches and freelists
-        gc.collect()
-        tracemalloc.start()
-        try:
-            before_py = tracemalloc.get_traced_memory()[0]
-            before_rss = rss_bytes()
+        with memory_growth() as grown:
             _exercise(channel, sub, agent, 5_000)
-            gc.collect()
-            growth_py = tracemalloc.get_traced_memory()[0] - before_py
-            growth_rss = rss_bytes() - before_rss
-        finally:
-            tracemalloc.stop()
     # 5,000 rounds are 75,000 commands: a leak of one object per command would be MBs.
-    assert growth_py < 200_000, growth_py
-    assert growth_rss < 4_000_000, growth_rss
+    assert grown.python < 200_000, grown.python
+    assert grown.rss < 4_000_000, grown.rss
