@@ -34,7 +34,6 @@ from tinytown import (
     Message,
     MessageType,
     Task,
-    TaskId,
     TaskState,
 )
 
