@@ -315,26 +315,21 @@ class Bench:
         """The same calls on the blocking SyncChannel, beside redis-py's sync client."""
         if self.sync_channel is None:
             return []
-        agent, message, payload, inbox = self.agent, self.message, self.payload, self.inbox
-        rp = self.redis_py_sync
-        agent_state, task = self.agent_state, self.task
-        rows = []
-        for name, make_op, rp_op, c_command, prefill in self._operations():
-            rows.append((f"sync {name}", make_op, rp_op, c_command, prefill))
-        sync_rp = {
-            "sync send": rp and (lambda: rp.rpush(inbox, payload)),
-            "sync try_receive": rp and (lambda: rp.lpop(inbox)),
-            "sync receive (message waiting)": rp and (lambda: rp.blpop([inbox], 1)),
-            "sync inbox_len": rp and (lambda: rp.llen(inbox)),
-            "sync set_agent_state": rp and (lambda: rp.set(self.agent_key, agent_state.to_json())),
-            "sync get_agent_state": rp and (lambda: rp.get(self.agent_key)),
-            "sync set_task": rp and (lambda: rp.set(self.task_key, task.to_json())),
-            "sync get_task": rp and (lambda: rp.get(self.task_key)),
-            "sync broadcast": rp and (lambda: rp.publish("tt:broadcast", payload)),
+        payload, inbox, rp = self.payload, self.inbox, self.redis_py_sync
+        agent_json, task_json = self.agent_state.to_json(), self.task.to_json()
+        baselines = {  # same order as _operations()
+            "send": lambda: rp.rpush(inbox, payload),
+            "try_receive": lambda: rp.lpop(inbox),
+            "receive (message waiting)": lambda: rp.blpop([inbox], 1),
+            "inbox_len": lambda: rp.llen(inbox),
+            "set_agent_state": lambda: rp.set(self.agent_key, agent_json),
+            "get_agent_state": lambda: rp.get(self.agent_key),
+            "set_task": lambda: rp.set(self.task_key, task_json),
+            "get_task": lambda: rp.get(self.task_key),
+            "broadcast": lambda: rp.publish("tt:broadcast", payload),
         }
-        del agent, message
-        return [(name, make_op, sync_rp[name], c_command, prefill)
-                for name, make_op, _rp, c_command, prefill in rows]
+        return [(f"sync {name}", make_op, rp and baselines[name], c_command, prefill)
+                for name, make_op, _async_rp, c_command, prefill in self._operations()]
 
     def operation(self, name: str) -> OperationBench:
         """The measurement of one Channel (or SyncChannel) call, driven round by round."""
