@@ -367,15 +367,17 @@ class Channel:
         """
         agent = AgentId(agent_id)
         key = self._keys.inbox_prefix + agent
-        reply = await self._blocking(timeout, (b"BLPOP", key), self._abandoned_pop)
+        reply = await self._blocking(timeout, lambda seconds: (b"BLPOP", key, seconds),
+                                     self._abandoned_pop)
         if reply is None:
             return None
         return await self._decode(agent, reply[1])
 
-    async def _blocking(self, timeout: float | timedelta, command: tuple[Any, ...],
+    async def _blocking(self, timeout: float | timedelta, command: Callable[[str], tuple[Any, ...]],
                         on_abandoned: Callable[[Connection, Any], None]) -> Any:
-        """Run the blocking ``command`` (its timeout argument appended) on a
-        receiver connection.
+        """Run the blocking command ``command(seconds)`` on a receiver
+        connection; ``seconds`` is the time left, as text (``"1.500"``), for
+        the command's own timeout argument.
 
         Reconnecting, waiting for a free connection and the command itself
         all fit in ``timeout`` (plus RECEIVE_GRACE for Redis's answer); None
@@ -403,7 +405,7 @@ class Channel:
             if left < seconds - 0.001:  # reconnecting or waiting for a connection took time
                 text = f"{max(left, 0.001):.3f}"
             try:
-                fut = conn.execute(*command, text)
+                fut = conn.execute(*command(text))
             except BaseException:
                 self._receivers.release(conn)
                 raise
@@ -556,7 +558,7 @@ class Channel:
         inbox = self._keys.inbox_prefix + agent
         processing = self._keys.processing(agent)
         raw = await self._blocking(
-            timeout, (b"BLMOVE", inbox, processing, b"LEFT", b"RIGHT"),
+            timeout, lambda seconds: (b"BLMOVE", inbox, processing, b"LEFT", b"RIGHT", seconds),
             lambda conn, reply: self._abandoned_move(conn, reply, inbox, processing))
         if raw is None:
             return None
