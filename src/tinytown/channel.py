@@ -20,8 +20,9 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from . import _ops
 from ._cluster import ClusterConnection, ClusterTopology
 from ._commands import (
     LPUSH,
@@ -57,6 +58,8 @@ from .task import Task
 __all__ = ["Channel", "BroadcastSubscription"]
 
 log = logging.getLogger("tinytown")
+
+_T = TypeVar("_T")
 
 _BROADCAST = BROADCAST_CHANNEL.encode()
 
@@ -689,6 +692,42 @@ class Channel:
                 raise
         # Newer Tinytown releases keep state as a Hash at the same key.
         return await conn.execute(b"HGETALL", key)
+
+    # -- stop flag --------------------------------------------------------------
+
+    async def request_stop(self, agent_id: AgentId | Any) -> None:
+        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
+        await self._run(_ops.request_stop(self._keys, agent_id))
+
+    async def should_stop(self, agent_id: AgentId | Any) -> bool:
+        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
+        return await self._run(_ops.should_stop(self._keys, agent_id))
+
+    async def clear_stop(self, agent_id: AgentId | Any) -> None:
+        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
+        await self._run(_ops.clear_stop(self._keys, agent_id))
+
+    async def _run(self, op: _ops.Op[_T]) -> _T:
+        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
+        step = next(op)  # argument checks run here, before anything is sent
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            conn = await self._reconnect()
+        try:
+            while True:
+                try:
+                    if type(step) is tuple:
+                        reply = await conn.execute(*step)
+                    else:
+                        reply = await conn.execute_many(step, True)
+                except ReplyError as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            op.close()
 
     # -- raw access and lifetime ------------------------------------------------
 

@@ -34,36 +34,78 @@ def validate_town_name(town: object) -> str:
 
 
 class TownKeys:
-    """Key builders of one town. Ids must already be canonical (AgentId/TaskId)."""
+    """Key builders of one town, as Tinytown 0.10's ``RedisKeys`` spells them.
 
-    __slots__ = ("town", "prefix", "inbox_prefix", "agent_prefix", "task_prefix",
-                 "dead_prefix", "processing_prefix")
+    Ids must already be canonical (AgentId/TaskId). ``T`` below is
+    ``tt:<town>``. ``dead:`` and ``processing:`` are this package's own
+    (dead letters and :meth:`Channel.receive_reliable`); Tinytown has none.
+    """
+
+    __slots__ = ("town", "prefix", "inbox_prefix", "urgent_prefix", "agent_prefix",
+                 "task_prefix", "activity_prefix", "stop_prefix", "dead_prefix",
+                 "processing_prefix", "events_agent_prefix", "events_mission_prefix",
+                 "backlog", "docket_tasks", "docket_events", "events", "broadcast")
 
     def __init__(self, town: str) -> None:
         self.town = validate_town_name(town)
         self.prefix = f"tt:{town}:"
         self.inbox_prefix = self.prefix + "inbox:"
+        self.urgent_prefix = self.prefix + "urgent:"
         self.agent_prefix = self.prefix + "agent:"
         self.task_prefix = self.prefix + "task:"
+        self.activity_prefix = self.prefix + "activity:"
+        self.stop_prefix = self.prefix + "stop:"
         self.dead_prefix = self.prefix + "dead:"
         self.processing_prefix = self.prefix + "processing:"
+        self.events_agent_prefix = self.prefix + "events:agent:"
+        self.events_mission_prefix = self.prefix + "events:mission:"
+        #: ``T:backlog``: task ids waiting for an agent (a List).
+        self.backlog = self.prefix + "backlog"
+        #: ``T:docket:tasks``: the docket stream (consumer group ``workers``).
+        self.docket_tasks = self.prefix + "docket:tasks"
+        #: ``T:docket:events``: the docket's event log (a Stream).
+        self.docket_events = self.prefix + "docket:events"
+        #: ``T:events``: the town's event stream (``MAXLEN ~ 1000``).
+        self.events = self.prefix + "events"
+        #: ``T:broadcast``: the town's pub/sub channel in Tinytown 0.7-0.10.
+        self.broadcast = self.prefix + "broadcast"
 
     def inbox(self, agent_id: str) -> str:
-        """``tt:<town>:inbox:<agent>``: the agent's message queue (a List)."""
+        """``T:inbox:<agent>``: the agent's message queue (a List)."""
         return self.inbox_prefix + agent_id
 
+    def urgent(self, agent_id: str) -> str:
+        """``T:urgent:<agent>``: the agent's urgent inbox (a List, newest first)."""
+        return self.urgent_prefix + agent_id
+
     def agent(self, agent_id: str) -> str:
-        """``tt:<town>:agent:<agent>``: the agent's state."""
+        """``T:agent:<agent>``: the agent's state (a Hash, or JSON in the ``json`` layout)."""
         return self.agent_prefix + agent_id
 
     def task(self, task_id: str) -> str:
-        """``tt:<town>:task:<task>``: the task's state."""
+        """``T:task:<task>``: the task's state (a Hash, or JSON in the ``json`` layout)."""
         return self.task_prefix + task_id
 
+    def activity(self, agent_id: str) -> str:
+        """``T:activity:<agent>``: the agent's last 10 activity lines (a List, TTL 1 h)."""
+        return self.activity_prefix + agent_id
+
+    def stop(self, agent_id: str) -> str:
+        """``T:stop:<agent>``: the agent's stop flag (``"1"``, TTL 1 h)."""
+        return self.stop_prefix + agent_id
+
+    def events_agent(self, agent_id: str) -> str:
+        """``T:events:agent:<agent>``: events about one agent (a Stream, ``MAXLEN ~ 100``)."""
+        return self.events_agent_prefix + agent_id
+
+    def events_mission(self, mission_id: str) -> str:
+        """``T:events:mission:<mission>``: events of one mission (a Stream, ``MAXLEN ~ 500``)."""
+        return self.events_mission_prefix + mission_id
+
     def dead(self, agent_id: str) -> str:
-        """``tt:<town>:dead:<agent>``: undecodable messages taken from the agent's inbox."""
+        """``T:dead:<agent>``: undecodable messages taken from the agent's inboxes."""
         return self.dead_prefix + agent_id
 
     def processing(self, agent_id: str) -> str:
-        """``tt:<town>:processing:<agent>``: messages received reliably but not yet acked."""
+        """``T:processing:<agent>``: messages received reliably but not yet acked."""
         return self.processing_prefix + agent_id

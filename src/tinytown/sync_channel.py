@@ -13,8 +13,9 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from . import _ops
 from ._commands import (
     LPUSH,
     RPUSH,
@@ -46,6 +47,8 @@ from .task import Task
 __all__ = ["SyncChannel", "SyncBroadcastSubscription"]
 
 log = logging.getLogger("tinytown")
+
+_T = TypeVar("_T")
 
 _BROADCAST = BROADCAST_CHANNEL.encode()
 _BLPOP = b"BLPOP"
@@ -353,6 +356,42 @@ class SyncChannel:
                 raise
         # Newer Tinytown releases keep state as a Hash at the same key.
         return conn.execute(b"HGETALL", key)  # type: ignore[no-any-return]
+
+    # -- stop flag --------------------------------------------------------------
+
+    def request_stop(self, agent_id: AgentId | Any) -> None:
+        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
+        self._run(_ops.request_stop(self._keys, agent_id))
+
+    def should_stop(self, agent_id: AgentId | Any) -> bool:
+        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
+        return self._run(_ops.should_stop(self._keys, agent_id))
+
+    def clear_stop(self, agent_id: AgentId | Any) -> None:
+        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
+        self._run(_ops.clear_stop(self._keys, agent_id))
+
+    def _run(self, op: _ops.Op[_T]) -> _T:
+        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
+        step = next(op)  # argument checks run here, before anything is sent
+        conn = self._conn
+        if conn is None or not conn.is_usable():
+            conn = self._reconnect()
+        try:
+            while True:
+                try:
+                    if type(step) is tuple:
+                        reply = conn.execute(*step)
+                    else:
+                        reply = conn.execute_many(step, True)
+                except ReplyError as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            op.close()
 
     # -- raw access and lifetime ------------------------------------------------
 
