@@ -20,9 +20,10 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _ops
+from . import _ops_streams as _streams
 from ._cluster import ClusterConnection, ClusterTopology
 from ._commands import (
     LPUSH,
@@ -54,6 +55,9 @@ from .keys import BROADCAST_CHANNEL, TownKeys
 from .message import Message
 from .reliable import MOVE_ENTRY_SCRIPT, RECLAIM_SCRIPT, Delivery
 from .task import Task
+
+if TYPE_CHECKING:
+    from .events import TownEvent
 
 __all__ = ["Channel", "BroadcastSubscription"]
 
@@ -728,6 +732,242 @@ class Channel:
             return done.value  # type: ignore[no-any-return]
         finally:
             op.close()
+
+    # -- events, docket, backlog, activity ----------------------------------------
+
+    async def log_agent_activity(self, agent_id: AgentId | Any, text: str) -> None:
+        """Add a line to the agent's activity log, ``tt:<town>:activity:<agent>``.
+
+        ``LPUSH`` the text (UTF-8, unchanged), ``LTRIM 0 9`` (the 10 newest
+        are kept) and ``EXPIRE 3600`` (the log lives 1 h after its last line),
+        in that order as Tinytown does, but in one write inside MULTI/EXEC, so
+        no reader sees the list untrimmed (upstream: three round trips). On a
+        Redis Cluster the three go as one pipeline (no MULTI).
+        Raises :class:`InvalidArgumentError` for a bad id or a non-str text,
+        :class:`EncodeError` for text that is not valid Unicode.
+        """
+        await self._run(_streams.log_agent_activity(
+            self._keys, agent_id, text, transaction=self._cluster is None))
+
+    async def get_agent_activity(self, agent_id: AgentId | Any) -> str | None:
+        """The agent's 5 newest activity lines, newest first, joined with ``"\\n"``;
+        None when it has none (``LRANGE tt:<town>:activity:<agent> 0 4``).
+
+        As Tinytown returns it; a line containing a newline makes the text
+        ambiguous: :meth:`get_agent_activity_lines` returns the list instead.
+        Bytes that are not UTF-8 read as U+FFFD.
+        """
+        return await self._run(_streams.get_agent_activity(self._keys, agent_id))
+
+    async def get_agent_activity_lines(self, agent_id: AgentId | Any,
+                                       count: int = 5) -> list[str]:
+        """The agent's ``count`` (default 5, at most 10 are kept) newest activity
+        lines as a list, newest first; ``[]`` when none (``LRANGE ... 0 count-1``).
+        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``."""
+        return await self._run(_streams.get_agent_activity_lines(self._keys, agent_id, count))
+
+    async def emit_event(self, event: TownEvent) -> str:
+        """Append ``event`` to the town's event streams; returns its entry id in
+        ``tt:<town>:events`` (``"1700000000000-0"``).
+
+        One ``XADD <stream> MAXLEN ~ <n> * event_type <type> data <JSON>`` per
+        stream, as Tinytown writes them: the town stream (~1000 kept), the
+        stream of each distinct agent among ``agent_id``, ``parent_agent_id``
+        and ``child_agent_id`` (``tt:<town>:events:agent:<id>``, ~100 kept),
+        then the mission's (``tt:<town>:events:mission:<id>``, ~500 kept).
+
+        Unlike Tinytown, all of them go in one write inside MULTI/EXEC, so a
+        reader never sees the event in one stream and not yet in another, and
+        an error is raised instead of swallowed: :class:`ReplyError` (e.g.
+        WRONGTYPE when a stream key holds something else; Redis does not roll
+        back a transaction, so the XADDs that succeeded stay written).
+        On a Redis Cluster the XADDs go as one pipeline (no MULTI).
+        Raises :class:`InvalidArgumentError` if ``event`` is not a TownEvent.
+        """
+        return await self._run(_streams.emit_event(self._keys, event,
+                                                   transaction=self._cluster is None))
+
+    async def read_town_events(self, last_id: str = "-",
+                               count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Up to ``count`` events of ``tt:<town>:events`` after the entry
+        ``last_id``, oldest first, as ``(entry_id, TownEvent)`` pairs.
+
+        ``last_id`` is the id of the last entry already seen, or ``"-"`` (or
+        ``"0"``) for the start of the stream. Unlike Tinytown, whose XRANGE
+        start is inclusive so that a follow loop gets its last event again on
+        every read, the entry ``last_id`` itself is not returned: this sends
+        ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
+        are sent as they are). Entries whose ``data`` field is missing or not
+        a TownEvent are skipped (logged as warnings), as Tinytown does.
+        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
+        ``count`` below 1.
+        """
+        return await self._run(_streams.read_town_events(self._keys, last_id, count))
+
+    async def read_agent_events(self, agent_id: AgentId | Any, last_id: str = "-",
+                                count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the agent's stream
+        ``tt:<town>:events:agent:<agent>``."""
+        return await self._run(_streams.read_agent_events(self._keys, agent_id, last_id, count))
+
+    async def read_mission_events(self, mission_id: Any, last_id: str = "-",
+                                  count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the mission's stream
+        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID)."""
+        return await self._run(_streams.read_mission_events(self._keys, mission_id, last_id, count))
+
+    async def read_recent_town_events(self, count: int = 100) -> list[tuple[str, TownEvent]]:
+        """The ``count`` newest events of ``tt:<town>:events``, oldest first, as
+        ``(entry_id, TownEvent)`` (``XREVRANGE <key> + - COUNT <count>``);
+        undecodable entries skipped. The last id can start a
+        :meth:`read_town_events` follow loop."""
+        return await self._run(_streams.read_recent_town_events(self._keys, count))
+
+    async def backlog_push(self, task_id: TaskId | Any) -> None:
+        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``)."""
+        await self._run(_streams.backlog_push(self._keys, task_id))
+
+    async def backlog_list(self) -> list[TaskId]:
+        """Every task id in the backlog, front first (``LRANGE tt:<town>:backlog 0 -1``);
+        entries that are not task ids are skipped (logged), as Tinytown does."""
+        return await self._run(_streams.backlog_list(self._keys))
+
+    async def backlog_len(self) -> int:
+        """Number of entries in the backlog (``LLEN``), unreadable ones included."""
+        return await self._run(_streams.backlog_len(self._keys))
+
+    async def backlog_pop(self) -> TaskId | None:
+        """Take the task id at the front of the backlog (``LPOP``); None if empty.
+
+        An entry that is not a task id is moved to ``tt:<town>:dead:backlog``
+        and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
+        it, spec §9.9); the next call goes on with the following entry. If
+        the caller is cancelled while the LPOP is on its way, an entry it took
+        goes back to the front of the backlog: nothing is lost.
+        """
+        keys = self._keys
+        raw = await self._pop_handing_back(
+            _streams.backlog_pop_command(keys), lambda r: _streams.backlog_hand_back(keys, r))
+        return await self._run(_streams.backlog_pop_decode(keys, raw))
+
+    async def _pop_handing_back(self, command: tuple[Any, ...],
+                                hand_back: Callable[[Any], tuple[Any, ...] | None]) -> Any:
+        """Run a popping ``command`` on the main connection; if the caller is
+        cancelled, what it popped goes back by the command ``hand_back(reply)``.
+
+        Minimal stand-in for a hand-back step of ``_run`` (issue 10 item 1).
+        """
+        conn = await self._main()
+        fut = conn.execute(*command)
+
+        def orphan(reply: Any) -> None:
+            undo = hand_back(reply)
+            if undo is not None:
+                self._requeue(undo, reply)
+
+        fut.orphan = orphan
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # The reply was in, but the cancellation reached the task first.
+                fut.orphan = None
+                if fut.exception() is None:
+                    orphan(fut.result())
+            raise
+
+    async def backlog_remove(self, task_id: TaskId | Any) -> bool:
+        """Remove the first occurrence of ``task_id`` from the backlog; True if
+        it was there (``LREM tt:<town>:backlog 1 <task_id>``)."""
+        return await self._run(_streams.backlog_remove(self._keys, task_id))
+
+    async def docket_ensure_group(self) -> None:
+        """Create the docket stream and its consumer group ``workers`` if missing
+        (``XGROUP CREATE tt:<town>:docket:tasks workers $ MKSTREAM``; the
+        BUSYGROUP error of an existing group is ignored). Entries pushed
+        before the group existed are not delivered to it (``$``), as in Tinytown."""
+        await self._run(_streams.docket_ensure_group(self._keys))
+
+    async def docket_push(self, task_id: TaskId | Any, description: str, priority: str,
+                          from_: str, to: str) -> str:
+        """Offer a task on the docket; returns the stream entry id.
+
+        ``XADD tt:<town>:docket:tasks * task_id <id> type task_assign message
+        <description> priority <priority> from <from_> to <to> timestamp
+        <now, RFC 3339 with +00:00>``, as Tinytown writes it (never trimmed).
+        The strings are written verbatim (``priority`` may be a
+        :class:`Priority`). Raises :class:`InvalidArgumentError` for a bad
+        task id or a non-str argument.
+        """
+        return await self._run(_streams.docket_push(self._keys, task_id, description,
+                                                    priority, from_, to))
+
+    async def docket_read(self, consumer: str,
+                          block_ms: int) -> tuple[str, dict[str, str]] | None:
+        """Wait up to ``block_ms`` milliseconds for a docket entry never
+        delivered to the group; returns ``(entry_id, fields)`` or None.
+
+        ``XREADGROUP GROUP workers <consumer> COUNT 1 BLOCK <block_ms>
+        STREAMS tt:<town>:docket:tasks >``, on a connection of its own (like
+        :meth:`receive`). The entry stays pending for ``consumer`` until
+        :meth:`docket_ack`. ``fields`` maps field names to values (bytes
+        that are not UTF-8 read as U+FFFD). ``block_ms`` must be >= 1:
+        Tinytown's ``0`` would wait forever. If the caller is cancelled after
+        Redis delivered an entry, the entry stays pending for ``consumer``:
+        :meth:`docket_reclaim` returns it. A missing group raises
+        :class:`ReplyError` (NOGROUP; see :meth:`docket_ensure_group`).
+        """
+        keys = self._keys
+        ms = _streams.docket_block_ms(block_ms)
+        _streams.docket_read_command(keys, consumer, ms)  # argument checks, nothing sent
+
+        def command(seconds: str) -> tuple[Any, ...]:
+            left = max(1, round(float(seconds) * 1000))
+            return _streams.docket_read_command(keys, consumer, min(ms, left))
+
+        reply = await self._blocking(ms / 1000, command,
+                                     lambda conn, reply: self._receivers.release(conn))
+        return _streams.docket_read_reply(reply)
+
+    async def docket_ack(self, entry_id: str) -> bool:
+        """Mark a docket entry as done for the group (``XACK tt:<town>:docket:tasks
+        workers <entry_id>``); True if it was pending (Tinytown returns nothing).
+        Raises :class:`InvalidArgumentError` for a malformed id."""
+        return await self._run(_streams.docket_ack(self._keys, entry_id))
+
+    async def docket_len(self) -> int:
+        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent)."""
+        return await self._run(_streams.docket_len(self._keys))
+
+    async def docket_pending_count(self) -> int:
+        """Entries delivered to the group and not yet acked (``XPENDING tt:<town>:docket:tasks
+        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP)."""
+        return await self._run(_streams.docket_pending_count(self._keys))
+
+    async def docket_group_lag(self) -> int | None:
+        """Entries of the docket not yet delivered to the group (``lag`` of
+        ``XINFO GROUPS``); None when the group is missing or Redis cannot
+        tell (Redis < 7). A missing stream raises :class:`ReplyError`."""
+        return await self._run(_streams.docket_group_lag(self._keys))
+
+    async def docket_log_event(self, task_id: TaskId | Any, event_type: str, detail: str) -> str:
+        """Append to the docket's event log; returns the entry id (``XADD
+        tt:<town>:docket:events * task_id <id> event <event_type> detail <detail>
+        timestamp <now, +00:00>``, never trimmed)."""
+        return await self._run(_streams.docket_log_event(self._keys, task_id, event_type, detail))
+
+    async def docket_reclaim(self, consumer: str, min_idle_ms: int,
+                             count: int = 10) -> list[tuple[str, dict[str, str]]]:
+        """Take over docket entries left pending (delivered, never acked) for
+        at least ``min_idle_ms`` milliseconds by any consumer: a crashed
+        worker's, or a :meth:`docket_read` cancelled after delivery. They
+        become pending for ``consumer`` and are returned as ``(entry_id,
+        fields)``, oldest first, at most ``count`` (``XAUTOCLAIM
+        tt:<town>:docket:tasks workers <consumer> <min_idle_ms> <cursor> COUNT
+        <n>``, repeated until Redis's scan wraps or ``count`` came back).
+        Not in Tinytown, which never reclaims; needs Redis >= 6.2.
+        """
+        return await self._run(_streams.docket_reclaim(self._keys, consumer, min_idle_ms, count))
 
     # -- raw access and lifetime ------------------------------------------------
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _ops
+from . import _ops_streams as _streams
 from ._commands import (
     LPUSH,
     RPUSH,
@@ -43,6 +44,9 @@ from .ids import AgentId, TaskId
 from .keys import BROADCAST_CHANNEL, TownKeys
 from .message import Message
 from .task import Task
+
+if TYPE_CHECKING:
+    from .events import TownEvent
 
 __all__ = ["SyncChannel", "SyncBroadcastSubscription"]
 
@@ -392,6 +396,266 @@ class SyncChannel:
             return done.value  # type: ignore[no-any-return]
         finally:
             op.close()
+
+    # -- events, docket, backlog, activity ----------------------------------------
+
+    def log_agent_activity(self, agent_id: AgentId | Any, text: str) -> None:
+        """Add a line to the agent's activity log, ``tt:<town>:activity:<agent>``.
+
+        ``LPUSH`` the text (UTF-8, unchanged), ``LTRIM 0 9`` (the 10 newest
+        are kept) and ``EXPIRE 3600`` (the log lives 1 h after its last line),
+        in that order as Tinytown does, but in one write inside MULTI/EXEC, so
+        no reader sees the list untrimmed (upstream: three round trips).
+        Raises :class:`InvalidArgumentError` for a bad id or a non-str text,
+        :class:`EncodeError` for text that is not valid Unicode.
+        """
+        self._run(_streams.log_agent_activity(self._keys, agent_id, text))
+
+    def get_agent_activity(self, agent_id: AgentId | Any) -> str | None:
+        """The agent's 5 newest activity lines, newest first, joined with ``"\\n"``;
+        None when it has none (``LRANGE tt:<town>:activity:<agent> 0 4``).
+
+        As Tinytown returns it; a line containing a newline makes the text
+        ambiguous: :meth:`get_agent_activity_lines` returns the list instead.
+        Bytes that are not UTF-8 read as U+FFFD.
+        """
+        return self._run(_streams.get_agent_activity(self._keys, agent_id))
+
+    def get_agent_activity_lines(self, agent_id: AgentId | Any, count: int = 5) -> list[str]:
+        """The agent's ``count`` (default 5, at most 10 are kept) newest activity
+        lines as a list, newest first; ``[]`` when none (``LRANGE ... 0 count-1``).
+        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``."""
+        return self._run(_streams.get_agent_activity_lines(self._keys, agent_id, count))
+
+    def emit_event(self, event: TownEvent) -> str:
+        """Append ``event`` to the town's event streams; returns its entry id in
+        ``tt:<town>:events`` (``"1700000000000-0"``).
+
+        One ``XADD <stream> MAXLEN ~ <n> * event_type <type> data <JSON>`` per
+        stream, as Tinytown writes them: the town stream (~1000 kept), the
+        stream of each distinct agent among ``agent_id``, ``parent_agent_id``
+        and ``child_agent_id`` (``tt:<town>:events:agent:<id>``, ~100 kept),
+        then the mission's (``tt:<town>:events:mission:<id>``, ~500 kept).
+
+        Unlike Tinytown, all of them go in one write inside MULTI/EXEC, so a
+        reader never sees the event in one stream and not yet in another, and
+        an error is raised instead of swallowed: :class:`ReplyError` (e.g.
+        WRONGTYPE when a stream key holds something else; Redis does not roll
+        back a transaction, so the XADDs that succeeded stay written).
+        Raises :class:`InvalidArgumentError` if ``event`` is not a TownEvent.
+        """
+        return self._run(_streams.emit_event(self._keys, event))
+
+    def read_town_events(self, last_id: str = "-",
+                         count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Up to ``count`` events of ``tt:<town>:events`` after the entry
+        ``last_id``, oldest first, as ``(entry_id, TownEvent)`` pairs.
+
+        ``last_id`` is the id of the last entry already seen, or ``"-"`` (or
+        ``"0"``) for the start of the stream. Unlike Tinytown, whose XRANGE
+        start is inclusive so that a follow loop gets its last event again on
+        every read, the entry ``last_id`` itself is not returned: this sends
+        ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
+        are sent as they are). Entries whose ``data`` field is missing or not
+        a TownEvent are skipped (logged as warnings), as Tinytown does.
+        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
+        ``count`` below 1.
+        """
+        return self._run(_streams.read_town_events(self._keys, last_id, count))
+
+    def read_agent_events(self, agent_id: AgentId | Any, last_id: str = "-",
+                          count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the agent's stream
+        ``tt:<town>:events:agent:<agent>``."""
+        return self._run(_streams.read_agent_events(self._keys, agent_id, last_id, count))
+
+    def read_mission_events(self, mission_id: Any, last_id: str = "-",
+                            count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the mission's stream
+        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID)."""
+        return self._run(_streams.read_mission_events(self._keys, mission_id, last_id, count))
+
+    def read_recent_town_events(self, count: int = 100) -> list[tuple[str, TownEvent]]:
+        """The ``count`` newest events of ``tt:<town>:events``, oldest first, as
+        ``(entry_id, TownEvent)`` (``XREVRANGE <key> + - COUNT <count>``);
+        undecodable entries skipped. The last id can start a
+        :meth:`read_town_events` follow loop."""
+        return self._run(_streams.read_recent_town_events(self._keys, count))
+
+    def backlog_push(self, task_id: TaskId | Any) -> None:
+        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``)."""
+        self._run(_streams.backlog_push(self._keys, task_id))
+
+    def backlog_list(self) -> list[TaskId]:
+        """Every task id in the backlog, front first (``LRANGE tt:<town>:backlog 0 -1``);
+        entries that are not task ids are skipped (logged), as Tinytown does."""
+        return self._run(_streams.backlog_list(self._keys))
+
+    def backlog_len(self) -> int:
+        """Number of entries in the backlog (``LLEN``), unreadable ones included."""
+        return self._run(_streams.backlog_len(self._keys))
+
+    def backlog_pop(self) -> TaskId | None:
+        """Take the task id at the front of the backlog (``LPOP``); None if empty.
+
+        An entry that is not a task id is moved to ``tt:<town>:dead:backlog``
+        and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
+        it, spec §9.9); the next call goes on with the following entry. If a
+        signal handler raises (Ctrl-C) while the LPOP is on its way, an entry
+        it took goes back to the front of the backlog before the exception
+        propagates: nothing is lost.
+        """
+        keys = self._keys
+        command = _streams.backlog_pop_command(keys)
+        conn = self._main()
+        conn.send_command(*command)
+        try:
+            raw = conn.read_reply(_BLPOP_GRACE)
+        except TimeoutError:
+            conn.close()
+            raise ConnectionError(
+                f"Redis at {self._address} did not answer LPOP in {_BLPOP_GRACE:g} s; "
+                "connection dropped") from None
+        except ReplyError:
+            raise
+        except BaseException:
+            self._hand_back(conn, lambda reply: _streams.backlog_hand_back(keys, reply))
+            raise
+        return self._run(_streams.backlog_pop_decode(keys, raw))
+
+    def _hand_back(self, conn: SyncConnection,
+                   hand_back: Callable[[Any], tuple[Any, ...] | None]) -> None:
+        """A pop's wait was interrupted (a signal handler raised): read the
+        reply that is on its way and give back what it took."""
+        try:
+            if conn.is_closed:
+                return
+            undo = hand_back(conn.read_reply(_BLPOP_GRACE))
+            if undo is not None:
+                conn.execute(*undo)
+        except BaseException as exc:
+            log.error("tinytown: an interrupted pop could not give back what it took (%s); "
+                      "it may be lost", exc)
+            conn.close()
+
+    def backlog_remove(self, task_id: TaskId | Any) -> bool:
+        """Remove the first occurrence of ``task_id`` from the backlog; True if
+        it was there (``LREM tt:<town>:backlog 1 <task_id>``)."""
+        return self._run(_streams.backlog_remove(self._keys, task_id))
+
+    def docket_ensure_group(self) -> None:
+        """Create the docket stream and its consumer group ``workers`` if missing
+        (``XGROUP CREATE tt:<town>:docket:tasks workers $ MKSTREAM``; the
+        BUSYGROUP error of an existing group is ignored). Entries pushed
+        before the group existed are not delivered to it (``$``), as in Tinytown."""
+        self._run(_streams.docket_ensure_group(self._keys))
+
+    def docket_push(self, task_id: TaskId | Any, description: str, priority: str,
+                    from_: str, to: str) -> str:
+        """Offer a task on the docket; returns the stream entry id.
+
+        ``XADD tt:<town>:docket:tasks * task_id <id> type task_assign message
+        <description> priority <priority> from <from_> to <to> timestamp
+        <now, RFC 3339 with +00:00>``, as Tinytown writes it (never trimmed).
+        The strings are written verbatim (``priority`` may be a
+        :class:`Priority`). Raises :class:`InvalidArgumentError` for a bad
+        task id or a non-str argument.
+        """
+        return self._run(_streams.docket_push(self._keys, task_id, description,
+                                              priority, from_, to))
+
+    def docket_read(self, consumer: str, block_ms: int) -> tuple[str, dict[str, str]] | None:
+        """Wait up to ``block_ms`` milliseconds for a docket entry never
+        delivered to the group; returns ``(entry_id, fields)`` or None.
+
+        ``XREADGROUP GROUP workers <consumer> COUNT 1 BLOCK <block_ms>
+        STREAMS tt:<town>:docket:tasks >``, with the GIL released. The entry
+        stays pending for ``consumer`` until :meth:`docket_ack`. ``fields``
+        maps field names to values (bytes that are not UTF-8 read as U+FFFD).
+        ``block_ms`` must be >= 1: Tinytown's ``0`` would wait forever. If a
+        signal handler raises (Ctrl-C) during the wait, the XREADGROUP is
+        ended (CLIENT UNBLOCK) and an entry it already took stays pending
+        for ``consumer``: :meth:`docket_reclaim` returns it. A missing group
+        raises :class:`ReplyError` (NOGROUP; see :meth:`docket_ensure_group`).
+        """
+        keys = self._keys
+        ms = _streams.docket_block_ms(block_ms)
+        command = _streams.docket_read_command(keys, consumer, ms)
+        conn = self._main()
+        client_id = self._client_id
+        conn.send_command(*command)
+        try:
+            reply = conn.read_reply(ms / 1000 + _BLPOP_GRACE)
+        except TimeoutError:
+            conn.close()
+            raise ConnectionError(
+                f"Redis at {self._address} did not answer XREADGROUP within {ms} ms "
+                f"+ {_BLPOP_GRACE:g} s; connection dropped") from None
+        except ReplyError:
+            raise
+        except BaseException:
+            if not conn.is_closed:
+                self._unblock(conn, client_id)
+            raise
+        return _streams.docket_read_reply(reply)
+
+    def _unblock(self, conn: SyncConnection, client_id: int | None) -> None:
+        """End an interrupted blocking read whose reply needs no hand-back (an
+        entry XREADGROUP delivered stays pending): CLIENT UNBLOCK from a side
+        connection, then read the reply so the connection stays in step."""
+        try:
+            if client_id is None:
+                conn.close()  # without CLIENT, dropping the connection ends the wait
+                return
+            side, _ = self._open_connection()
+            try:
+                side.execute(b"CLIENT", b"UNBLOCK", client_id)
+            finally:
+                side.close()
+            conn.read_reply(_BLPOP_GRACE)
+        except BaseException as exc:
+            log.error("tinytown: an interrupted blocking read could not be ended cleanly (%s)", exc)
+            conn.close()
+
+    def docket_ack(self, entry_id: str) -> bool:
+        """Mark a docket entry as done for the group (``XACK tt:<town>:docket:tasks
+        workers <entry_id>``); True if it was pending (Tinytown returns nothing).
+        Raises :class:`InvalidArgumentError` for a malformed id."""
+        return self._run(_streams.docket_ack(self._keys, entry_id))
+
+    def docket_len(self) -> int:
+        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent)."""
+        return self._run(_streams.docket_len(self._keys))
+
+    def docket_pending_count(self) -> int:
+        """Entries delivered to the group and not yet acked (``XPENDING tt:<town>:docket:tasks
+        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP)."""
+        return self._run(_streams.docket_pending_count(self._keys))
+
+    def docket_group_lag(self) -> int | None:
+        """Entries of the docket not yet delivered to the group (``lag`` of
+        ``XINFO GROUPS``); None when the group is missing or Redis cannot
+        tell (Redis < 7). A missing stream raises :class:`ReplyError`."""
+        return self._run(_streams.docket_group_lag(self._keys))
+
+    def docket_log_event(self, task_id: TaskId | Any, event_type: str, detail: str) -> str:
+        """Append to the docket's event log; returns the entry id (``XADD
+        tt:<town>:docket:events * task_id <id> event <event_type> detail <detail>
+        timestamp <now, +00:00>``, never trimmed)."""
+        return self._run(_streams.docket_log_event(self._keys, task_id, event_type, detail))
+
+    def docket_reclaim(self, consumer: str, min_idle_ms: int,
+                       count: int = 10) -> list[tuple[str, dict[str, str]]]:
+        """Take over docket entries left pending (delivered, never acked) for
+        at least ``min_idle_ms`` milliseconds by any consumer: a crashed
+        worker's, or a :meth:`docket_read` interrupted after delivery. They
+        become pending for ``consumer`` and are returned as ``(entry_id,
+        fields)``, oldest first, at most ``count`` (``XAUTOCLAIM
+        tt:<town>:docket:tasks workers <consumer> <min_idle_ms> <cursor> COUNT
+        <n>``, repeated until Redis's scan wraps or ``count`` came back).
+        Not in Tinytown, which never reclaims; needs Redis >= 6.2.
+        """
+        return self._run(_streams.docket_reclaim(self._keys, consumer, min_idle_ms, count))
 
     # -- raw access and lifetime ------------------------------------------------
 
