@@ -279,24 +279,21 @@ def backlog_hand_back(keys: TownKeys, raw: Any) -> tuple[Any, ...] | None:
     return (b"LPUSH", keys.backlog, raw) if isinstance(raw, bytes) else None
 
 
-def backlog_pop_decode(keys: TownKeys, raw: Any) -> Op[TaskId | None]:
-    """The rest of backlog_pop once LPOP answered ``raw``: a task id, None, or
-    the entry dead-lettered at ``tt:<town>:dead:backlog`` and DecodeError."""
+def backlog_pop_result(raw: Any) -> TaskId | None:
+    """What LPOP answered, as backlog_pop returns it: a task id or None;
+    DecodeError (``.raw`` set) for an entry that is not a task id."""
     if raw is None:
         return None
     task = _task_id_or_none(raw)
-    if task is not None:
-        return task
-    try:
-        yield (b"RPUSH", keys.dead("backlog"), raw)
-    except ReplyError as exc:  # the caller still gets raw
-        log.error("tinytown: could not dead-letter backlog entry %r: %s", raw, exc)
-    raise DecodeError(f"backlog entry is not a task id: {raw!r}", raw)
+    if task is None:
+        raise DecodeError(f"backlog entry is not a task id: {raw!r}", raw)
+    return task
 
 
-def backlog_pop(keys: TownKeys) -> Op[TaskId | None]:
-    raw = yield backlog_pop_command(keys)
-    return (yield from backlog_pop_decode(keys, raw))
+def backlog_dead_letter(keys: TownKeys, raw: bytes) -> Op[None]:
+    """Keep a popped entry that is not a task id at ``tt:<town>:dead:backlog``
+    (upstream drops it, spec §9.9)."""
+    yield (b"RPUSH", keys.dead("backlog"), raw)
 
 
 def backlog_remove(keys: TownKeys, task_id: Any) -> Op[bool]:

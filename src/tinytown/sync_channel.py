@@ -9,6 +9,7 @@ thread should open its own SyncChannel.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -500,43 +501,32 @@ class SyncChannel:
 
         An entry that is not a task id is moved to ``tt:<town>:dead:backlog``
         and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
-        it, spec §9.9); the next call goes on with the following entry. If a
-        signal handler raises (Ctrl-C) while the LPOP is on its way, an entry
-        it took goes back to the front of the backlog before the exception
-        propagates: nothing is lost.
+        it, spec §9.9); the next call goes on with the following entry.
+        Signals are held back for the one round trip (it does not wait on
+        anything); if a signal handler then raises (Ctrl-C), the task id
+        just taken goes back to the front of the backlog before the
+        exception propagates: nothing is lost.
         """
         keys = self._keys
-        command = _streams.backlog_pop_command(keys)
         conn = self._main()
-        conn.send_command(*command)
+        held = _hold_signals()
         try:
-            raw = conn.read_reply(_BLPOP_GRACE)
-        except TimeoutError:
-            conn.close()
-            raise ConnectionError(
-                f"Redis at {self._address} did not answer LPOP in {_BLPOP_GRACE:g} s; "
-                "connection dropped") from None
-        except ReplyError:
+            raw = conn.execute(*_streams.backlog_pop_command(keys))
+            task = _streams.backlog_pop_result(raw)
+        except DecodeError:
+            try:
+                self._run(_streams.backlog_dead_letter(keys, raw))
+            except Exception as exc:  # the caller still gets raw
+                log.error("tinytown: could not dead-letter backlog entry %r: %s", raw, exc)
+            _let_signals_through(held)
             raise
         except BaseException:
-            self._hand_back(conn, lambda reply: _streams.backlog_hand_back(keys, reply))
+            _let_signals_through(held)
             raise
-        return self._run(_streams.backlog_pop_decode(keys, raw))
-
-    def _hand_back(self, conn: SyncConnection,
-                   hand_back: Callable[[Any], tuple[Any, ...] | None]) -> None:
-        """A pop's wait was interrupted (a signal handler raised): read the
-        reply that is on its way and give back what it took."""
-        try:
-            if conn.is_closed:
-                return
-            undo = hand_back(conn.read_reply(_BLPOP_GRACE))
-            if undo is not None:
-                conn.execute(*undo)
-        except BaseException as exc:
-            log.error("tinytown: an interrupted pop could not give back what it took (%s); "
-                      "it may be lost", exc)
-            conn.close()
+        # A held signal whose handler raises now gets the task id put back.
+        _let_signals_through(held, None if task is None else
+                             lambda: conn.execute(*_streams.backlog_hand_back(keys, raw)))
+        return task  # no signal check between here and the caller's assignment
 
     def backlog_remove(self, task_id: TaskId | Any) -> bool:
         """Remove the first occurrence of ``task_id`` from the backlog; True if
@@ -795,3 +785,50 @@ class SyncBroadcastSubscription:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+
+def _hold_signals() -> set[signal.Signals] | None:
+    """Hold back every signal (pthread_sigmask) for a call that must not be
+    cut between taking something from Redis and returning it; the previous
+    mask, for :func:`_let_signals_through`. None where there is no
+    pthread_sigmask (not POSIX): then nothing is held."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    # Each call changes the mask, then runs the handlers of pending signals,
+    # which may raise: read the mask first, so that it can be put back.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
+    return old
+
+
+def _let_signals_through(held: set[signal.Signals] | None,
+                         undo: Callable[[], Any] | None = None) -> None:
+    """Restore the mask saved by :func:`_hold_signals`, which runs the handlers
+    of the signals held meanwhile. If one raises, ``undo`` (giving back what
+    the call took) runs first, signals held again, then the exception
+    propagates. Called last before ``return``: CPython checks for signals at
+    the end of this C call, inside the try, and not again before the
+    caller has the value."""
+    if held is None:
+        return
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    except BaseException:
+        if undo is not None:
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            except BaseException:  # noqa: S110 - one interruption is propagating already
+                pass
+            try:
+                undo()
+            except Exception as exc:
+                log.error("tinytown: a call interrupted by a signal could not give back "
+                          "what it took (%s); it may be lost", exc)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise
