@@ -512,3 +512,197 @@ def test_sync_docket_read_blocks_with_other_threads_running(redis_url):
             stop.set()
             ticker.join()
         assert ticks, "the GIL was held during XREADGROUP"
+
+
+# ------------------------------------------------------------------ cluster
+
+
+async def test_activity_backlog_docket_on_a_cluster(redis_cluster, cluster_url):
+    # Keys of one town land on several nodes: the multi-command writes go as
+    # pipelines there (MULTI/EXEC cannot span nodes), each routed by its key.
+    async with await Channel.connect(cluster_url, town="metro") as channel:
+        agents = [AgentId.new() for _ in range(6)]
+        for agent in agents:
+            for n in range(12):
+                await channel.log_agent_activity(agent, f"Round {n}")
+        for agent in agents:
+            assert await channel.get_agent_activity_lines(agent, 10) == \
+                [f"Round {n}" for n in range(11, 1, -1)]
+            assert 3_590_000 < await channel.execute(b"PTTL", channel.keys.activity(agent)) <= 3_600_000
+        tasks = [TaskId.new() for _ in range(5)]
+        for t in tasks:
+            await channel.backlog_push(t)
+        assert await channel.backlog_pop() == tasks[0]
+        assert await channel.backlog_list() == tasks[1:]
+        await channel.docket_ensure_group()
+        entry = await channel.docket_push(tasks[1], "d", "high", "s", "w")
+        got = await channel.docket_read("w", 1000)
+        assert got is not None and got[0] == entry
+        assert await channel.docket_pending_count() == 1
+        assert [e for e, _ in await channel.docket_reclaim("x", 0)] == [entry]
+        assert await channel.docket_ack(entry) is True
+        assert await channel.docket_group_lag() == 0
+
+
+# ------------------------------------------------------------------- events
+
+
+def town_event(message: str, **fields: str):
+    """A TownEvent (task_completed unless ``event_type`` is given) from its JSON."""
+    import json
+
+    from tinytown.events import TownEvent
+
+    doc = {"event_type": fields.pop("event_type", "task_completed")}
+    doc.update({k: v for k, v in fields.items() if k in ("agent_id", "task_id", "mission_id")})
+    doc["message"] = message
+    doc["timestamp"] = "2023-11-14T22:13:21Z"
+    doc.update({k: v for k, v in fields.items()
+                if k in ("parent_agent_id", "child_agent_id", "scope", "spawn_mode")})
+    return TownEvent.from_json(json.dumps(doc, separators=(",", ":")).encode())
+
+
+@kinds
+async def test_event_vectors_byte_for_byte(redis_url, kind):
+    from tinytown.events import TownEvent
+
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url) as channel:
+            for case in vectors("events.jsonl"):
+                assert case["town"] == "golden"
+                event = TownEvent.from_json(case["event"].encode())
+                entry_id = await channel.emit_event(event)
+                sent = await monitor.commands(channel)
+                assert sent == [argv_bytes(argv) for argv in case["wire"]]
+                # the entries as stored: field order and values as upstream's XADDs
+                for xadd in case["xadds"]:
+                    (last,) = await channel.execute(b"XREVRANGE", xadd["stream"], b"+", b"-",
+                                                    b"COUNT", 1)
+                    assert last[1] == [v.encode() for pair in xadd["fields"] for v in pair]
+                (first,) = await channel.execute(b"XREVRANGE", case["stream"], b"+", b"-", b"COUNT", 1)
+                assert first[0].decode() == entry_id
+                await monitor.commands(channel)
+            # every event reads back equal through the town stream
+            read = await channel.read_town_events("-", 1000)
+            assert [e.to_json() for _, e in read] == \
+                [TownEvent.from_json(c["event"].encode()).to_json() for c in vectors("events.jsonl")]
+    finally:
+        monitor.close()
+
+
+@kinds
+async def test_emit_event_is_one_transaction_and_raises(redis_url, kind):
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url) as channel:
+            agent, child, mission = AgentId.new(), AgentId.new(), AgentId.new()
+            event = town_event("spawned", event_type="agent_spawned", agent_id=agent,
+                               mission_id=mission, parent_agent_id=agent, child_agent_id=child)
+            await channel.emit_event(event)
+            names = [(argv[0], argv[1].rsplit(b":", 1)[-1] if len(argv) > 1 else b"")
+                     for argv in await monitor.commands(channel, True)]
+            assert names == [(b"MULTI", b""), (b"XADD", b"events"),
+                             (b"XADD", agent.encode()), (b"XADD", child.encode()),
+                             (b"XADD", mission.encode()), (b"EXEC", b"")]
+            # upstream swallows errors (spec 9.15): raised here
+            await channel.execute(b"SET", channel.keys.events_agent(agent), b"not a stream")
+            with pytest.raises(ReplyError, match="WRONGTYPE"):
+                await channel.emit_event(event)
+            # no rollback in Redis: the other streams have it
+            assert len(await channel.read_agent_events(child)) == 2
+            assert len(await channel.read_town_events()) == 2
+            await monitor.commands(channel)
+            for bad in (None, "event", {"event_type": "x"}):
+                with pytest.raises(InvalidArgumentError):
+                    await channel.emit_event(bad)
+            assert await monitor.commands(channel) == []
+    finally:
+        monitor.close()
+
+
+@kinds
+async def test_follow_loop_sees_each_event_once(redis_url, kind):
+    async with open_channel(kind, redis_url) as channel:
+        for n in range(7):
+            await channel.emit_event(town_event(f"e{n}"))
+        seen, last = [], "-"
+        for _ in range(10):  # a `tt events --follow` loop, 3 at a time
+            batch = await channel.read_town_events(last, 3)
+            if not batch:
+                break
+            seen += [e.message for _, e in batch]
+            last = batch[-1][0]
+        assert seen == [f"e{n}" for n in range(7)]
+        assert await channel.read_town_events(last, 3) == []
+        await channel.emit_event(town_event("e7"))
+        assert [e.message for _, e in await channel.read_town_events(last, 3)] == ["e7"]
+        # "0" and "0-0" are the start too; an id already written "(id" is kept
+        assert len(await channel.read_town_events("0", 100)) == 8
+        assert len(await channel.read_town_events("0-0", 100)) == 8
+        ids = [i for i, _ in await channel.read_town_events("-", 100)]
+        assert [i for i, _ in await channel.read_town_events("(" + ids[5], 100)] == ids[6:]
+        recent = await channel.read_recent_town_events(3)
+        assert [e.message for _, e in recent] == ["e5", "e6", "e7"]
+        assert [i for i, _ in recent] == ids[5:]
+
+
+@kinds
+async def test_event_reads_skip_undecodable_entries(redis_url, kind):
+    (case,) = [c for c in vectors("methods.jsonl")
+               if c["case"] == "events: entries whose data is not a TownEvent are dropped"]
+    async with open_channel(kind, redis_url) as channel:
+        await channel.emit_event(town_event("event 4"))
+        # what that vector's stream held after its good entry, plus other bad shapes
+        stream = channel.keys.events
+        await channel.execute(b"XADD", stream, b"*", b"event_type", b"x", b"data", b"{bad json")
+        await channel.execute(b"XADD", stream, b"*", b"data", b"{}", b"event_type", b"x")
+        await channel.execute(b"XADD", stream, b"*", b"event_type", b"x")
+        await channel.execute(b"XADD", stream, b"*", b"data", b"\xff\xfe")
+        recent = await channel.read_recent_town_events(3)
+        assert [e.message for _, e in recent] == []
+        recent = await channel.read_recent_town_events(5)
+        assert [e.message for _, e in recent] == case["result"]["ok"]
+        assert [e.message for _, e in await channel.read_town_events()] == ["event 4"]
+
+
+@kinds
+async def test_agent_and_mission_streams(redis_url, kind):
+    (dedup,) = [c for c in vectors("methods.jsonl")
+                if c["case"].startswith("events: agent==parent deduplicated")]
+    from tinytown.events import TownEvent
+
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url) as channel:
+            event = TownEvent.from_json(dedup["input"]["event"].encode())
+            await channel.emit_event(event)
+            assert await monitor.commands(channel) == \
+                [argv_bytes(s["argv"][0]) for s in dedup["sent"]]
+            a2, a3 = "00000000-0000-0000-0000-0000000000a2", "00000000-0000-0000-0000-0000000000a3"
+            for agent in (a2, a3):
+                (got,) = await channel.read_agent_events(agent, "-", 10)
+                assert got[1].to_json() == event.to_json()
+            await monitor.commands(channel)
+            mission = AgentId.new()
+            for n in range(3):
+                await channel.emit_event(town_event(f"m{n}", mission_id=mission))
+            got = await channel.read_mission_events(mission, "-", 2)
+            assert [e.message for _, e in got] == ["m0", "m1"]
+            got = await channel.read_mission_events(str(mission).upper(), got[-1][0], 2)
+            assert [e.message for _, e in got] == ["m2"]
+            assert await channel.read_agent_events(AgentId.new()) == []
+            await monitor.commands(channel)
+            bad_calls = [
+                ("read_town_events", ("garbage", 10)), ("read_town_events", ("1-2-3", 10)),
+                ("read_town_events", ("-", 0)), ("read_town_events", (None, 1)),
+                ("read_town_events", ("(", 1)), ("read_recent_town_events", (-1,)),
+                ("read_agent_events", ("not-an-id", "-", 1)),
+                ("read_mission_events", ("nope", "-", 1)),
+            ]
+            for name, args in bad_calls:
+                with pytest.raises(InvalidArgumentError):
+                    await getattr(channel, name)(*args)
+            assert await monitor.commands(channel) == []
+    finally:
+        monitor.close()
