@@ -1,4 +1,4 @@
-"""Agent, message and task ids: UUIDs kept as their canonical text.
+"""Agent, message, task and mission ids: UUIDs kept as their canonical text.
 
 Each id is a :class:`str` holding the lowercase hyphenated UUID, exactly as it
 appears in Redis keys and JSON, so it can be concatenated into a key or
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from .errors import InvalidArgumentError
 
-__all__ = ["AgentId", "MessageId", "TaskId", "SUPERVISOR_ID"]
+__all__ = ["AgentId", "MessageId", "MissionId", "TaskId", "SUPERVISOR_ID"]
 
 _IdT = TypeVar("_IdT", bound="_UuidId")
 
@@ -133,6 +133,12 @@ class MessageId(_UuidId):
 
 class TaskId(_UuidId):
     """Id of a task (``tt:<town>:task:<id>``)."""
+
+    __slots__ = ()
+
+
+class MissionId(_UuidId):
+    """Id of a mission (``tt:<town>:events:mission:<id>``, ``tt:<town>:mission:<id>``)."""
 
     __slots__ = ()
 
