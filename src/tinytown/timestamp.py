@@ -145,6 +145,11 @@ def _parse_slow(text: str) -> Timestamp:
     )
 
 
+def _parse_rfc3339(text: str) -> Timestamp:
+    """Parse as chrono's ``DateTime::parse_from_rfc3339`` (the Hash reader)."""
+    return _parse(text)
+
+
 class Timestamp(datetime):
     """An instant in UTC with nanosecond precision.
 
@@ -327,6 +332,13 @@ class Timestamp(datetime):
         )
         self._text = text
         return text
+
+    def to_rfc3339(self) -> str:
+        """The text chrono's ``to_rfc3339()`` writes: like :meth:`rfc3339` but
+        with the offset spelled ``+00:00`` instead of ``Z``. Tinytown writes
+        this form into Hash and Stream fields (agent/task Hashes, heartbeats,
+        docket timestamps)."""
+        return self.rfc3339()[:-1] + "+00:00"
 
     def timestamp_ns(self) -> int:
         """Nanoseconds since the Unix epoch."""
