@@ -27,11 +27,23 @@ KINDS = {"messages.jsonl": Message, "agents.jsonl": Agent, "tasks.jsonl": Task}
 SHARED_WIRE_DIR = Path(__file__).resolve().parents[2] / "shared" / "wire"
 
 
+# Tinytown 0.10.0's own vectors (spec: shared/wire/tinytown-0.10.md), used by
+# test_events_model.py and test_hash_model.py.
+WIRE_010_FILES = [f"tinytown-0.10/{name}.jsonl" for name in
+                  ("activity", "docket", "events", "hash-agents", "hash-tasks", "methods")]
+
+
 @pytest.mark.skipif(not SHARED_WIRE_DIR.is_dir(), reason="no shared/ checkout beside the repo")
-@pytest.mark.parametrize("name", sorted(KINDS))
+@pytest.mark.parametrize("name", sorted(KINDS) + WIRE_010_FILES)
 def test_vector_copy_matches_shared(name: str) -> None:
     """tests/data/wire must stay byte-identical to the project's shared/wire vectors."""
     assert (WIRE_DIR / name).read_bytes() == (SHARED_WIRE_DIR / name).read_bytes()
+
+
+@pytest.mark.skipif(not SHARED_WIRE_DIR.is_dir(), reason="no shared/ checkout beside the repo")
+def test_every_shared_010_vector_file_is_copied() -> None:
+    shared = sorted(f"tinytown-0.10/{p.name}" for p in (SHARED_WIRE_DIR / "tinytown-0.10").glob("*.jsonl"))
+    assert shared == WIRE_010_FILES
 
 
 def _lines(name: str) -> list[str]:
