@@ -273,9 +273,24 @@ class Bench:
         except ImportError:
             pass
         else:
-            # coredis 6 opens its connection pool in the client's async context.
-            self.coredis = await coredis.Redis(unix_socket_path=path).__aenter__()
-            await self.coredis.ping()
+            # coredis 6 opens its pool in the client's async context, which must
+            # be left in the task that entered it: one task holds it open.
+            ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._coredis_done = asyncio.Event()
+
+            async def hold() -> None:
+                try:
+                    async with coredis.Redis(unix_socket_path=path) as client:
+                        await client.ping()
+                        ready.set_result(client)
+                        await self._coredis_done.wait()
+                except BaseException as exc:
+                    if not ready.done():
+                        ready.set_exception(exc)
+                    raise
+
+            self._coredis_holder = asyncio.ensure_future(hold())
+            self.coredis = await ready
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -288,7 +303,8 @@ class Bench:
         if self.glide is not None:
             await self.glide.close()
         if self.coredis is not None:
-            await self.coredis.__aexit__(None, None, None)
+            self._coredis_done.set()
+            await self._coredis_holder
         if self.sync_channel is not None:
             self.sync_channel.close()
         if self.redis_py_sync is not None:
