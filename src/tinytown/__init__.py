@@ -21,7 +21,8 @@ from .errors import (
     TinytownError,
     TransportUnavailableError,
 )
-from .ids import AgentId, MessageId, TaskId
+from .events import EventType, TownEvent
+from .ids import AgentId, MessageId, MissionId, TaskId
 from .message import ConfirmationType, Message, MessageType
 from .reliable import Delivery
 from .sync_channel import SyncBroadcastSubscription, SyncChannel
@@ -46,10 +47,12 @@ __all__ = [
     "DecodeError",
     "Delivery",
     "EncodeError",
+    "EventType",
     "InvalidArgumentError",
     "Message",
     "MessageId",
     "MessageType",
+    "MissionId",
     "Priority",
     "ReplyError",
     "ServerError",
@@ -62,5 +65,6 @@ __all__ = [
     "Timestamp",
     "TinytownError",
     "Town",
+    "TownEvent",
     "TransportUnavailableError",
 ]
