@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._ops import Op
 from .errors import DecodeError, EncodeError, InvalidArgumentError, ReplyError
-from .ids import AgentId, TaskId
+from .ids import AgentId, MissionId, TaskId
 from .keys import TownKeys
 from .timestamp import Timestamp
 
@@ -96,11 +96,7 @@ def _start_id(last_id: object) -> str:
 
 def now_rfc3339() -> str:
     """Now as Tinytown writes it in Hash and Stream fields: ``...+00:00`` (spec §3.2)."""
-    now = Timestamp.now()
-    to_rfc3339 = getattr(now, "to_rfc3339", None)
-    if to_rfc3339 is not None:
-        return to_rfc3339()  # type: ignore[no-any-return]
-    return now.rfc3339()[:-1] + "+00:00"
+    return Timestamp.now().to_rfc3339()
 
 
 def _as_str(value: Any) -> str:
@@ -158,7 +154,7 @@ def emit_commands(keys: TownKeys, event: TownEvent) -> list[tuple[Any, ...]]:
     for agent in event.agent_streams():
         commands.append(_xadd(keys.events_agent(agent), AGENT_EVENTS_MAXLEN, event_type, data))
     if event.mission_id is not None:
-        commands.append(_xadd(keys.events_mission(str(event.mission_id)),
+        commands.append(_xadd(keys.events_mission(event.mission_id),
                               MISSION_EVENTS_MAXLEN, event_type, data))
     return commands
 
@@ -229,8 +225,7 @@ def read_agent_events(keys: TownKeys, agent_id: Any, last_id: object,
 
 def read_mission_events(keys: TownKeys, mission_id: Any, last_id: object,
                         count: object) -> Op[list[tuple[str, TownEvent]]]:
-    # Mission ids are UUIDs as agent ids are: the same canonical text.
-    return (yield from _read_events(keys.events_mission(str(AgentId(mission_id))), last_id, count))
+    return (yield from _read_events(keys.events_mission(MissionId(mission_id)), last_id, count))
 
 
 def read_recent_town_events(keys: TownKeys, count: object) -> Op[list[tuple[str, TownEvent]]]:
