@@ -706,3 +706,27 @@ async def test_agent_and_mission_streams(redis_url, kind):
             assert await monitor.commands(channel) == []
     finally:
         monitor.close()
+
+
+@kinds
+async def test_every_method_refuses_a_closed_channel(redis_url, kind):
+    from tinytown import ChannelClosedError
+
+    task, agent = TaskId.new(), AgentId.new()
+    calls = [
+        ("log_agent_activity", (agent, "x")), ("get_agent_activity", (agent,)),
+        ("get_agent_activity_lines", (agent,)), ("emit_event", (town_event("x"),)),
+        ("read_town_events", ()), ("read_agent_events", (agent,)),
+        ("read_mission_events", (agent,)), ("read_recent_town_events", ()),
+        ("backlog_push", (task,)), ("backlog_list", ()), ("backlog_len", ()),
+        ("backlog_pop", ()), ("backlog_remove", (task,)), ("docket_ensure_group", ()),
+        ("docket_push", (task, "d", "p", "f", "t")), ("docket_read", ("w", 10)),
+        ("docket_ack", ("1-0",)), ("docket_len", ()), ("docket_pending_count", ()),
+        ("docket_group_lag", ()), ("docket_log_event", (task, "e", "d")),
+        ("docket_reclaim", ("w", 0)),
+    ]
+    async with open_channel(kind, redis_url) as channel:
+        await channel.close()
+        for name, args in calls:
+            with pytest.raises(ChannelClosedError):
+                await getattr(channel, name)(*args)

@@ -502,16 +502,25 @@ class SyncChannel:
         An entry that is not a task id is moved to ``tt:<town>:dead:backlog``
         and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
         it, spec §9.9); the next call goes on with the following entry.
-        Signals are held back for the one round trip (it does not wait on
-        anything); if a signal handler then raises (Ctrl-C), the task id
-        just taken goes back to the front of the backlog before the
-        exception propagates: nothing is lost.
+        Signals are held back for the one round trip (LPOP does not wait;
+        a server silent for 10 s raises :class:`ConnectionError`); if a
+        signal handler then raises (Ctrl-C), the task id just taken goes
+        back to the front of the backlog before the exception propagates:
+        nothing is lost.
         """
         keys = self._keys
         conn = self._main()
         held = _hold_signals()
         try:
-            raw = conn.execute(*_streams.backlog_pop_command(keys))
+            conn.send_command(*_streams.backlog_pop_command(keys))
+            try:
+                # Bounded: with signals held, Ctrl-C must not wait on a frozen server.
+                raw = conn.read_reply(_BLPOP_GRACE)
+            except TimeoutError:
+                conn.close()
+                raise ConnectionError(
+                    f"Redis at {self._address} did not answer LPOP in {_BLPOP_GRACE:g} s; "
+                    "connection dropped (the entry it may have taken is lost)") from None
             task = _streams.backlog_pop_result(raw)
         except DecodeError:
             try:
