@@ -14,9 +14,8 @@ from tinytown import Channel, SyncChannel
 from tinytown._monitor import parse_line
 from tinytown._transport import SyncConnection
 
-VECTORS = Path(__file__).resolve().parents[1] / ".." / "shared" / "wire" / "tinytown-0.10"
-if not VECTORS.is_dir():
-    VECTORS = Path("/work/shared/wire/tinytown-0.10")
+# Copies of ../shared/wire/tinytown-0.10 (test_wire checks they are identical).
+VECTORS = Path(__file__).resolve().parent / "data" / "wire" / "tinytown-0.10"
 
 KINDS = ("async", "sync")
 
