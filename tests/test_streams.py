@@ -542,6 +542,15 @@ async def test_activity_backlog_docket_on_a_cluster(redis_cluster, cluster_url):
         assert [e for e, _ in await channel.docket_reclaim("x", 0)] == [entry]
         assert await channel.docket_ack(entry) is True
         assert await channel.docket_group_lag() == 0
+        # an event's streams live on several nodes: one XADD to each
+        mission = AgentId.new()
+        for n in range(3):
+            await channel.emit_event(town_event(f"e{n}", agent_id=agents[n], mission_id=mission,
+                                                child_agent_id=agents[n + 1]))
+        assert [e.message for _, e in await channel.read_town_events()] == ["e0", "e1", "e2"]
+        assert [e.message for _, e in await channel.read_mission_events(mission)] == ["e0", "e1", "e2"]
+        assert [e.message for _, e in await channel.read_agent_events(agents[1])] == ["e0", "e1"]
+        assert [e.message for _, e in await channel.read_recent_town_events(1)] == ["e2"]
 
 
 # ------------------------------------------------------------------- events
