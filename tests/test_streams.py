@@ -739,3 +739,28 @@ async def test_every_method_refuses_a_closed_channel(redis_url, kind):
         for name, args in calls:
             with pytest.raises(ChannelClosedError):
                 await getattr(channel, name)(*args)
+
+
+@kinds
+async def test_event_read_argv_match_methods_vectors(redis_url, kind):
+    cases = {c["case"] + c["method"]: c for c in vectors("methods.jsonl")
+             if c["method"].startswith("EventStream::read")}
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url) as channel:
+            town = cases["eventsEventStream::read_town_events"]
+            await channel.read_town_events(town["input"]["last_id"], town["input"]["count"])
+            agent = cases["eventsEventStream::read_agent_events"]
+            await channel.read_agent_events(agent["input"]["agent_id"], agent["input"]["last_id"], 10)
+            recent = cases["eventsEventStream::read_recent_town_events"]
+            await channel.read_recent_town_events(recent["input"]["count"])
+            assert await monitor.commands(channel) == \
+                [argv_bytes(c["sent"][0]["argv"][0]) for c in (town, agent, recent)]
+            # a real last id: upstream's inclusive start (spec 9.14) made exclusive
+            inclusive = cases["events: start id is inclusive (the last seen entry comes back)"
+                              "EventStream::read_town_events"]
+            argv = argv_bytes(inclusive["sent"][0]["argv"][0])
+            await channel.read_town_events(argv[2].decode(), 10)
+            assert await monitor.commands(channel) == [argv[:2] + [b"(" + argv[2]] + argv[3:]]
+    finally:
+        monitor.close()

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._ops import Op
 from .errors import DecodeError, EncodeError, InvalidArgumentError, ReplyError
+from .events import TownEvent
 from .ids import AgentId, MissionId, TaskId
 from .keys import TownKeys
 from .timestamp import Timestamp
-
-if TYPE_CHECKING:
-    from .events import TownEvent
 
 log = logging.getLogger("tinytown")
 
@@ -142,8 +140,6 @@ def _xadd(stream: str, maxlen: int, event_type: bytes, data: bytes) -> tuple[Any
 def emit_commands(keys: TownKeys, event: TownEvent) -> list[tuple[Any, ...]]:
     """The XADDs of one event, in upstream's order: the town stream, each
     distinct agent stream (agent, parent, child), then the mission stream."""
-    from .events import TownEvent
-
     if not isinstance(event, TownEvent):
         raise InvalidArgumentError(f"emit_event() takes a TownEvent, not {type(event).__name__}")
     data = event.to_json()
@@ -181,8 +177,6 @@ def emit_event(keys: TownKeys, event: TownEvent, *, transaction: bool = True) ->
 def _decode_entries(entries: Any) -> list[tuple[str, TownEvent]]:
     """XRANGE-shaped entries as (id, TownEvent); an entry whose first ``data``
     field is missing, not a string or not a TownEvent is skipped (as upstream)."""
-    from .events import TownEvent
-
     out: list[tuple[str, TownEvent]] = []
     for entry in entries or ():
         if not isinstance(entry, list) or len(entry) != 2:
