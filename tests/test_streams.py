@@ -744,7 +744,7 @@ async def test_every_method_refuses_a_closed_channel(redis_url, kind):
 @kinds
 async def test_event_read_argv_match_methods_vectors(redis_url, kind):
     cases = {c["case"] + c["method"]: c for c in vectors("methods.jsonl")
-             if c["method"].startswith("EventStream::read")}
+             if c.get("method", "").startswith("EventStream::read")}
     monitor = Monitor(redis_url)
     try:
         async with open_channel(kind, redis_url) as channel:
