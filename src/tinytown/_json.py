@@ -260,6 +260,11 @@ def hash_to_str_dict(mapping: Any, owner: str) -> dict[str, str]:
     """Decode a Hash (bytes or str keys and values) into a dict of str."""
     if not isinstance(mapping, Mapping):
         raise DecodeError(f"invalid {owner} hash: expected a mapping, got {type(mapping).__name__}")
+    try:
+        # The usual case, an HGETALL reply: bytes keys and values, all UTF-8.
+        return {k.decode(): v.decode() for k, v in mapping.items()}
+    except (AttributeError, TypeError, UnicodeDecodeError):
+        pass  # str items, or a bad one: checked one by one below for the error
     out: dict[str, str] = {}
     for key, value in mapping.items():
         out[_hash_text(key, owner, "a key")] = _hash_text(value, owner, f"field {key!r}")
