@@ -243,20 +243,31 @@ def test_backlog_pop_interrupted_by_signal_loses_nothing(redis_url):
 
     armed = [False]  # raise only inside the call: the test's own code must not be cut
 
-    def on_alarm(signum, frame):
+    def on_signal(signum, frame):
         if armed[0]:
             raise Interrupted
+
+    # A signal every ~0.3 ms, sent to this thread (pthread_kill: a
+    # process-wide one could land in any thread the suite left running).
+    me = threading.get_ident()
+    stop = threading.Event()
+
+    def signaller():
+        while not stop.is_set():
+            signal.pthread_kill(me, signal.SIGUSR1)
+            time.sleep(0.0003)
 
     mask_before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
     tasks = [TaskId.new() for _ in range(300)]
     got: list[TaskId] = []
     interrupted = 0
-    previous = signal.signal(signal.SIGALRM, on_alarm)
+    previous = signal.signal(signal.SIGUSR1, on_signal)
     try:
         with SyncChannel.connect(redis_url, town="golden") as channel:
             for t in tasks:
                 channel.backlog_push(t)
-            signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+            thread = threading.Thread(target=signaller)
+            thread.start()
             try:
                 while True:
                     try:
@@ -271,12 +282,15 @@ def test_backlog_pop_interrupted_by_signal_loses_nothing(redis_url):
                         break
                     got.append(t)
             finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                stop.set()
+                thread.join()
+                armed[0] = False
             while (t := channel.backlog_pop()) is not None:
                 got.append(t)
     finally:
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGUSR1, previous)
     assert sorted(got) == sorted(tasks), f"lost or duplicated ({interrupted} interruptions)"
+    assert interrupted > 0
     assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == mask_before, "signals left blocked"
 
 

@@ -506,7 +506,11 @@ class SyncChannel:
         a server silent for 10 s raises :class:`ConnectionError`); if a
         signal handler then raises (Ctrl-C), the task id just taken goes
         back to the front of the backlog before the exception propagates:
-        nothing is lost.
+        nothing is lost. Signals are held in the calling thread only: one
+        that the kernel delivers to another thread of the process (a
+        process-wide signal, with other threads running) can still make
+        its handler raise right after the reply is read, and that one task
+        id is then lost (Python gives no way to close that window).
         """
         keys = self._keys
         conn = self._main()
