@@ -515,6 +515,7 @@ class SyncChannel:
         keys = self._keys
         conn = self._main()
         held = _hold_signals()
+        raw: Any = None
         try:
             conn.send_command(*_streams.backlog_pop_command(keys))
             try:
@@ -534,6 +535,14 @@ class SyncChannel:
             _let_signals_through(held)
             raise
         except BaseException:
+            # A handler raising (a signal caught by another thread) once the
+            # reply is in: the caller will not get it, so it goes back.
+            if isinstance(raw, bytes):
+                try:
+                    conn.execute(*_streams.backlog_hand_back(keys, raw))
+                except Exception as exc:
+                    log.error("tinytown: an interrupted backlog_pop could not put back %r (%s); "
+                              "lost", raw, exc)
             _let_signals_through(held)
             raise
         # A held signal whose handler raises now gets the task id put back.
