@@ -10,7 +10,9 @@ import pytest
 from tinytown import (
     Channel,
     InvalidArgumentError,
+    SyncChannel,
     TransportUnavailableError,
+    _pysync,
     _pytransport,
     _transport,
     _transports,
@@ -78,3 +80,40 @@ async def test_no_transport_at_all_says_what_to_install(redis_url, no_env, monke
     assert isinstance(info.value, ImportError)
     with pytest.raises(TransportUnavailableError, match=r"'python' cannot be loaded"):
         await Channel.connect(redis_url, town="t", transport="python")
+
+
+# ---------------------------------------------------------------- SyncChannel
+
+
+@pytest.mark.parametrize("name, cls", [("hiredis", _transport.SyncConnection),
+                                       ("python", _pysync.SyncConnection)])
+def test_sync_explicit_transport(redis_url, no_env, name, cls):
+    with SyncChannel.connect(redis_url, town="t", transport=name) as channel:
+        assert type(channel._conn) is cls
+        assert channel._conn.execute("PING") == b"PONG"
+
+
+def test_sync_environment_variable_and_argument_precedence(redis_url, no_env, monkeypatch):
+    monkeypatch.setenv("TINYTOWN_TRANSPORT", "python")
+    with SyncChannel.connect(redis_url, town="t") as channel:
+        assert type(channel._conn) is _pysync.SyncConnection
+    with SyncChannel.connect(redis_url, town="t", transport="hiredis") as channel:
+        assert type(channel._conn) is _transport.SyncConnection
+    monkeypatch.delenv("TINYTOWN_TRANSPORT")
+    with SyncChannel.connect(redis_url, town="t") as channel:
+        assert type(channel._conn) is _transport.SyncConnection
+    with pytest.raises(InvalidArgumentError, match="'cython' is not a tinytown transport"):
+        SyncChannel.connect(redis_url, town="t", transport="cython")
+
+
+async def test_one_fallback_warning_for_both_channel_kinds(redis_url, no_env, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "tinytown._transport", None)
+    with caplog.at_level(logging.WARNING, logger="tinytown"):
+        with SyncChannel.connect(redis_url, town="t") as sync_channel:
+            assert type(sync_channel._conn) is _pysync.SyncConnection
+            assert sync_channel._conn.execute("PING") == b"PONG"
+        async with await Channel.connect(redis_url, town="t") as channel:
+            assert type(channel._conn) is _pytransport.Connection
+    assert caplog.text.count("using the pure-Python transport") == 1
+    with pytest.raises(TransportUnavailableError, match="'hiredis' cannot be loaded"):
+        SyncChannel.connect(redis_url, town="t", transport="hiredis")

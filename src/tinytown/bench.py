@@ -35,6 +35,7 @@ from .agent import Agent
 from .channel import Channel
 from .ids import AgentId
 from .message import Message, MessageType
+from .sync_channel import SyncChannel
 from .task import Task
 
 __all__ = ["Bench", "OperationBench", "RedisServer", "Result", "main", "placement", "redis_benchmark", "render_table"]
@@ -218,12 +219,8 @@ class Bench:
         self.channel = await Channel.connect(self.server.url, town=self.town)
         if self.tcp_server is not None:
             self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town)
-        try:
-            from .sync_channel import SyncChannel
-        except ImportError:  # the Python transport has no sync channel
-            self.sync_channel = None
-        else:
-            self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
+        # Both transports have a SyncChannel: the sync rows always run.
+        self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
         try:
             import redis
             import redis.asyncio as aredis

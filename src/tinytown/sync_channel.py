@@ -13,7 +13,7 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _ops
 from ._commands import (
@@ -29,7 +29,7 @@ from ._commands import (
     login_commands,
     push_commands,
 )
-from ._transport import SyncConnection
+from ._transports import sync_connection_class
 from .address import Address, parse_url
 from .agent import Agent
 from .errors import (
@@ -43,6 +43,9 @@ from .ids import AgentId, TaskId
 from .keys import BROADCAST_CHANNEL, TownKeys
 from .message import Message
 from .task import Task
+
+if TYPE_CHECKING:
+    from ._transport import SyncConnection
 
 __all__ = ["SyncChannel", "SyncBroadcastSubscription"]
 
@@ -79,8 +82,10 @@ class SyncChannel:
     next call reconnects.
     """
 
-    def __init__(self, address: Address, town: str, *, connect_timeout: float) -> None:
+    def __init__(self, address: Address, town: str, *, connect_timeout: float,
+                 transport: str | None = None) -> None:
         # Use SyncChannel.connect(); this only wires the parts together.
+        self._connection_class = sync_connection_class(transport)
         self._address = address
         self._keys = TownKeys(town)
         # Prefixes kept as attributes: one lookup on the hot path.
@@ -94,20 +99,25 @@ class SyncChannel:
         self._closed = False
 
     @classmethod
-    def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0) -> SyncChannel:
+    def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0,
+                transport: str | None = None) -> SyncChannel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock`` or
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
-        connect). Raises :class:`InvalidArgumentError` for a bad URL or town
-        name and :class:`ConnectionError` if Redis cannot be reached within
-        ``connect_timeout`` seconds.
+        connect). ``transport`` is ``"hiredis"`` (the C extension) or
+        ``"python"`` (a plain socket and the hiredis package's parser); None
+        means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
+        Python. Raises :class:`InvalidArgumentError` for a bad URL, town name
+        or transport, :class:`TransportUnavailableError` when no transport
+        can be loaded and :class:`ConnectionError` if Redis cannot be reached
+        within ``connect_timeout`` seconds.
         """
         address = parse_url(url)
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
                 or not 0 < connect_timeout < float("inf"):
             raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
-        channel = cls(address, town, connect_timeout=float(connect_timeout))
+        channel = cls(address, town, connect_timeout=float(connect_timeout), transport=transport)
         channel._reconnect()
         return channel
 
@@ -140,7 +150,7 @@ class SyncChannel:
     def _connect(self) -> SyncConnection:
         address = self._address
         if address.unix_path is not None:
-            conn = SyncConnection()
+            conn = self._connection_class()
             conn.connect_unix(address.unix_path, self._connect_timeout)
             return conn
         try:
@@ -150,7 +160,7 @@ class SyncChannel:
         # Try every address in order, as Channel does ("localhost" may give ::1 first).
         error: ConnectionError | None = None
         for ip in dict.fromkeys(info[4][0] for info in infos):
-            conn = SyncConnection()
+            conn = self._connection_class()
             try:
                 conn.connect_tcp(ip, address.port, self._connect_timeout)
                 return conn
