@@ -11,9 +11,7 @@
 #      installed package is what is imported (checked before the run).
 # Used by scripts/test.sh (so CI runs it). Work files: build/check-sdist/.
 # Environment: PYTHON (interpreter for the virtualenvs, default python3);
-# TRANSPORTS (the transports the suite runs over, default "hiredis python";
-# scripts/test.sh passes "hiredis": the Python transport's code is the same
-# files either way and the checkout's suite covers it).
+# TRANSPORTS (the transports the suite runs over, default "hiredis python").
 # Extra arguments go to pytest. Needs PyPI (pip installs build, Cython).
 set -euo pipefail
 
