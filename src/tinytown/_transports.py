@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ._transport import SyncConnection
 
 __all__ = ["TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "connection_class", "deliver",
-           "sync_connection_class"]
+           "sync_connection_class", "tls_connection_class", "tls_sync_connection_class"]
 
 log = logging.getLogger("tinytown")
 
@@ -175,3 +175,42 @@ def _choose(name: str | None, load: Callable[[str], _T]) -> _T:
             log.warning("tinytown: the hiredis extension cannot be loaded (%s); "
                         "using the pure-Python transport", ext_exc)
         return cls
+
+
+def tls_connection_class(name: str | None, where: object) -> ConnectionClass:
+    """The Connection class for a TLS (``rediss://``) connection: the Python
+    transport, whose TLS is asyncio's (the extension's hiredis has none)."""
+    return _choose_tls(name, _load, where)
+
+
+def tls_sync_connection_class(name: str | None, where: object) -> type[SyncConnection]:
+    """The SyncConnection class for TLS: the Python one (``ssl.SSLSocket``)."""
+    return _choose_tls(name, _load_sync, where)
+
+
+def _choose_tls(name: str | None, load: Callable[[str], _T], where: object) -> _T:
+    # hiredis gets TLS from a separate library (hiredis_ssl, hiredis >= 1.0)
+    # that the extension is not built with, so TLS always takes the Python
+    # transport. TINYTOWN_TRANSPORT=hiredis, a process-wide preference, gives
+    # way; the argument, a request for this very channel, does not.
+    if name == "hiredis":
+        raise InvalidArgumentError(
+            f"transport='hiredis' cannot connect to {where}: the extension has no TLS; "
+            "leave transport unset (TLS then uses the pure-Python transport) or pass 'python'")
+    if name is None:
+        env = os.environ.get(ENV_VAR) or None
+        if env is not None and env not in TRANSPORTS:
+            raise InvalidArgumentError(
+                f"{ENV_VAR}={env!r} is not a tinytown transport; choose 'hiredis' or 'python'")
+    elif name not in TRANSPORTS:
+        raise InvalidArgumentError(
+            f"transport={name!r} is not a tinytown transport; choose 'hiredis' or 'python'")
+    try:
+        cls = load("python")
+    except ImportError as exc:
+        raise TransportUnavailableError(
+            f"TLS to {where} needs the pure-Python transport, which cannot be loaded ({exc}); "
+            f"{_PYTHON_HINT}") from exc
+    log.info("tinytown: TLS to %s: using the pure-Python transport "
+             "(the hiredis extension has no TLS)", where)
+    return cls

@@ -9,7 +9,9 @@ thread should open its own SyncChannel.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import ssl as ssl_module
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -29,8 +31,8 @@ from ._commands import (
     login_commands,
     push_commands,
 )
-from ._transports import sync_connection_class
-from .address import Address, parse_url
+from ._transports import sync_connection_class, tls_sync_connection_class
+from .address import Address, parse_url, with_tls
 from .agent import Agent
 from .errors import (
     ChannelClosedError,
@@ -85,7 +87,8 @@ class SyncChannel:
     def __init__(self, address: Address, town: str, *, connect_timeout: float,
                  transport: str | None = None) -> None:
         # Use SyncChannel.connect(); this only wires the parts together.
-        self._connection_class = sync_connection_class(transport)
+        self._connection_class = (tls_sync_connection_class(transport, address) if address.tls
+                                  else sync_connection_class(transport))
         self._address = address
         self._keys = TownKeys(town)
         # Prefixes kept as attributes: one lookup on the hot path.
@@ -100,12 +103,21 @@ class SyncChannel:
 
     @classmethod
     def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0,
-                transport: str | None = None) -> SyncChannel:
+                transport: str | None = None,
+                ssl: ssl_module.SSLContext | None = None,
+                ssl_ca_file: str | os.PathLike[str] | None = None,
+                ssl_certfile: str | os.PathLike[str] | None = None,
+                ssl_keyfile: str | os.PathLike[str] | None = None,
+                ssl_check_hostname: bool = True) -> SyncChannel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock`` or
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
-        connect). ``transport`` is ``"hiredis"`` (the C extension) or
+        connect); ``rediss://`` connects over TLS, with the options of
+        :meth:`tinytown.Channel.connect` (``ssl_ca_file``, ``ssl_certfile``,
+        ``ssl_keyfile``, ``ssl_check_hostname``, or ``ssl``, an
+        :class:`ssl.SSLContext`) and the pure-Python transport
+        (``ssl.SSLSocket``). ``transport`` is ``"hiredis"`` (the C extension) or
         ``"python"`` (a plain socket and the hiredis package's parser); None
         means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
         Python. Raises :class:`InvalidArgumentError` for a bad URL, town name
@@ -113,7 +125,8 @@ class SyncChannel:
         can be loaded and :class:`ConnectionError` if Redis cannot be reached
         within ``connect_timeout`` seconds.
         """
-        address = parse_url(url)
+        address = with_tls(parse_url(url), ssl=ssl, ssl_ca_file=ssl_ca_file, ssl_certfile=ssl_certfile,
+                           ssl_keyfile=ssl_keyfile, ssl_check_hostname=ssl_check_hostname)
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
                 or not 0 < connect_timeout < float("inf"):
             raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
@@ -162,7 +175,11 @@ class SyncChannel:
         for ip in dict.fromkeys(info[4][0] for info in infos):
             conn = self._connection_class()
             try:
-                conn.connect_tcp(ip, address.port, self._connect_timeout)
+                if address.tls:   # the Python SyncConnection (see __init__)
+                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg]
+                                     tls=address.ssl_context, server_hostname=address.host)
+                else:
+                    conn.connect_tcp(ip, address.port, self._connect_timeout)
                 return conn
             except ConnectionError as exc:
                 error = exc
