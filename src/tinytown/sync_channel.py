@@ -176,7 +176,7 @@ class SyncChannel:
             conn = self._connection_class()
             try:
                 if address.tls:   # the Python SyncConnection (see __init__)
-                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg]
+                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg,arg-type]
                                      tls=address.ssl_context, server_hostname=address.host)
                 else:
                     conn.connect_tcp(ip, address.port, self._connect_timeout)

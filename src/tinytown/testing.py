@@ -58,7 +58,7 @@ _T = TypeVar("_T")
 try:  # pytest-asyncio in strict mode runs only async fixtures marked as its own
     from pytest_asyncio import fixture as _async_fixture
 except ImportError:
-    _async_fixture = pytest.fixture
+    _async_fixture = pytest.fixture  # type: ignore[assignment]
 
 
 def _run(coro: Coroutine[Any, Any, _T]) -> _T:
