@@ -117,3 +117,37 @@ async def test_one_fallback_warning_for_both_channel_kinds(redis_url, no_env, mo
     assert caplog.text.count("using the pure-Python transport") == 1
     with pytest.raises(TransportUnavailableError, match="'hiredis' cannot be loaded"):
         SyncChannel.connect(redis_url, town="t", transport="hiredis")
+
+
+def test_python_sync_connection_has_the_extensions_interface():
+    def public(cls):
+        return {name for name in dir(cls()) if not name.startswith("_")}
+    assert public(_transport.SyncConnection) <= public(_pysync.SyncConnection)
+
+
+@pytest.mark.parametrize("cls", [_transport.SyncConnection, _pysync.SyncConnection])
+def test_sync_connection_contract(redis_server, redis_url, cls):
+    # The same calls and outcomes on both SyncConnections, directly.
+    from tinytown import ConnectionError, ReplyError
+    conn = cls()
+    conn.connect_unix(redis_server.unix_path, 2.0)
+    assert conn.execute("SET", "k", b"\x00\xff") == b"OK"
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        conn.execute_many([("GET", "k"), ("LPUSH", "k", 1), ("INCR", "n")])
+    assert conn.execute("GET", "n") == b"1"          # every reply was read
+    assert conn.execute_many([("GET", "k"), ("GET", "nope")]) == [b"\x00\xff", None]
+    with pytest.raises(InvalidArgumentError):
+        conn.execute("SET", "k", True)               # nothing sent, connection in step
+    conn.send_command("BLPOP", "empty", 0.2)
+    assert conn.pending_replies == 1
+    with pytest.raises(TimeoutError):
+        conn.read_reply(0.01)
+    assert conn.read_reply(5) is None                # the BLPOP's nil, still in step
+    assert conn.execute("PING") == b"PONG"
+    assert conn.is_usable() and conn.fileno() >= 0 and not conn.is_closed
+    conn.close()
+    assert conn.is_closed and not conn.is_usable() and conn.fileno() == -1
+    with pytest.raises(ConnectionError, match="closed"):
+        conn.execute("PING")
+    with pytest.raises(ConnectionError, match="cannot connect"):
+        cls().connect_unix(redis_server.unix_path + ".missing", 1.0)
