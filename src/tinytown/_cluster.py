@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -138,8 +139,8 @@ class ClusterTopology:
 
     def node_address(self, name: str) -> Address:
         host, port = _split_node(name)
-        return Address(host=host, port=port, username=self.address.username,
-                       password=self.address.password)
+        # The seed address's login and TLS settings, for one node.
+        return dataclasses.replace(self.address, host=host, port=port, cluster=())
 
     async def open_node(self, name: str) -> Any:
         return await self._open_node(self.node_address(name))

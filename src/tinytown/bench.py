@@ -44,6 +44,7 @@ from .agent import Agent
 from .channel import Channel
 from .ids import AgentId
 from .message import Message, MessageType
+from .sync_channel import SyncChannel
 from .task import Task
 
 __all__ = ["Bench", "OperationBench", "RedisServer", "Result", "main", "placement", "redis_benchmark", "render_table"]
@@ -247,8 +248,7 @@ class Bench:
         self.channel = await Channel.connect(self.server.url, town=self.town)
         if self.tcp_server is not None:
             self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town)
-        from .sync_channel import SyncChannel
-
+        # Both transports have a SyncChannel: the sync rows always run.
         self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
         path = str(self.server.socket_path)
         try:  # every peer is optional for `tinytown bench`

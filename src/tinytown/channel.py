@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import socket
+import ssl as ssl_module
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -39,8 +41,8 @@ from ._commands import (
     push_commands,
     too_big,
 )
-from ._transports import Connection, connection_class
-from .address import Address, parse_url
+from ._transports import Connection, connection_class, tls_connection_class
+from .address import Address, parse_url, with_tls
 from .agent import Agent
 from .backoff import Backoff, ReconnectSchedule
 from .errors import (
@@ -147,7 +149,8 @@ class Channel:
                  backoff: Backoff = Backoff(), reconnect_timeout: float = 5.0,
                  max_message_bytes: int = 16 * 2**20) -> None:
         # Use Channel.connect(); this only wires the parts together.
-        self._transport = connection_class(transport)
+        self._transport = (tls_connection_class(transport, address) if address.tls
+                           else connection_class(transport))
         self._address = address
         # redis+cluster://: every connection routes over per-node connections by slot.
         self._cluster = ClusterTopology(address, self._open_connection) if address.cluster else None
@@ -172,14 +175,27 @@ class Channel:
     async def connect(cls, url: str, town: str, *, max_receivers: int = 16,
                       connect_timeout: float = 5.0, transport: str | None = None,
                       backoff: Backoff | None = None, reconnect_timeout: float = 5.0,
-                      max_message_bytes: int = 16 * 2**20) -> Channel:
+                      max_message_bytes: int = 16 * 2**20,
+                      ssl: ssl_module.SSLContext | None = None,
+                      ssl_ca_file: str | os.PathLike[str] | None = None,
+                      ssl_certfile: str | os.PathLike[str] | None = None,
+                      ssl_keyfile: str | os.PathLike[str] | None = None,
+                      ssl_check_hostname: bool = True) -> Channel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock``,
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
         connect) or ``redis+cluster://[user:password@]host:port[,host:port...]``
         (seed nodes of a Redis Cluster; each command goes to the node owning
-        its key). ``max_receivers`` bounds the connections used by concurrent
+        its key). ``rediss://`` and ``rediss+cluster://`` connect over TLS,
+        verifying the server's certificate against ``ssl_ca_file`` (PEM; by
+        default the system's CAs) and its host name unless
+        ``ssl_check_hostname`` is False; ``ssl_certfile``/``ssl_keyfile`` are a
+        client certificate and key (PEM); ``ssl`` (an :class:`ssl.SSLContext`)
+        replaces all four. TLS connections use the pure-Python transport (the
+        extension has no TLS; one log line at INFO says so); a failed
+        handshake or certificate check raises :class:`ConnectionError`.
+        ``max_receivers`` bounds the connections used by concurrent
         blocking receives. ``connect_timeout`` bounds one connection attempt.
         ``transport`` is ``"hiredis"`` (the C extension) or ``"python"``; None
         means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
@@ -201,7 +217,8 @@ class Channel:
         be reached (the first connection is tried once: a wrong address fails
         fast).
         """
-        address = parse_url(url)
+        address = with_tls(parse_url(url), ssl=ssl, ssl_ca_file=ssl_ca_file, ssl_certfile=ssl_certfile,
+                           ssl_keyfile=ssl_keyfile, ssl_check_hostname=ssl_check_hostname)
         if not isinstance(max_receivers, int) or max_receivers < 1:
             raise InvalidArgumentError(f"max_receivers must be a positive int, not {max_receivers!r}")
         if not connect_timeout > 0:
@@ -251,9 +268,16 @@ class Channel:
                 raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
             # Try every address in order ("localhost" may give ::1 first).
             error: ConnectionError | None = None
+            if address.tls:
+                def start(c: Any, ip: str) -> Any:
+                    return c.connect_tcp(ip, address.port, tls=address.ssl_context,
+                                         server_hostname=address.host)
+            else:
+                def start(c: Any, ip: str) -> Any:
+                    return c.connect_tcp(ip, address.port)
             for ip in dict.fromkeys(info[4][0] for info in infos):
                 try:
-                    conn = await self._connect_one(lambda c: c.connect_tcp(ip, address.port), timeout)
+                    conn = await self._connect_one(lambda c: start(c, ip), timeout)
                     break
                 except ConnectionError as exc:
                     error = exc

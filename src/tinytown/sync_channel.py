@@ -9,8 +9,10 @@ thread should open its own SyncChannel.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
+import ssl as ssl_module
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -31,8 +33,8 @@ from ._commands import (
     login_commands,
     push_commands,
 )
-from ._transport import SyncConnection
-from .address import Address, parse_url
+from ._transports import sync_connection_class, tls_sync_connection_class
+from .address import Address, parse_url, with_tls
 from .agent import Agent
 from .errors import (
     ChannelClosedError,
@@ -48,6 +50,7 @@ from .task import Task
 
 if TYPE_CHECKING:
     from .events import TownEvent
+    from ._transport import SyncConnection
 
 __all__ = ["SyncChannel", "SyncBroadcastSubscription"]
 
@@ -84,8 +87,11 @@ class SyncChannel:
     next call reconnects.
     """
 
-    def __init__(self, address: Address, town: str, *, connect_timeout: float) -> None:
+    def __init__(self, address: Address, town: str, *, connect_timeout: float,
+                 transport: str | None = None) -> None:
         # Use SyncChannel.connect(); this only wires the parts together.
+        self._connection_class = (tls_sync_connection_class(transport, address) if address.tls
+                                  else sync_connection_class(transport))
         self._address = address
         self._keys = TownKeys(town)
         # Prefixes kept as attributes: one lookup on the hot path.
@@ -99,20 +105,35 @@ class SyncChannel:
         self._closed = False
 
     @classmethod
-    def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0) -> SyncChannel:
+    def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0,
+                transport: str | None = None,
+                ssl: ssl_module.SSLContext | None = None,
+                ssl_ca_file: str | os.PathLike[str] | None = None,
+                ssl_certfile: str | os.PathLike[str] | None = None,
+                ssl_keyfile: str | os.PathLike[str] | None = None,
+                ssl_check_hostname: bool = True) -> SyncChannel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock`` or
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
-        connect). Raises :class:`InvalidArgumentError` for a bad URL or town
-        name and :class:`ConnectionError` if Redis cannot be reached within
-        ``connect_timeout`` seconds.
+        connect); ``rediss://`` connects over TLS, with the options of
+        :meth:`tinytown.Channel.connect` (``ssl_ca_file``, ``ssl_certfile``,
+        ``ssl_keyfile``, ``ssl_check_hostname``, or ``ssl``, an
+        :class:`ssl.SSLContext`) and the pure-Python transport
+        (``ssl.SSLSocket``). ``transport`` is ``"hiredis"`` (the C extension) or
+        ``"python"`` (a plain socket and the hiredis package's parser); None
+        means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
+        Python. Raises :class:`InvalidArgumentError` for a bad URL, town name
+        or transport, :class:`TransportUnavailableError` when no transport
+        can be loaded and :class:`ConnectionError` if Redis cannot be reached
+        within ``connect_timeout`` seconds.
         """
-        address = parse_url(url)
+        address = with_tls(parse_url(url), ssl=ssl, ssl_ca_file=ssl_ca_file, ssl_certfile=ssl_certfile,
+                           ssl_keyfile=ssl_keyfile, ssl_check_hostname=ssl_check_hostname)
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
                 or not 0 < connect_timeout < float("inf"):
             raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
-        channel = cls(address, town, connect_timeout=float(connect_timeout))
+        channel = cls(address, town, connect_timeout=float(connect_timeout), transport=transport)
         channel._reconnect()
         return channel
 
@@ -145,7 +166,7 @@ class SyncChannel:
     def _connect(self) -> SyncConnection:
         address = self._address
         if address.unix_path is not None:
-            conn = SyncConnection()
+            conn = self._connection_class()
             conn.connect_unix(address.unix_path, self._connect_timeout)
             return conn
         try:
@@ -155,9 +176,13 @@ class SyncChannel:
         # Try every address in order, as Channel does ("localhost" may give ::1 first).
         error: ConnectionError | None = None
         for ip in dict.fromkeys(info[4][0] for info in infos):
-            conn = SyncConnection()
+            conn = self._connection_class()
             try:
-                conn.connect_tcp(ip, address.port, self._connect_timeout)
+                if address.tls:   # the Python SyncConnection (see __init__)
+                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg,arg-type]
+                                     tls=address.ssl_context, server_hostname=address.host)
+                else:
+                    conn.connect_tcp(ip, address.port, self._connect_timeout)
                 return conn
             except ConnectionError as exc:
                 error = exc
