@@ -88,13 +88,18 @@ def _hash_fields_until_h1(value: Agent | Task) -> tuple[list[bytes], list[bytes]
     return hdel, pairs
 
 
-def set_state(keys: TownKeys, layout: str, value: Agent | Task, max_bytes: int | None) -> Op[None]:
-    if isinstance(value, Task):
-        key = keys.task_prefix + TaskId(check_task(value).id)
-        what = "task"
-    else:
-        key = keys.agent_prefix + AgentId(check_agent(value).id)
-        what = "agent state"
+def set_agent_state(keys: TownKeys, layout: str, agent: Agent, max_bytes: int | None) -> Op[None]:
+    key = keys.agent_prefix + AgentId(check_agent(agent).id)
+    return (yield from _set_state(key, layout, agent, max_bytes, "agent state"))
+
+
+def set_task(keys: TownKeys, layout: str, task: Task, max_bytes: int | None) -> Op[None]:
+    key = keys.task_prefix + TaskId(check_task(task).id)
+    return (yield from _set_state(key, layout, task, max_bytes, "task"))
+
+
+def _set_state(key: str, layout: str, value: Agent | Task, max_bytes: int | None,
+               what: str) -> Op[None]:
     if layout == "json":
         payload = value.to_json()
         if max_bytes is not None and len(payload) > max_bytes:

@@ -750,7 +750,7 @@ class Channel:
         layout. Raises :class:`InvalidArgumentError` for a non-Agent or one
         over ``max_message_bytes`` (nothing is written).
         """
-        await self._run(_ops_state.set_state(self._keys, self._layout, agent, self._max_bytes))
+        await self._run(_ops_state.set_agent_state(self._keys, self._layout, agent, self._max_bytes))
 
     async def get_agent_state(self, agent_id: AgentId | Any) -> Agent | None:
         """The stored Agent, or None when absent; either layout.
@@ -764,7 +764,7 @@ class Channel:
     async def set_task(self, task: Task) -> None:
         """Store ``task`` at ``tt:<town>:task:<id>`` in the channel's layout,
         exactly as :meth:`set_agent_state` stores an agent."""
-        await self._run(_ops_state.set_state(self._keys, self._layout, task, self._max_bytes))
+        await self._run(_ops_state.set_task(self._keys, self._layout, task, self._max_bytes))
 
     async def get_task(self, task_id: TaskId | Any) -> Task | None:
         """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`)."""

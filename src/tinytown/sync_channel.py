@@ -409,7 +409,7 @@ class SyncChannel:
         layout. Raises :class:`InvalidArgumentError` for a non-Agent
         (nothing is written).
         """
-        self._run(_ops_state.set_state(self._keys, self._layout, agent, None))
+        self._run(_ops_state.set_agent_state(self._keys, self._layout, agent, None))
 
     def get_agent_state(self, agent_id: AgentId | Any) -> Agent | None:
         """The stored Agent, or None when absent; either layout.
@@ -423,7 +423,7 @@ class SyncChannel:
     def set_task(self, task: Task) -> None:
         """Store ``task`` at ``tt:<town>:task:<id>`` in the channel's layout,
         exactly as :meth:`set_agent_state` stores an agent."""
-        self._run(_ops_state.set_state(self._keys, self._layout, task, None))
+        self._run(_ops_state.set_task(self._keys, self._layout, task, None))
 
     def get_task(self, task_id: TaskId | Any) -> Task | None:
         """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`)."""
