@@ -621,12 +621,12 @@ class Channel:
         return await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
                                   self._keys.inbox_prefix + agent)
 
-    def _check_not_cluster(self, operation: str) -> None:
+    def _check_not_cluster(self, operation: str, why: str = "") -> None:
         if self._cluster is not None:
             raise InvalidArgumentError(
-                f"{operation}() is not available on a Redis Cluster: it moves messages between "
-                "an inbox and a processing list in one command, and Tinytown's key names put "
-                "them on different hash slots")
+                f"{operation}() is not available on a Redis Cluster: "
+                + (why or "it moves messages between an inbox and a processing list in one "
+                   "command, and Tinytown's key names put them on different hash slots"))
 
     async def processing_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages received reliably by the agent and not yet acked."""
@@ -780,12 +780,17 @@ class Channel:
         type; here a key that is not an agent (another type, unreadable
         state, a name that is not ``agent:<uuid>``) is skipped with a
         logged warning.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
         """
+        self._check_not_cluster("list_agents", "it SCANs one server's keys")
         return await self._run(_ops_state.list_agents(self._keys, self._layout))
 
     async def get_agent_by_name(self, name: str) -> Agent | None:
         """The first agent (of :meth:`list_agents`, so in no particular order)
-        whose ``name`` is exactly ``name`` (case-sensitive); None if none."""
+        whose ``name`` is exactly ``name`` (case-sensitive); None if none.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("get_agent_by_name", "it SCANs one server's keys")
         return await self._run(_ops_state.get_agent_by_name(self._keys, self._layout, name))
 
     async def resolve_agent_ref(self, ref: str) -> Agent | None:
@@ -800,7 +805,9 @@ class Channel:
         characters) equal ``ref``, ignoring ASCII case: None if none,
         the agent if one, :class:`AmbiguousAgentRefError` (with
         ``matches``) if several.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
         """
+        self._check_not_cluster("resolve_agent_ref", "it SCANs one server's keys")
         return await self._run(_ops_state.resolve_agent_ref(self._keys, self._layout, ref))
 
     async def delete_agent(self, agent_id: AgentId | Any) -> None:
@@ -813,7 +820,10 @@ class Channel:
 
     async def list_tasks(self) -> list[Task]:
         """Every task of the town, in no particular order; either layout
-        (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`)."""
+        (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`).
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("list_tasks", "it SCANs one server's keys")
         return await self._run(_ops_state.list_tasks(self._keys, self._layout))
 
     async def delete_task(self, task_id: TaskId | Any) -> bool:
@@ -861,14 +871,19 @@ class Channel:
         batches of 1000. Tinytown 0.10 deletes the other towns' keys and
         returns the number scanned. Not atomic: keys written meanwhile may
         survive.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
         """
+        self._check_not_cluster("reset_all", "it SCANs one server's keys")
         return await self._run(_ops_state.reset_all(self._keys))
 
     async def reset_agents_only(self) -> int:
         """Delete every agent's keys of this town (state, inbox, urgent inbox,
         stop flag, activity log, and this package's dead letters and
         processing lists), keeping tasks, backlog, docket and event streams;
-        returns how many were deleted. One SCAN per kind, as :meth:`reset_all`."""
+        returns how many were deleted. One SCAN per kind, as :meth:`reset_all`.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("reset_agents_only", "it SCANs one server's keys")
         return await self._run(_ops_state.reset_agents_only(self._keys))
 
     # -- stop flag --------------------------------------------------------------
