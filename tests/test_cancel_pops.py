@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 
 from channel_cases import msg, text_of
-from tinytown import AgentId, Channel, SyncChannel
+from tinytown import AgentId, Channel, DecodeError, Message, SyncChannel
 
 TOWN = "cancel"
 
 
 def inbox_texts(redis_server: Any, key: str) -> list[str]:
-    from tinytown import Message
     return [text_of(Message.from_json(raw)) for raw in redis_server.command("LRANGE", key, 0, -1)]
 
 
@@ -141,3 +140,34 @@ def test_sync_pop_interrupted_by_signal_hands_back(redis_server, redis_url, op):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("op", ["try_receive", "drain_inbox", "receive_urgent"])
+@pytest.mark.parametrize("iterations", range(8))
+async def test_cancel_while_dead_lettering_loses_nothing(redis_server, redis_url, op, iterations):
+    # A malformed element first: the call pops, then moves it to the dead
+    # letters in a second step; a cancel anywhere loses no good message and
+    # leaves the bad one in exactly one place.
+    agent = AgentId.new()
+    call, where, _ = _pops(agent)[op]
+    bad = b"\xffnot a message"
+    async with await Channel.connect(redis_url, town=TOWN) as channel:
+        key = channel.keys.inbox(agent) if where == "inbox" else channel.keys.urgent(agent)
+        good = ["m0", "m1"] if op != "try_receive" else []
+        redis_server.command("RPUSH", key, bad, *[msg(agent, t).to_json() for t in good])
+        task = asyncio.ensure_future(call(channel))
+        for _ in range(iterations):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            got = _returned(await task)
+        except asyncio.CancelledError:
+            got = []
+        except DecodeError as exc:  # try_receive: dead-lettered, then raised
+            assert exc.raw == bad
+            got = []
+        await settle(channel)
+        left = redis_server.command("LRANGE", key, 0, -1)
+        dead = redis_server.command("LRANGE", channel.keys.dead(agent), 0, -1)
+        assert (left + dead).count(bad) == 1
+        assert got + [text_of(Message.from_json(raw)) for raw in left if raw != bad] == good
