@@ -607,7 +607,7 @@ def test_hash_field_order_is_tinytowns(kind):
 
 _AS_SENT = {  # methods whose commands are Tinytown's exactly
     "send_urgent", "urgent_len", "try_receive", "move_message_to_inbox", "broadcast",
-    "delete_agent", "delete_task", "set_agent_state", "set_task",
+    "delete_agent", "delete_task", "set_agent_state", "set_task", "peek_inbox", "reset_all",
 }
 
 
@@ -616,6 +616,10 @@ def _method_cases() -> list[dict[str, Any]]:
     for case in _lines("methods.jsonl"):
         if case.get("method") not in _AS_SENT or "err" in case.get("result", {}):
             continue
+        if case["method"] == "peek_inbox" and case["input"]["count"] < 1:
+            continue  # rejected here (Tinytown reads 0 as "all", negatives from the end)
+        if case["method"] == "reset_all" and case["result"]["ok"]:
+            continue  # deletes only this town's keys: another DEL (test_reset_never_touches_another_town)
         cases.append(case)
     return cases
 
@@ -635,6 +639,8 @@ async def test_methods_send_tinytowns_argv(redis_server, redis_url, monitor, cas
             redis_server.command("RPUSH", key, value)
         elif method == "delete_task" and case["result"]["ok"]:
             redis_server.command("SET", expected[0][1], "x")
+        elif method == "peek_inbox":
+            redis_server.command("RPUSH", expected[0][1], *case["sent"][0]["replies"][0])
         elif method == "urgent_len":
             for _ in range(case["result"]["ok"]):
                 redis_server.command("RPUSH", expected[0][1], "x")
@@ -649,6 +655,10 @@ async def test_methods_send_tinytowns_argv(redis_server, redis_url, monitor, cas
             result = await ch.set_task(Task.from_json(given["task"]))
         elif method == "delete_task":
             result = await ch.delete_task(given["task_id"])
+        elif method == "peek_inbox":
+            result = await ch.peek_inbox(given["agent_id"], given["count"])
+        elif method == "reset_all":
+            result = await ch.reset_all()
         else:
             result = await getattr(ch, method)(given["agent_id"])
         seen = monitor.commands()
@@ -658,6 +668,10 @@ async def test_methods_send_tinytowns_argv(redis_server, redis_url, monitor, cas
         want = case["result"]["ok"]
         if method == "try_receive":
             assert json.loads(result.to_json()) == want
+        elif method == "peek_inbox":
+            assert [json.loads(m.to_json()) for m in result] == want
+        elif method == "reset_all":
+            assert result == want
         elif method == "broadcast":
             assert result == 0  # Tinytown drops the receiver count; nobody listens here
         elif method in ("urgent_len", "delete_task"):
