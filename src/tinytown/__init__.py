@@ -23,7 +23,8 @@ from .errors import (
     TinytownError,
     TransportUnavailableError,
 )
-from .ids import AgentId, MessageId, TaskId
+from .events import EventType, TownEvent
+from .ids import AgentId, MessageId, MissionId, TaskId
 from .message import ConfirmationType, Message, MessageType
 from .reliable import Delivery
 from .sync_channel import SyncBroadcastSubscription, SyncChannel
@@ -50,10 +51,12 @@ __all__ = [
     "DecodeError",
     "Delivery",
     "EncodeError",
+    "EventType",
     "InvalidArgumentError",
     "Message",
     "MessageId",
     "MessageType",
+    "MissionId",
     "Priority",
     "ReplyError",
     "ServerError",
@@ -66,5 +69,6 @@ __all__ = [
     "Timestamp",
     "TinytownError",
     "Town",
+    "TownEvent",
     "TransportUnavailableError",
 ]
