@@ -36,9 +36,7 @@ from tinytown import (
 from tinytown._transport import SyncConnection
 from tinytown._monitor import parse_line
 
-WIRE = Path(__file__).resolve().parents[1] / ".." / "shared" / "wire" / "tinytown-0.10"
-if not WIRE.is_dir():
-    WIRE = Path("/work/shared/wire/tinytown-0.10")
+WIRE = Path(__file__).resolve().parent / "data" / "wire" / "tinytown-0.10"
 
 APIS = ("async", "sync")
 LAYOUTS = ("hash", "json")

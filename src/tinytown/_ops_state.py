@@ -53,39 +53,7 @@ def check_layout(layout: object) -> str:
 def _hash_fields(value: Agent | Task) -> tuple[list[bytes], list[bytes]]:
     """``(hdel, pairs)``: the optional fields to delete and the flat field/value
     list to HMSET, in Tinytown's order, values byte for byte (spec section 6)."""
-    if hasattr(value, "hash_fields"):
-        return value.hash_fields()  # type: ignore[union-attr, no-any-return]
-    return _hash_fields_until_h1(value)  # TEMPORARY: until Agent/Task.hash_fields() are merged
-
-
-def _hash_fields_until_h1(value: Agent | Task) -> tuple[list[bytes], list[bytes]]:
-    value.to_json()  # validates
-    ts = lambda t: _hash_ts(t).encode()  # noqa: E731
-    if isinstance(value, Agent):
-        pairs = [b"id", value.id.encode(), b"name", value.name.encode(),
-                 b"agent_type", value.agent_type._value_.encode(), b"state", value.state._value_.encode(),
-                 b"cli", value.cli.encode(), b"created_at", ts(value.created_at),
-                 b"last_heartbeat", ts(value.last_heartbeat),
-                 b"tasks_completed", str(value.tasks_completed).encode(),
-                 b"rounds_completed", str(value.rounds_completed).encode(),
-                 b"last_active_at", ts(value.last_active_at), b"spawn_mode", value.spawn_mode._value_.replace("_", "").encode()]
-        optional = [(b"current_task", value.current_task), (b"nickname", value.nickname),
-                    (b"role_id", value.role_id), (b"parent_agent_id", value.parent_agent_id)]
-        opt = [(f, v.encode()) for f, v in optional if v is not None]
-    else:
-        from ._json import enc_field_str_list  # type: ignore[attr-defined]
-        pairs = [b"id", value.id.encode(), b"description", value.description.encode(),
-                 b"state", value.state._value_.encode(), b"created_at", ts(value.created_at),
-                 b"updated_at", ts(value.updated_at),
-                 b"tags", enc_field_str_list(value.tags, "Task", "tags").encode()]
-        optional = [(b"assigned_to", value.assigned_to), (b"started_at", value.started_at),
-                    (b"completed_at", value.completed_at), (b"result", value.result),
-                    (b"parent_id", value.parent_id)]
-        opt = [(f, ts(v) if isinstance(v, Timestamp) else v.encode()) for f, v in optional if v is not None]
-    hdel = [f for f, v in optional if v is None]
-    for f, v in opt:
-        pairs += [f, v]
-    return hdel, pairs
+    return value.hash_fields()
 
 
 def set_agent_state(keys: TownKeys, layout: str, agent: Agent, max_bytes: int | None) -> Op[None]:
@@ -362,10 +330,7 @@ def rust_u64(raw: bytes | None) -> int:
 
 def _hash_ts(ts: Timestamp) -> str:
     """A timestamp as Tinytown writes it in a Hash (``+00:00``, not ``Z``)."""
-    if hasattr(ts, "to_rfc3339"):
-        return ts.to_rfc3339()  # type: ignore[attr-defined, no-any-return]
-    text = ts.rfc3339()  # TEMPORARY: until Timestamp.to_rfc3339() is merged
-    return text[:-1] + "+00:00"
+    return ts.to_rfc3339()
 
 
 def update_agent(keys: TownKeys, layout: str, agent_id: Any, field: str,
