@@ -10,8 +10,9 @@ and write exactly the same bytes. A step is either
   as :class:`~tinytown.ReplyError` (so an operation can catch WRONGTYPE);
 * a ``list`` of tuples: several commands in one write (a pipeline, or a
   MULTI ... EXEC transaction when the operation lists those); the value is
-  the list of replies, error replies included as ReplyError instances.
-
+  the list of replies; if one of them is an error reply, the first one is
+  raised inside the generator instead (errors inside an EXEC reply are
+  ReplyError instances in its list);
 * a :class:`Pipeline` (a list subclass): several commands in one write,
   whose replies come back as a list with error replies *in* it as ReplyError
   instances (a plain list step raises the first error instead);

@@ -1052,7 +1052,8 @@ class Channel:
 
 
 class BroadcastSubscription:
-    """Messages published on ``tt:broadcast``, as an async iterator.
+    """Messages published on the channel's broadcast channel (``tt:<town>:broadcast``,
+    or ``tt:broadcast`` in the json layout), as an async iterator.
 
     A message that cannot be decoded raises :class:`DecodeError` (with
     ``raw``) from ``__anext__``; the subscription stays usable, so the next

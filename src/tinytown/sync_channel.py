@@ -703,7 +703,8 @@ class SyncChannel:
 
 
 class SyncBroadcastSubscription:
-    """Messages published on ``tt:broadcast``, as a blocking iterator.
+    """Messages published on the channel's broadcast channel (``tt:<town>:broadcast``,
+    or ``tt:broadcast`` in the json layout), as a blocking iterator.
 
     ``for message in sub`` waits for each message; :meth:`get` waits at most
     a given time. A message that cannot be decoded raises
