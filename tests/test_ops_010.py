@@ -505,11 +505,14 @@ async def test_concurrent_increments_lose_nothing(redis_server, redis_url, layou
         n = 40
         calls = [ch.increment_agent_rounds(agent.id) for ch in channels for _ in range(n)]
         calls += [ch.update_agent_heartbeat(agent.id) for ch in channels for _ in range(5)]
-        # A Rust writer at the same time (hash layout only: HINCRBY on a Hash).
-        if layout == "hash":
+
+        def rust_writer() -> None:  # Tinytown's HINCRBY on the Hash, from another client
             for _ in range(n):
                 redis_server.command("HINCRBY", f"tt:t010:agent:{agent.id}", "rounds_completed", 1)
-        results = await asyncio.gather(*calls)
+
+        writer = asyncio.get_running_loop().run_in_executor(None, rust_writer) \
+            if layout == "hash" else asyncio.sleep(0)
+        results = (await asyncio.gather(*calls, writer))[:-1]
         expected = 3 * n + (n if layout == "hash" else 0)
         assert (await channels[0].get_agent_state(agent.id)).rounds_completed == expected
         counts = [r for r in results if r is not None]
@@ -676,3 +679,21 @@ async def test_methods_send_tinytowns_argv(redis_server, redis_url, monitor, cas
             assert result == want
         else:
             assert result is None
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_reset_escapes_glob_characters(redis_server, redis_url, api):
+    # Town "b\": unescaped, its pattern tt:b\:* would mean tt:b:* and miss
+    # its own keys (tt:b\:...) while matching town "b"'s and Rust town "b:"'s.
+    agent = AgentId.new()
+    foreign = [f"tt:b:agent:{agent}", f"tt:b::agent:{agent}", f"tt:b]:agent:{agent}"]
+    for key in foreign:
+        redis_server.command("SET", key, "x")
+    async with await connect(api, redis_url, town="b\\") as ch:
+        await ch.set_agent_state(agent_named("own"))
+        await ch.send(msg(agent, "own"))
+        assert await ch.reset_agents_only() == 2
+        await ch.set_task(Task.new("own"))
+        assert await ch.reset_all() == 1
+    assert redis_server.command("EXISTS", *foreign) == 3
+    assert redis_server.command("KEYS", "tt:b\\\\*") == []

@@ -162,7 +162,7 @@ def _scan_ids(prefix: str) -> Op[list[bytes]]:
     """Keys ``<prefix><uuid>`` (canonical lowercase UUID only)."""
     raw = prefix.encode()
     keys = yield from scan(glob_escape(raw) + b"*")
-    return [k for k in keys if _ID_KEY.fullmatch(k, len(raw))]
+    return [k for k in keys if k.startswith(raw) and _ID_KEY.fullmatch(k, len(raw))]
 
 
 def _list_states(prefix: str, layout: str, decode: Callable[[Any], _S | None],
@@ -282,7 +282,8 @@ def _delete(keys: list[bytes]) -> Op[int]:
 def reset_all(keys: TownKeys) -> Op[int]:
     prefix = keys.prefix.encode()
     found = yield from scan(glob_escape(prefix) + b"*")
-    return (yield from _delete([k for k in found if _TOWN_KEY.fullmatch(k, len(prefix))]))
+    return (yield from _delete([k for k in found
+                                if k.startswith(prefix) and _TOWN_KEY.fullmatch(k, len(prefix))]))
 
 
 def reset_agents_only(keys: TownKeys) -> Op[int]:
