@@ -171,3 +171,33 @@ async def test_cancel_while_dead_lettering_loses_nothing(redis_server, redis_url
         dead = redis_server.command("LRANGE", channel.keys.dead(agent), 0, -1)
         assert (left + dead).count(bad) == 1
         assert got + [text_of(Message.from_json(raw)) for raw in left if raw != bad] == good
+
+
+@pytest.mark.parametrize("op", ["try_receive", "drain_inbox", "receive_urgent"])
+@pytest.mark.parametrize("api", ["async", "sync"])
+async def test_interrupt_after_the_reply_hands_back(redis_server, redis_url, monkeypatch, op, api):
+    # A signal handler can raise between any two bytecodes, also after the
+    # pop's reply is in and before the call returns (here: while decoding).
+    agent = AgentId.new()
+    key = f"tt:{TOWN}:{'urgent' if op == 'receive_urgent' else 'inbox'}:{agent}"
+    texts = ["m0", "m1", "m2"]
+    redis_server.command("RPUSH", key, *[msg(agent, t).to_json() for t in texts])
+    import tinytown._ops_inbox as ops_inbox
+
+    class FakeMessage:
+        @staticmethod
+        def from_json(raw: bytes) -> Message:
+            raise Interrupted
+
+    monkeypatch.setattr(ops_inbox, "Message", FakeMessage)
+    if api == "async":
+        async with await Channel.connect(redis_url, town=TOWN) as channel:
+            with pytest.raises(Interrupted):
+                await getattr(channel, op)(agent)
+            await settle(channel)
+    else:
+        with SyncChannel.connect(redis_url, town=TOWN) as channel:
+            with pytest.raises(Interrupted):
+                getattr(channel, op)(agent)
+    monkeypatch.undo()
+    assert inbox_texts(redis_server, key) == texts

@@ -24,6 +24,7 @@ from tinytown import (
     AgentNotFoundError,
     AmbiguousAgentRefError,
     Channel,
+    DecodeError,
     EncodeError,
     InvalidArgumentError,
     Message,
@@ -697,3 +698,24 @@ async def test_reset_escapes_glob_characters(redis_server, redis_url, api):
         assert await ch.reset_all() == 1
     assert redis_server.command("EXISTS", *foreign) == 3
     assert redis_server.command("KEYS", "tt:b\\\\*") == []
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_dead_letters_unwritable_keeps_everything_once(redis_server, redis_url, api):
+    # The dead-letter key holds another type: the malformed element stays in
+    # its list (once), the good messages are returned.
+    agent = AgentId.new()
+    redis_server.command("SET", f"tt:t010:dead:{agent}", "not a list")
+    inbox, urgent = f"tt:t010:inbox:{agent}", f"tt:t010:urgent:{agent}"
+    async with await connect(api, redis_url) as ch:
+        redis_server.command("RPUSH", inbox, b"{bad", msg(agent, "after").to_json())
+        with pytest.raises(DecodeError) as err:
+            await ch.try_receive(agent)
+        assert err.value.raw == b"{bad"
+        assert redis_server.command("LRANGE", inbox, 0, -1)[0] == b"{bad"
+        assert redis_server.command("LLEN", inbox) == 2
+        assert texts(await ch.drain_inbox(agent)) == ["after"]
+        assert redis_server.command("LRANGE", inbox, 0, -1) == [b"{bad"]
+        redis_server.command("RPUSH", urgent, msg(agent, "u").to_json(), b"{bad2")
+        assert texts(await ch.receive_urgent(agent)) == ["u"]
+        assert redis_server.command("LRANGE", urgent, 0, -1) == [b"{bad2"]

@@ -58,7 +58,7 @@ def decode_popped(keys: TownKeys, agent: AgentId, key: str, raw: bytes) -> Op[Me
                   lambda reply: [] if isinstance(reply, int) else [(LPUSH, key, raw)])
     except ReplyError as store_exc:  # e.g. a foreign key of another type: keep it where it was
         log.error("tinytown: could not dead-letter %r (%s); put back in %s", raw, store_exc, key)
-        yield (LPUSH, key, raw)
+        yield Pop((LPUSH, key, raw), lambda reply: [] if isinstance(reply, int) else [(LPUSH, key, raw)])
     raise error
 
 

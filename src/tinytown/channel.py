@@ -909,6 +909,10 @@ class Channel:
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
+        # What the operation holds from its last Pop step, to hand back if it
+        # ends other than by returning (a signal handler raising between two
+        # bytecodes, an error): the caller never gets it.
+        held: list[tuple[Any, ...]] | None = None
         try:
             while True:
                 try:
@@ -918,7 +922,13 @@ class Channel:
                     elif kind is list:
                         reply = await conn.execute_many(step, True)
                     elif kind is _ops.Pop:
-                        reply = await self._pop(conn, step)  # type: ignore[arg-type]
+                        held = None  # while it runs, the step hands back by itself
+                        try:
+                            reply = await self._pop(conn, step)  # type: ignore[arg-type]
+                        except ReplyError as exc:
+                            held = step.restore(exc)  # type: ignore[union-attr]
+                            raise
+                        held = step.restore(reply)  # type: ignore[union-attr]
                     else:
                         reply = await self._pipeline(conn, step)  # type: ignore[arg-type]
                 except ReplyError as exc:
@@ -927,6 +937,10 @@ class Channel:
                     step = op.send(reply)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        except BaseException:
+            if held:
+                self._restore(held)
+            raise
         finally:
             op.close()
 

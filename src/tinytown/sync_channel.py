@@ -553,6 +553,10 @@ class SyncChannel:
         conn = self._conn
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
+        # What the operation holds from its last Pop step, to hand back if it
+        # ends other than by returning (a signal handler raising between two
+        # bytecodes, an error): the caller never gets it.
+        held: list[tuple[Any, ...]] | None = None
         try:
             while True:
                 try:
@@ -562,7 +566,13 @@ class SyncChannel:
                     elif kind is list:
                         reply = conn.execute_many(step, True)
                     elif kind is _ops.Pop:
-                        reply = self._pop(conn, step)  # type: ignore[arg-type]
+                        held = None  # while it runs, the step hands back by itself
+                        try:
+                            reply = self._pop(conn, step)  # type: ignore[arg-type]
+                        except ReplyError as exc:
+                            held = step.restore(exc)  # type: ignore[union-attr]
+                            raise
+                        held = step.restore(reply)  # type: ignore[union-attr]
                     else:
                         reply = self._pipeline(conn, step)  # type: ignore[arg-type]
                 except ReplyError as exc:
@@ -571,6 +581,10 @@ class SyncChannel:
                     step = op.send(reply)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        except BaseException:
+            if held:
+                self._restore(held)
+            raise
         finally:
             op.close()
 
