@@ -719,3 +719,52 @@ async def test_dead_letters_unwritable_keeps_everything_once(redis_server, redis
         redis_server.command("RPUSH", urgent, msg(agent, "u").to_json(), b"{bad2")
         assert texts(await ch.receive_urgent(agent)) == ["u"]
         assert redis_server.command("LRANGE", urgent, 0, -1) == [b"{bad2"]
+
+
+def _id_calls(ch: Any, bad: Any) -> list[Any]:
+    return [
+        lambda: ch.receive_urgent(bad), lambda: ch.urgent_len(bad), lambda: ch.drain_inbox(bad),
+        lambda: ch.peek_inbox(bad, 1), lambda: ch.try_receive(bad), lambda: ch.delete_agent(bad),
+        lambda: ch.delete_task(bad), lambda: ch.increment_agent_rounds(bad),
+        lambda: ch.increment_agent_tasks_completed(bad), lambda: ch.update_agent_heartbeat(bad),
+        lambda: ch.get_agent_state(bad), lambda: ch.get_task(bad),
+        lambda: ch.move_message_to_inbox(msg(AgentId.new(), "x"), bad),
+    ]
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_bad_input_is_typed_and_writes_nothing(redis_server, redis_url, api):
+    from channel_cases import BAD_IDS
+    async with await connect(api, redis_url) as ch:
+        for bad in BAD_IDS:
+            for call in _id_calls(ch, bad):
+                with pytest.raises(InvalidArgumentError):
+                    await call()
+        for bad in (None, "text", {"id": 1}, Task.new("not a message")):
+            with pytest.raises(InvalidArgumentError):
+                await ch.send_urgent(bad)
+            with pytest.raises(InvalidArgumentError):
+                await ch.move_message_to_inbox(bad, AgentId.new())
+        for bad in (None, 1, b"bytes"):
+            with pytest.raises(InvalidArgumentError):
+                await ch.get_agent_by_name(bad)
+            with pytest.raises(InvalidArgumentError):
+                await ch.resolve_agent_ref(bad)
+        with pytest.raises(InvalidArgumentError):
+            await ch.peek_inbox(AgentId.new(), 2**63)
+        with pytest.raises(InvalidArgumentError):
+            await ch.set_task(agent_named("not a task"))
+    assert redis_server.command("DBSIZE") == 0
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_closed_channel(redis_url, api):
+    from tinytown import ChannelClosedError
+    ch = await connect(api, redis_url)
+    await ch.close()
+    agent = AgentId.new()
+    for call in [lambda: ch.send_urgent(msg(agent, "x")), lambda: ch.list_agents(),
+                 lambda: ch.reset_all(), lambda: ch.increment_agent_rounds(agent),
+                 *_id_calls(ch, agent)]:
+        with pytest.raises(ChannelClosedError):
+            await call()

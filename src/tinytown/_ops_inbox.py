@@ -144,8 +144,8 @@ def move_message_to_inbox(keys: TownKeys, message: Message, to: Any,
 
 def peek_inbox(keys: TownKeys, agent_id: Any, count: int) -> Op[list[Message]]:
     agent = AgentId(agent_id)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise InvalidArgumentError(f"peek_inbox() count must be an int >= 1, not {count!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 2**63 - 1:
+        raise InvalidArgumentError(f"peek_inbox() count must be an int in 1..2**63-1, not {count!r}")
     raws = yield (b"LRANGE", keys.inbox(agent), 0, count - 1)
     out: list[Message] = []
     for raw in raws:
