@@ -68,7 +68,7 @@ async def test_cancelled_pop_held_by_server_hands_back(redis_server, redis_url, 
     async with await Channel.connect(redis_url, town=TOWN) as channel:
         texts = await _fill(channel, agent, where)
         key = channel.keys.inbox(agent) if where == "inbox" else channel.keys.urgent(agent)
-        redis_server.command("CLIENT", "PAUSE", 300, "WRITE")
+        redis_server.command("CLIENT", "PAUSE", 1000, "WRITE")
         task = asyncio.ensure_future(call(channel))
         for _ in range(3):
             await asyncio.sleep(0)  # the pop is written and waits on the paused server
@@ -129,7 +129,7 @@ def test_sync_pop_interrupted_by_signal_hands_back(redis_server, redis_url, op):
             texts = ["m0", "m1", "m2"]
             for text in texts:
                 channel.execute("RPUSH", key, msg(agent, text).to_json())
-            redis_server.command("CLIENT", "PAUSE", 300, "WRITE")
+            redis_server.command("CLIENT", "PAUSE", 1000, "WRITE")
             # The alarm rings while the pop waits on the paused server.
             signal.setitimer(signal.ITIMER_REAL, 0.05)
             with pytest.raises(Interrupted):
