@@ -137,11 +137,13 @@ async def test_layout_default_and_choice(redis_url, api):
             await connect(api, redis_url, layout=bad)
 
 
-async def test_town_channel_passes_layout(tmp_path):
+async def test_town_channel_passes_layout():
+    import shutil
+    import tempfile
+
     from tinytown import Town
 
-    import tempfile
-    directory = Path(tempfile.mkdtemp(prefix="tt-h2-"))
+    directory = Path(tempfile.mkdtemp(prefix="tt-lay-"))  # short: a Unix socket path
     town = await Town.start(directory, "lay")
     try:
         async with await town.channel() as ch:
@@ -152,6 +154,7 @@ async def test_town_channel_passes_layout(tmp_path):
             await town.channel(layout="yaml")
     finally:
         await town.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.parametrize("api", APIS)
