@@ -886,63 +886,7 @@ class Channel:
         self._check_not_cluster("reset_agents_only", "it SCANs one server's keys")
         return await self._run(_ops_state.reset_agents_only(self._keys))
 
-    # -- stop flag --------------------------------------------------------------
-
-    async def request_stop(self, agent_id: AgentId | Any) -> None:
-        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
-        await self._run(_ops.request_stop(self._keys, agent_id))
-
-    async def should_stop(self, agent_id: AgentId | Any) -> bool:
-        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
-        return await self._run(_ops.should_stop(self._keys, agent_id))
-
-    async def clear_stop(self, agent_id: AgentId | Any) -> None:
-        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
-        await self._run(_ops.clear_stop(self._keys, agent_id))
-
-    async def _run(self, op: _ops.Op[_T]) -> _T:
-        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
-        try:
-            step = next(op)  # argument checks run here, before anything is sent
-        except StopIteration as done:  # answered without Redis
-            return done.value  # type: ignore[no-any-return]
-        conn = self._conn
-        if conn is None or conn.is_closed:
-            conn = await self._reconnect()
-        # What the operation holds from its last Pop step, to hand back if it
-        # ends other than by returning (a signal handler raising between two
-        # bytecodes, an error): the caller never gets it.
-        held: list[tuple[Any, ...]] | None = None
-        try:
-            while True:
-                try:
-                    kind = type(step)
-                    if kind is tuple:
-                        reply = await conn.execute(*step)
-                    elif kind is list:
-                        reply = await conn.execute_many(step, True)
-                    elif kind is _ops.Pop:
-                        held = None  # while it runs, the step hands back by itself
-                        try:
-                            reply = await self._pop(conn, step)  # type: ignore[arg-type]
-                        except ReplyError as exc:
-                            held = step.restore(exc)  # type: ignore[union-attr]
-                            raise
-                        held = step.restore(reply)  # type: ignore[union-attr]
-                    else:
-                        reply = await self._pipeline(conn, step)  # type: ignore[arg-type]
-                except ReplyError as exc:
-                    step = op.throw(exc)
-                else:
-                    step = op.send(reply)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        except BaseException:
-            if held:
-                self._restore(held)
-            raise
-        finally:
-            op.close()
+    # -- driving operations (tinytown._ops): pops that hand back, pipelines ----
 
     async def _pop(self, conn: Connection, pop: _ops.Pop) -> Any:
         """Run a Pop step; if the caller goes away first, what it took goes back."""
@@ -1010,6 +954,64 @@ class Channel:
         except Exception as exc:  # nowhere left to put it: say so loudly
             log.error("tinytown: a cancelled call could not put back what it took; lost: %r (%s)",
                       commands, exc)
+
+    # -- stop flag --------------------------------------------------------------
+
+    async def request_stop(self, agent_id: AgentId | Any) -> None:
+        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
+        await self._run(_ops.request_stop(self._keys, agent_id))
+
+    async def should_stop(self, agent_id: AgentId | Any) -> bool:
+        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
+        return await self._run(_ops.should_stop(self._keys, agent_id))
+
+    async def clear_stop(self, agent_id: AgentId | Any) -> None:
+        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
+        await self._run(_ops.clear_stop(self._keys, agent_id))
+
+    async def _run(self, op: _ops.Op[_T]) -> _T:
+        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
+        try:
+            step = next(op)  # argument checks run here, before anything is sent
+        except StopIteration as done:  # answered without Redis
+            return done.value  # type: ignore[no-any-return]
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            conn = await self._reconnect()
+        # What the operation holds from its last Pop step, to hand back if it
+        # ends other than by returning (a signal handler raising between two
+        # bytecodes, an error): the caller never gets it.
+        held: list[tuple[Any, ...]] | None = None
+        try:
+            while True:
+                try:
+                    kind = type(step)
+                    if kind is tuple:
+                        reply = await conn.execute(*step)
+                    elif kind is list:
+                        reply = await conn.execute_many(step, True)
+                    elif kind is _ops.Pop:
+                        held = None  # while it runs, the step hands back by itself
+                        try:
+                            reply = await self._pop(conn, step)  # type: ignore[arg-type]
+                        except ReplyError as exc:
+                            held = step.restore(exc)  # type: ignore[union-attr]
+                            raise
+                        held = step.restore(reply)  # type: ignore[union-attr]
+                    else:
+                        reply = await self._pipeline(conn, step)  # type: ignore[arg-type]
+                except ReplyError as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        except BaseException:
+            if held:
+                self._restore(held)
+            raise
+        finally:
+            op.close()
 
     # -- raw access and lifetime ------------------------------------------------
 

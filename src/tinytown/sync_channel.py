@@ -530,63 +530,7 @@ class SyncChannel:
         returns how many were deleted. One SCAN per kind, as :meth:`reset_all`."""
         return self._run(_ops_state.reset_agents_only(self._keys))
 
-    # -- stop flag --------------------------------------------------------------
-
-    def request_stop(self, agent_id: AgentId | Any) -> None:
-        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
-        self._run(_ops.request_stop(self._keys, agent_id))
-
-    def should_stop(self, agent_id: AgentId | Any) -> bool:
-        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
-        return self._run(_ops.should_stop(self._keys, agent_id))
-
-    def clear_stop(self, agent_id: AgentId | Any) -> None:
-        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
-        self._run(_ops.clear_stop(self._keys, agent_id))
-
-    def _run(self, op: _ops.Op[_T]) -> _T:
-        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
-        try:
-            step = next(op)  # argument checks run here, before anything is sent
-        except StopIteration as done:  # answered without Redis
-            return done.value  # type: ignore[no-any-return]
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
-        # What the operation holds from its last Pop step, to hand back if it
-        # ends other than by returning (a signal handler raising between two
-        # bytecodes, an error): the caller never gets it.
-        held: list[tuple[Any, ...]] | None = None
-        try:
-            while True:
-                try:
-                    kind = type(step)
-                    if kind is tuple:
-                        reply = conn.execute(*step)
-                    elif kind is list:
-                        reply = conn.execute_many(step, True)
-                    elif kind is _ops.Pop:
-                        held = None  # while it runs, the step hands back by itself
-                        try:
-                            reply = self._pop(conn, step)  # type: ignore[arg-type]
-                        except ReplyError as exc:
-                            held = step.restore(exc)  # type: ignore[union-attr]
-                            raise
-                        held = step.restore(reply)  # type: ignore[union-attr]
-                    else:
-                        reply = self._pipeline(conn, step)  # type: ignore[arg-type]
-                except ReplyError as exc:
-                    step = op.throw(exc)
-                else:
-                    step = op.send(reply)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        except BaseException:
-            if held:
-                self._restore(held)
-            raise
-        finally:
-            op.close()
+    # -- driving operations (tinytown._ops): pops that hand back, pipelines ----
 
     @staticmethod
     def _read_one(conn: SyncConnection, timeout: float | None = None) -> Any:
@@ -667,6 +611,64 @@ class SyncChannel:
         except BaseException as exc:  # nowhere left to put it: say so loudly
             log.error("tinytown: an interrupted call could not put back what it took; lost: %r (%s)",
                       commands, exc)
+
+    # -- stop flag --------------------------------------------------------------
+
+    def request_stop(self, agent_id: AgentId | Any) -> None:
+        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
+        self._run(_ops.request_stop(self._keys, agent_id))
+
+    def should_stop(self, agent_id: AgentId | Any) -> bool:
+        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
+        return self._run(_ops.should_stop(self._keys, agent_id))
+
+    def clear_stop(self, agent_id: AgentId | Any) -> None:
+        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
+        self._run(_ops.clear_stop(self._keys, agent_id))
+
+    def _run(self, op: _ops.Op[_T]) -> _T:
+        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
+        try:
+            step = next(op)  # argument checks run here, before anything is sent
+        except StopIteration as done:  # answered without Redis
+            return done.value  # type: ignore[no-any-return]
+        conn = self._conn
+        if conn is None or not conn.is_usable():
+            conn = self._reconnect()
+        # What the operation holds from its last Pop step, to hand back if it
+        # ends other than by returning (a signal handler raising between two
+        # bytecodes, an error): the caller never gets it.
+        held: list[tuple[Any, ...]] | None = None
+        try:
+            while True:
+                try:
+                    kind = type(step)
+                    if kind is tuple:
+                        reply = conn.execute(*step)
+                    elif kind is list:
+                        reply = conn.execute_many(step, True)
+                    elif kind is _ops.Pop:
+                        held = None  # while it runs, the step hands back by itself
+                        try:
+                            reply = self._pop(conn, step)  # type: ignore[arg-type]
+                        except ReplyError as exc:
+                            held = step.restore(exc)  # type: ignore[union-attr]
+                            raise
+                        held = step.restore(reply)  # type: ignore[union-attr]
+                    else:
+                        reply = self._pipeline(conn, step)  # type: ignore[arg-type]
+                except ReplyError as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        except BaseException:
+            if held:
+                self._restore(held)
+            raise
+        finally:
+            op.close()
 
     # -- raw access and lifetime ------------------------------------------------
 
