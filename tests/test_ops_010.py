@@ -771,3 +771,25 @@ async def test_closed_channel(redis_url, api):
                  *_id_calls(ch, agent)]:
         with pytest.raises(ChannelClosedError):
             await call()
+
+
+@pytest.mark.parametrize("api", APIS)
+async def test_updates_across_layouts_and_script_cache(redis_server, redis_url, api, monitor):
+    agent = agent_named("other-layout")
+    async with await connect(api, redis_url, layout="json") as flat, \
+            await connect(api, redis_url, layout="hash") as hashed:
+        await flat.set_agent_state(agent)  # a String, updated by a hash-layout channel
+        before = (await flat.get_agent_state(agent.id)).last_heartbeat
+        await hashed.update_agent_heartbeat(agent.id)
+        assert redis_server.command("TYPE", f"tt:t010:agent:{agent.id}") == "string"
+        assert (await hashed.get_agent_state(agent.id)).last_heartbeat > before
+        assert await hashed.increment_agent_rounds(agent.id) == 1
+        await hashed.set_agent_state(await hashed.get_agent_state(agent.id))  # now a Hash
+        redis_server.command("SCRIPT", "FLUSH")
+        monitor.commands()
+        assert await flat.increment_agent_rounds(agent.id) == 2  # NOSCRIPT: EVAL once
+        await hashed.update_agent_heartbeat(agent.id)
+        seen = [c[0] for c in monitor.commands()  # (MONITOR also shows the script's own calls)
+                if c[0] in (b"GET", b"HGETALL", b"EVALSHA", b"EVAL", b"HSET")]
+        assert seen == [b"GET", b"HGETALL", b"EVALSHA", b"EVAL", b"HSET", b"EVALSHA", b"HSET"]
+        assert redis_server.command("HGET", f"tt:t010:agent:{agent.id}", "rounds_completed") == b"2"

@@ -9,6 +9,7 @@ the other one in a single atomic step; reads accept both.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -297,14 +298,21 @@ def reset_agents_only(keys: TownKeys) -> Op[int]:
 # -- single-field updates of an existing agent ---------------------------------
 
 # Compare-and-set of one agent, in either layout, atomically. KEYS[1]: the
-# agent key. ARGV: the type the client read ('hash' or 'string'), the field
-# (hash), what to check ('none', 'value' or 'absent'; a string is always
-# compared whole), the value read, the value to write. Returns 1 if written,
-# 0 if the key changed since it was read (the client reads again) or is gone.
+# agent key. ARGV: the type the client read ('hash' or 'string'; 'hash?':
+# nothing was read, write the field if the key is a Hash, answer 2 if it is a
+# String), the field (hash), what to check ('none', 'value' or 'absent'; a
+# string is always compared whole), the value read, the value to write.
+# Returns 1 if written, 0 if the key changed since it was read (the client
+# reads again) or is gone (or, for 'hash?', is absent or has no id).
 CAS_SCRIPT = b"""
 local k = KEYS[1]
 local t = redis.call('TYPE', k)['ok']
-if t ~= ARGV[1] then return 0 end
+local want = ARGV[1]
+if want == 'hash?' then
+  if t == 'string' then return 2 end
+  want = 'hash'
+end
+if t ~= want then return 0 end
 if t == 'hash' then
   if redis.call('HEXISTS', k, 'id') == 0 then return 0 end
   local cur = redis.call('HGET', k, ARGV[2])
@@ -317,6 +325,19 @@ if redis.call('GET', k) ~= ARGV[4] then return 0 end
 redis.call('SET', k, ARGV[5])
 return 1
 """
+
+CAS_SHA = hashlib.sha1(CAS_SCRIPT).hexdigest().encode()
+
+
+def _cas(key: str, *args: bytes) -> Op[int]:
+    """Run CAS_SCRIPT (EVALSHA; EVAL once if the server does not have it yet)."""
+    try:
+        return (yield (b"EVALSHA", CAS_SHA, 1, key, *args))  # type: ignore[no-any-return]
+    except ReplyError as exc:
+        if not str(exc).startswith("NOSCRIPT"):
+            raise
+    return (yield (b"EVAL", CAS_SCRIPT, 1, key, *args))  # type: ignore[no-any-return]
+
 
 _RUST_U64 = re.compile(rb"\+?[0-9]+")
 
@@ -341,6 +362,15 @@ def update_agent(keys: TownKeys, layout: str, agent_id: Any, field: str,
     agent = AgentId(agent_id)
     key = keys.agent_prefix + agent
     name = field.encode()
+    if not counter and layout == "hash":
+        # One round trip for a Hash: nothing to read first.
+        done = yield from _cas(key, b"hash?", name, b"none", b"",
+                               _hash_ts(Timestamp.now()).encode())
+        if done == 1:
+            return None
+        if done == 0:
+            raise AgentNotFoundError(f"Agent not found: {agent}", agent)
+        # A JSON agent: read, modify, compare-and-set below.
     while True:
         raw = yield from get_state(layout, key)
         if isinstance(raw, list):
@@ -372,6 +402,6 @@ def update_agent(keys: TownKeys, layout: str, agent_id: Any, field: str,
                 value = None
                 state.last_heartbeat = Timestamp.now()
             args = (b"string", b"", b"value", raw, state.to_json())
-        if (yield (b"EVAL", CAS_SCRIPT, 1, key, *args)) == 1:
+        if (yield from _cas(key, *args)) == 1:
             return value
         # Changed between the read and the write: read it again.

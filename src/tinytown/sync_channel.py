@@ -482,9 +482,10 @@ class SyncChannel:
     def increment_agent_rounds(self, agent_id: AgentId | Any) -> int:
         """Add 1 to the agent's ``rounds_completed``; returns the new value.
 
-        Either layout, atomically: the agent is read, then written back by
-        one Lua script only if it did not change meanwhile (else it is read
-        again), so a concurrent update is never lost and the u64 counter
+        Either layout, atomically: the agent is read (``HGETALL`` or
+        ``GET``), then written back by one Lua script (``EVALSHA``) only if it
+        did not change meanwhile (else it is read again), so a concurrent
+        update is never lost and the u64 counter
         stays exact beyond 2**53 (Tinytown 0.10's ``HINCRBY`` fails above
         2**63-1). Raises :class:`AgentNotFoundError` if the agent has no
         state (Tinytown creates a partial Hash instead) and
@@ -502,9 +503,11 @@ class SyncChannel:
     def update_agent_heartbeat(self, agent_id: AgentId | Any) -> None:
         """Set the agent's ``last_heartbeat`` to now (the channel's clock).
 
-        A Hash gets the one field (``+00:00`` form, as Tinytown's ``HSET``);
-        a JSON agent is rewritten. Atomic as :meth:`increment_agent_rounds`;
-        raises :class:`AgentNotFoundError` if the agent has no state.
+        A Hash gets the one field (``+00:00`` form, as Tinytown's ``HSET``)
+        in one round trip: a Lua script (``EVALSHA``) that writes it only if
+        the Hash exists and has an ``id``; a JSON agent is read and rewritten
+        as :meth:`increment_agent_rounds` does. Raises
+        :class:`AgentNotFoundError` if the agent has no state.
         """
         self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "last_heartbeat", False))
