@@ -55,7 +55,13 @@ class Pop:
     cancelled (or interrupted by a signal, in SyncChannel) before the
     operation returns never sees the result. The drivers run those commands
     in that case: when the reply arrives after the caller left (the
-    transports' ``orphan`` hook), or at once if it was already in.
+    transports' ``orphan`` hook), or at once if it was already in. From the
+    reply until the next Pop step or the operation's return, the driver
+    keeps ``restore(reply)`` and runs it if the operation ends with an
+    exception instead (so an operation that raises after a Pop must have
+    made ``restore`` of its last Pop return only what is still to give
+    back; a Pop that settles what was taken, such as the dead-letter
+    write, returns ``[]`` once done).
     """
 
     __slots__ = ("step", "restore")
