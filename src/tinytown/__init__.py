@@ -10,6 +10,8 @@ from .backoff import Backoff
 from .channel import BroadcastSubscription, Channel
 from .enums import AgentState, AgentType, Priority, SpawnMode, TaskState
 from .errors import (
+    AgentNotFoundError,
+    AmbiguousAgentRefError,
     ChannelClosedError,
     ConcurrentUseError,
     ConnectionError,
@@ -35,8 +37,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "AgentId",
+    "AgentNotFoundError",
     "AgentState",
     "AgentType",
+    "AmbiguousAgentRefError",
     "Backoff",
     "BroadcastSubscription",
     "Channel",

@@ -245,11 +245,13 @@ class Bench:
         self.redis_py_sync: Any = None     # redis.Redis (sync client)
 
     async def __aenter__(self) -> Bench:
-        self.channel = await Channel.connect(self.server.url, town=self.town)
+        # The json layout: the peers' rows are SET/GET of the same JSON, on the same keys.
+        self.channel = await Channel.connect(self.server.url, town=self.town, layout="json")
         if self.tcp_server is not None:
-            self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town)
+            self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town,
+                                                     layout="json")
         # Both transports have a SyncChannel: the sync rows always run.
-        self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
+        self.sync_channel = SyncChannel.connect(self.server.url, town=self.town, layout="json")
         path = str(self.server.socket_path)
         try:  # every peer is optional for `tinytown bench`
             import redis

@@ -18,18 +18,13 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _ops
+from . import _ops, _ops_inbox, _ops_state
 from . import _ops_streams as _streams
 from ._commands import (
     LPUSH,
     RPUSH,
     blpop_timeout,
-    check_agent,
     check_message,
-    check_task,
-    decode_agent,
-    decode_task,
-    is_wrongtype,
     login_commands,
     push_commands,
 )
@@ -60,10 +55,7 @@ _T = TypeVar("_T")
 
 _BROADCAST = BROADCAST_CHANNEL.encode()
 _BLPOP = b"BLPOP"
-_LPOP = b"LPOP"
 _LLEN = b"LLEN"
-_GET = b"GET"
-_SET = b"SET"
 # How long past its own timeout a BLPOP may take to answer before the server
 # is considered gone (Redis checks blocked clients' timeouts 10 times a second).
 _BLPOP_GRACE = 10.0
@@ -88,16 +80,18 @@ class SyncChannel:
     """
 
     def __init__(self, address: Address, town: str, *, connect_timeout: float,
-                 transport: str | None = None) -> None:
+                 transport: str | None = None, layout: str = "hash") -> None:
         # Use SyncChannel.connect(); this only wires the parts together.
         self._connection_class = (tls_sync_connection_class(transport, address) if address.tls
                                   else sync_connection_class(transport))
         self._address = address
+        self._layout = _ops_state.check_layout(layout)
         self._keys = TownKeys(town)
+        # Tinytown 0.7-0.10 publish on the town's channel; the Channels page on one for all towns.
+        self._broadcast_name = (self._keys.broadcast.encode() if self._layout == "hash"
+                                else _BROADCAST)
         # Prefixes kept as attributes: one lookup on the hot path.
         self._inbox_prefix = self._keys.inbox_prefix
-        self._agent_prefix = self._keys.agent_prefix
-        self._task_prefix = self._keys.task_prefix
         self._connect_timeout = connect_timeout
         self._conn: SyncConnection | None = None
         self._client_id: int | None = None   # CLIENT ID of _conn, to unblock a BLPOP
@@ -106,7 +100,7 @@ class SyncChannel:
 
     @classmethod
     def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0,
-                transport: str | None = None,
+                transport: str | None = None, layout: str = "hash",
                 ssl: ssl_module.SSLContext | None = None,
                 ssl_ca_file: str | os.PathLike[str] | None = None,
                 ssl_certfile: str | os.PathLike[str] | None = None,
@@ -116,7 +110,10 @@ class SyncChannel:
 
         ``url`` is ``unix:///abs/path/redis.sock`` or
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
-        connect); ``rediss://`` connects over TLS, with the options of
+        connect). ``layout`` is ``"hash"`` (default: Tinytown 0.7-0.10 as
+        released, state as Hashes, broadcasts on ``tt:<town>:broadcast``) or
+        ``"json"`` (the Channels page: JSON strings, ``tt:broadcast``), as
+        :meth:`tinytown.Channel.connect`. ``rediss://`` connects over TLS, with the options of
         :meth:`tinytown.Channel.connect` (``ssl_ca_file``, ``ssl_certfile``,
         ``ssl_keyfile``, ``ssl_check_hostname``, or ``ssl``, an
         :class:`ssl.SSLContext`) and the pure-Python transport
@@ -124,16 +121,18 @@ class SyncChannel:
         ``"python"`` (a plain socket and the hiredis package's parser); None
         means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
         Python. Raises :class:`InvalidArgumentError` for a bad URL, town name
-        or transport, :class:`TransportUnavailableError` when no transport
+        transport or layout, :class:`TransportUnavailableError` when no transport
         can be loaded and :class:`ConnectionError` if Redis cannot be reached
         within ``connect_timeout`` seconds.
         """
+        _ops_state.check_layout(layout)
         address = with_tls(parse_url(url), ssl=ssl, ssl_ca_file=ssl_ca_file, ssl_certfile=ssl_certfile,
                            ssl_keyfile=ssl_keyfile, ssl_check_hostname=ssl_check_hostname)
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
                 or not 0 < connect_timeout < float("inf"):
             raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
-        channel = cls(address, town, connect_timeout=float(connect_timeout), transport=transport)
+        channel = cls(address, town, connect_timeout=float(connect_timeout), transport=transport,
+                      layout=layout)
         channel._reconnect()
         return channel
 
@@ -297,15 +296,16 @@ class SyncChannel:
             conn.close()
 
     def try_receive(self, agent_id: AgentId | Any) -> Message | None:
-        """Take the first message of the inbox without waiting (LPOP); None if empty."""
-        agent = AgentId(agent_id)
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
-        raw = conn.execute(_LPOP, self._inbox_prefix + agent)
-        if raw is None:
-            return None
-        return self._decode(agent, raw)
+        """Take the first message of the inbox without waiting (``LPOP
+        tt:<town>:inbox:<agent>``); None if it is empty.
+
+        If a signal handler raises (Ctrl-C) while the reply is awaited, the
+        reply is still read and a message it took goes back to the front of
+        the inbox before the exception propagates: nothing is lost. An
+        undecodable message is moved to ``tt:<town>:dead:<agent>`` and
+        :class:`DecodeError` (with ``raw``) is raised.
+        """
+        return self._run(_ops_inbox.try_receive(self._keys, agent_id))
 
     def _decode(self, agent: AgentId, raw: bytes) -> Message:
         """Decode a popped message; an undecodable one goes to the dead-letter list.
@@ -332,13 +332,18 @@ class SyncChannel:
         return conn.execute(_LLEN, key)  # type: ignore[no-any-return]
 
     def broadcast(self, message: Message) -> int:
-        """Publish ``message`` on ``tt:broadcast``; returns how many subscribers got it."""
+        """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:
+        ``tt:<town>:broadcast`` (hash layout) or ``tt:broadcast`` (json
+        layout); returns how many subscribers got it."""
         check_message(message, "broadcast")
         payload = message.to_json()
-        return self._main().execute(b"PUBLISH", _BROADCAST, payload)  # type: ignore[no-any-return]
+        return self._main().execute(b"PUBLISH", self._broadcast_name, payload)  # type: ignore[no-any-return]
 
     def broadcasts(self) -> SyncBroadcastSubscription:
         """Subscribe to broadcasts: ``for message in channel.broadcasts(): ...``.
+
+        The channel is the layout's: ``tt:<town>:broadcast`` (hash layout)
+        or ``tt:broadcast`` (json layout).
 
         The subscription has a connection of its own, opened on first
         iteration (or on ``with``/``sub.start()``, to be sure to be subscribed
@@ -349,43 +354,295 @@ class SyncChannel:
             raise ChannelClosedError("the channel is closed")
         return SyncBroadcastSubscription(self)
 
+    # -- urgent inbox, peek, drain, move (Tinytown 0.10) ------------------------
+
+    def send_urgent(self, message: Message) -> None:
+        """Put ``message`` in its recipient's urgent inbox, whatever its priority
+        (``LPUSH tt:<town>:urgent:<to> <json>``: the urgent inbox is newest first).
+
+        Raises :class:`InvalidArgumentError` for a non-Message; nothing is
+        written then.
+        """
+        self._run(_ops_inbox.send_urgent(self._keys, message, None))
+
+    def receive_urgent(self, agent_id: AgentId | Any) -> list[Message]:
+        """Take every message of the agent's urgent inbox, newest first (as
+        Tinytown 0.10 returns them); ``[]`` if it is empty.
+
+        One round trip, atomic: ``MULTI, LRANGE tt:<town>:urgent:<agent> 0 -1,
+        LTRIM ... 1 0, EXEC`` (Tinytown pops one at a time and, meeting a
+        malformed element, loses what it had popped). A malformed element is
+        moved to ``tt:<town>:dead:<agent>`` with a logged warning and every
+        good message is returned. If a signal handler raises (Ctrl-C)
+        before the result reaches the caller, the messages go back to the front of the urgent
+        inbox in their order. A key of another type raises
+        :class:`ReplyError` (WRONGTYPE) and is left as it is.
+        """
+        return self._run(_ops_inbox.receive_urgent(self._keys, agent_id))
+
+    def urgent_len(self, agent_id: AgentId | Any) -> int:
+        """Number of messages in the agent's urgent inbox (``LLEN tt:<town>:urgent:<agent>``)."""
+        return self._run(_ops_inbox.urgent_len(self._keys, agent_id))
+
+    def peek_inbox(self, agent_id: AgentId | Any, count: int) -> list[Message]:
+        """The first ``count`` messages of the agent's inbox, in the order
+        :meth:`try_receive` would take them, without removing them
+        (``LRANGE tt:<town>:inbox:<agent> 0 <count-1>``).
+
+        Elements that are not valid messages are skipped (with a logged
+        warning; they stay in the inbox). ``count`` must be an int >= 1:
+        Tinytown 0.10 reads 0 as "the whole inbox" and negative counts as
+        offsets from the end, which is rejected here with
+        :class:`InvalidArgumentError` (nothing is sent).
+        """
+        return self._run(_ops_inbox.peek_inbox(self._keys, agent_id, count))
+
+    def drain_inbox(self, agent_id: AgentId | Any) -> list[Message]:
+        """Take every message of the agent's inbox, in receive order; ``[]`` if empty.
+
+        One round trip, atomic: ``MULTI, LRANGE tt:<town>:inbox:<agent> 0 -1,
+        LTRIM ... 1 0, EXEC`` (Tinytown 0.10 loops on LPOP, and drops
+        malformed elements). A malformed element is moved to
+        ``tt:<town>:dead:<agent>`` with a logged warning; every good message
+        is returned. If a signal handler raises (Ctrl-C) before the result
+        reaches the caller, the messages go back to the front of the inbox in their order.
+        """
+        return self._run(_ops_inbox.drain_inbox(self._keys, agent_id))
+
+    def move_message_to_inbox(self, message: Message, to: AgentId | Any) -> None:
+        """Send a copy of ``message`` addressed to ``to`` (same id and fields
+        otherwise), placed as :meth:`send` places it (LPUSH for urgent/high,
+        RPUSH for normal/low, on ``tt:<town>:inbox:<to>``). The original is
+        not removed from anywhere.
+        """
+        self._run(_ops_inbox.move_message_to_inbox(self._keys, message, to, None))
+
     # -- state ----------------------------------------------------------------
 
+    @property
+    def layout(self) -> str:
+        """``"hash"`` or ``"json"``: how this channel writes state and broadcasts
+        (see :meth:`connect`)."""
+        return self._layout
+
     def set_agent_state(self, agent: Agent) -> None:
-        """Store ``agent`` at ``tt:<town>:agent:<id>`` (JSON, as Tinytown's Rust code does)."""
-        payload = check_agent(agent).to_json()
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
-        conn.execute(_SET, self._agent_prefix + AgentId(agent.id), payload)
+        """Store ``agent`` at ``tt:<town>:agent:<id>`` in the channel's layout.
+
+        Hash layout: ``MULTI, HDEL <absent optional fields> (left out when
+        none is absent), HMSET <fields in Tinytown's order>, EXEC`` in one
+        write (Tinytown 0.10 sends HDEL and HMSET without MULTI, so a reader
+        can see the Hash between them); if the key holds a JSON string, it is
+        replaced in one more step, ``MULTI, DEL, HMSET, EXEC``. JSON layout:
+        ``SET <key> <json>``, which replaces a Hash atomically too. A
+        WRONGTYPE never reaches the caller and no key is left half in each
+        layout. Raises :class:`InvalidArgumentError` for a non-Agent
+        (nothing is written).
+        """
+        self._run(_ops_state.set_agent_state(self._keys, self._layout, agent, None))
 
     def get_agent_state(self, agent_id: AgentId | Any) -> Agent | None:
-        """The stored Agent, or None when absent (JSON or the newer Hash layout)."""
-        return decode_agent(self._get_state(self._agent_prefix + AgentId(agent_id)))
+        """The stored Agent, or None when absent; either layout.
+
+        ``HGETALL tt:<town>:agent:<id>`` (hash layout; a Hash is read by
+        Tinytown's rules) or ``GET`` (json layout), the other one after a
+        WRONGTYPE. Raises :class:`DecodeError` for state that cannot be read.
+        """
+        return self._run(_ops_state.get_agent_state(self._keys, self._layout, agent_id))
 
     def set_task(self, task: Task) -> None:
-        """Store ``task`` at ``tt:<town>:task:<id>``."""
-        payload = check_task(task).to_json()
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
-        conn.execute(_SET, self._task_prefix + TaskId(task.id), payload)
+        """Store ``task`` at ``tt:<town>:task:<id>`` in the channel's layout,
+        exactly as :meth:`set_agent_state` stores an agent."""
+        self._run(_ops_state.set_task(self._keys, self._layout, task, None))
 
     def get_task(self, task_id: TaskId | Any) -> Task | None:
-        """The stored Task, or None when absent (JSON or the newer Hash layout)."""
-        return decode_task(self._get_state(self._task_prefix + TaskId(task_id)))
+        """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`)."""
+        return self._run(_ops_state.get_task(self._keys, self._layout, task_id))
 
-    def _get_state(self, key: str) -> bytes | list[bytes] | None:
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
+    def list_agents(self) -> list[Agent]:
+        """Every agent of the town, in no particular order; either layout.
+
+        ``SCAN <cursor> MATCH tt:<town>:agent:* COUNT 100`` until done (the
+        town name's glob characters escaped), then every key read in one
+        pipelined round trip (HGETALL or GET as :meth:`get_agent_state`).
+        Tinytown 0.10 uses KEYS and fails entirely on one key of another
+        type; here a key that is not an agent (another type, unreadable
+        state, a name that is not ``agent:<uuid>``) is skipped with a
+        logged warning.
+        """
+        return self._run(_ops_state.list_agents(self._keys, self._layout))
+
+    def get_agent_by_name(self, name: str) -> Agent | None:
+        """The first agent (of :meth:`list_agents`, so in no particular order)
+        whose ``name`` is exactly ``name`` (case-sensitive); None if none."""
+        return self._run(_ops_state.get_agent_by_name(self._keys, self._layout, name))
+
+    def resolve_agent_ref(self, ref: str) -> Agent | None:
+        """The agent a person means by ``ref``, as Tinytown's ``resolve_agent_ref``.
+
+        ``ref`` is trimmed (Unicode White_Space); empty gives None. A UUID
+        (any form :class:`AgentId` accepts) is looked up directly
+        (:meth:`get_agent_state`, no fallback to names). Otherwise the
+        agents of :meth:`list_agents` whose name, display name (nickname,
+        else name), display label (``"<display name> [<role>]"``, the name
+        in place of the ``default`` role) or short id (the id's first 4
+        characters) equal ``ref``, ignoring ASCII case: None if none,
+        the agent if one, :class:`AmbiguousAgentRefError` (with
+        ``matches``) if several.
+        """
+        return self._run(_ops_state.resolve_agent_ref(self._keys, self._layout, ref))
+
+    def delete_agent(self, agent_id: AgentId | Any) -> None:
+        """Delete the agent's state, inbox, urgent inbox, activity log and stop
+        flag: ``DEL`` of ``tt:<town>:agent|inbox|urgent|activity|stop:<id>``, in
+        that order, in one write. Its event stream
+        (``tt:<town>:events:agent:<id>``) and dead letters are kept, as in
+        Tinytown 0.10."""
+        self._run(_ops_state.delete_agent(self._keys, agent_id))
+
+    def list_tasks(self) -> list[Task]:
+        """Every task of the town, in no particular order; either layout
+        (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`)."""
+        return self._run(_ops_state.list_tasks(self._keys, self._layout))
+
+    def delete_task(self, task_id: TaskId | Any) -> bool:
+        """Delete ``tt:<town>:task:<id>`` (``DEL``, any type); True if it existed."""
+        return self._run(_ops_state.delete_task(self._keys, task_id))
+
+    def increment_agent_rounds(self, agent_id: AgentId | Any) -> int:
+        """Add 1 to the agent's ``rounds_completed``; returns the new value.
+
+        Either layout, atomically: the agent is read (``HGETALL`` or
+        ``GET``), then written back by one Lua script (``EVALSHA``) only if it
+        did not change meanwhile (else it is read again), so a concurrent
+        update is never lost and the u64 counter
+        stays exact beyond 2**53 (Tinytown 0.10's ``HINCRBY`` fails above
+        2**63-1). Raises :class:`AgentNotFoundError` if the agent has no
+        state (Tinytown creates a partial Hash instead) and
+        :class:`EncodeError` if the counter is already 2**64-1.
+        """
+        return self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "rounds_completed", True))  # type: ignore[return-value]
+
+    def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
+        """Add 1 to the agent's ``tasks_completed``; returns the new value.
+        As :meth:`increment_agent_rounds` (same guarantees and errors)."""
+        return self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
+
+    def update_agent_heartbeat(self, agent_id: AgentId | Any) -> None:
+        """Set the agent's ``last_heartbeat`` to now (the channel's clock).
+
+        A Hash gets the one field (``+00:00`` form, as Tinytown's ``HSET``)
+        in one round trip: a Lua script (``EVALSHA``) that writes it only if
+        the Hash exists and has an ``id``; a JSON agent is read and rewritten
+        as :meth:`increment_agent_rounds` does. Raises
+        :class:`AgentNotFoundError` if the agent has no state.
+        """
+        self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "last_heartbeat", False))
+
+    def reset_all(self) -> int:
+        """Delete every key of this town; returns how many were deleted.
+
+        ``SCAN ... MATCH tt:<town>:* COUNT 100`` (glob characters of the town
+        name escaped), keeping only keys of the shapes a town writes
+        (``agent:<uuid>``, ``inbox:<uuid>``, ``backlog``, ``events``,
+        ``docket:tasks``, mission keys...), so another town whose name starts
+        with ``<town>:`` (Rust allows ':') keeps its keys; then ``DEL`` in
+        batches of 1000. Tinytown 0.10 deletes the other towns' keys and
+        returns the number scanned. Not atomic: keys written meanwhile may
+        survive.
+        """
+        return self._run(_ops_state.reset_all(self._keys))
+
+    def reset_agents_only(self) -> int:
+        """Delete every agent's keys of this town (state, inbox, urgent inbox,
+        stop flag, activity log, and this package's dead letters and
+        processing lists), keeping tasks, backlog, docket and event streams;
+        returns how many were deleted. One SCAN per kind, as :meth:`reset_all`."""
+        return self._run(_ops_state.reset_agents_only(self._keys))
+
+    # -- driving operations (tinytown._ops): pops that hand back, pipelines ----
+
+    @staticmethod
+    def _read_one(conn: SyncConnection, timeout: float | None = None) -> Any:
         try:
-            return conn.execute(_GET, key)  # type: ignore[no-any-return]
+            return conn.read_reply(timeout)
         except ReplyError as exc:
-            if not is_wrongtype(exc):
+            return exc
+
+    def _pop(self, conn: SyncConnection, pop: _ops.Pop) -> Any:
+        """Run a Pop step. Its commands are sent, then their replies read; if a
+        signal handler raises while they are awaited, the replies are still
+        read (the exception then propagates) and what they took goes back."""
+        step = pop.step
+        single = type(step) is tuple
+        commands = [step] if single else step
+        try:
+            for command in commands:
+                conn.send_command(*command)
+        except BaseException as exc:
+            # send_command drops the connection when it fails: a MULTI never
+            # reaches its EXEC; a single command either ran whole or not at all.
+            self._restore(pop.restore(exc))
+            raise
+        replies: list[Any] = []
+        try:
+            for _ in commands:
+                replies.append(self._read_one(conn))
+        except BaseException as exc:
+            if conn.is_closed:  # lost: nothing more will come
+                self._restore(pop.restore(exc))
                 raise
-        # Newer Tinytown releases keep state as a Hash at the same key.
-        return conn.execute(b"HGETALL", key)  # type: ignore[no-any-return]
+            self._finish_pop(conn, len(commands), replies)
+            if len(replies) == len(commands):
+                self._restore(pop.restore(replies[0] if single else replies))
+            raise
+        if single:
+            if isinstance(replies[0], ReplyError):
+                raise replies[0]
+            return replies[0]
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise reply
+        return replies
+
+    def _finish_pop(self, conn: SyncConnection, expected: int, replies: list[Any]) -> None:
+        """Read the rest of an interrupted Pop step's replies (they come at once:
+        pops do not block); further interruptions meanwhile are ignored, as the
+        first one is about to propagate."""
+        deadline = time.monotonic() + _BLPOP_GRACE
+        while len(replies) < expected:
+            try:
+                replies.append(self._read_one(conn, max(0.0, deadline - time.monotonic())))
+            except (TimeoutError, ConnectionError) as exc:
+                conn.close()
+                log.error("tinytown: an interrupted call could not read what it took (%s); "
+                          "it may be lost", exc)
+                return
+            except BaseException:  # noqa: S112 - another signal: keep reading
+                continue
+
+    def _pipeline(self, conn: SyncConnection, commands: _ops.Pipeline) -> list[Any]:
+        """Run a Pipeline step: every command sent, then every reply read, error
+        replies returned in the list."""
+        for command in commands:
+            conn.send_command(*command)
+        try:
+            return [self._read_one(conn) for _ in commands]
+        except BaseException:
+            conn.close()  # replies would come out of step: drop the connection (reads only)
+            raise
+
+    def _restore(self, commands: list[tuple[Any, ...]]) -> None:
+        """Put back what an interrupted Pop step took (see :class:`tinytown._ops.Pop`)."""
+        if not commands:
+            return
+        try:
+            self._main().execute_many(commands, False)
+        except BaseException as exc:  # nowhere left to put it: say so loudly
+            log.error("tinytown: an interrupted call could not put back what it took; lost: %r (%s)",
+                      commands, exc)
 
     # -- stop flag --------------------------------------------------------------
 
@@ -403,23 +660,45 @@ class SyncChannel:
 
     def _run(self, op: _ops.Op[_T]) -> _T:
         """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
-        step = next(op)  # argument checks run here, before anything is sent
+        try:
+            step = next(op)  # argument checks run here, before anything is sent
+        except StopIteration as done:  # answered without Redis
+            return done.value  # type: ignore[no-any-return]
         conn = self._conn
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
+        # What the operation holds from its last Pop step, to hand back if it
+        # ends other than by returning (a signal handler raising between two
+        # bytecodes, an error): the caller never gets it.
+        held: list[tuple[Any, ...]] | None = None
         try:
             while True:
                 try:
-                    if type(step) is tuple:
+                    kind = type(step)
+                    if kind is tuple:
                         reply = conn.execute(*step)
-                    else:
+                    elif kind is list:
                         reply = conn.execute_many(step, True)
+                    elif kind is _ops.Pop:
+                        held = None  # while it runs, the step hands back by itself
+                        try:
+                            reply = self._pop(conn, step)  # type: ignore[arg-type]
+                        except ReplyError as exc:
+                            held = step.restore(exc)  # type: ignore[union-attr]
+                            raise
+                        held = step.restore(reply)  # type: ignore[union-attr]
+                    else:
+                        reply = self._pipeline(conn, step)  # type: ignore[arg-type]
                 except ReplyError as exc:
                     step = op.throw(exc)
                 else:
                     step = op.send(reply)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        except BaseException:
+            if held:
+                self._restore(held)
+            raise
         finally:
             op.close()
 
@@ -743,7 +1022,8 @@ class SyncChannel:
 
 
 class SyncBroadcastSubscription:
-    """Messages published on ``tt:broadcast``, as a blocking iterator.
+    """Messages published on the channel's broadcast channel (``tt:<town>:broadcast``,
+    or ``tt:broadcast`` in the json layout), as a blocking iterator.
 
     ``for message in sub`` waits for each message; :meth:`get` waits at most
     a given time. A message that cannot be decoded raises
@@ -768,7 +1048,7 @@ class SyncBroadcastSubscription:
             return self
         conn, _ = self._channel._open_connection()
         try:
-            conn.send_command(b"SUBSCRIBE", _BROADCAST)
+            conn.send_command(b"SUBSCRIBE", self._channel._broadcast_name)
             conn.read_reply()   # [b"subscribe", b"tt:broadcast", 1]
         except BaseException:
             conn.close()
