@@ -12,7 +12,7 @@ dropped.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from ._commands import LPUSH, RPUSH, check_message, too_big
 from ._ops import Command, Op, Pop
@@ -51,12 +51,19 @@ def decode_popped(keys: TownKeys, agent: AgentId, key: str, raw: bytes) -> Op[Me
     try:
         return Message.from_json(raw)
     except DecodeError as exc:
-        error = exc
-    error.raw = raw
+        exc.raw = raw
+        return (yield from dead_letter(keys.dead(agent), key, raw, exc))
+
+
+def dead_letter(dead_key: str, key: str, raw: bytes, error: DecodeError) -> Op[NoReturn]:
+    """Keep ``raw``, popped from ``key`` and unreadable, at the end of
+    ``dead_key`` (RPUSH), then raise ``error``. If that write fails (say a
+    foreign key of another type), ``raw`` goes back to the front of ``key``
+    instead: what was popped is never dropped."""
     try:
-        yield Pop((RPUSH, keys.dead(agent), raw),
+        yield Pop((RPUSH, dead_key, raw),
                   lambda reply: [] if isinstance(reply, int) else [(LPUSH, key, raw)])
-    except ReplyError as store_exc:  # e.g. a foreign key of another type: keep it where it was
+    except ReplyError as store_exc:
         log.error("tinytown: could not dead-letter %r (%s); put back in %s", raw, store_exc, key)
         yield Pop((LPUSH, key, raw), lambda reply: [] if isinstance(reply, int) else [(LPUSH, key, raw)])
     raise error

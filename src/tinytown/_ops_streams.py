@@ -17,7 +17,8 @@ import logging
 import re
 from typing import Any
 
-from ._ops import Op
+from ._ops import Op, Pop
+from ._ops_inbox import dead_letter
 from .errors import DecodeError, EncodeError, InvalidArgumentError, ReplyError
 from .events import TownEvent
 from .ids import AgentId, MissionId, TaskId
@@ -259,30 +260,21 @@ def backlog_len(keys: TownKeys) -> Op[int]:
     return (yield (b"LLEN", keys.backlog))  # type: ignore[no-any-return]
 
 
-def backlog_pop_command(keys: TownKeys) -> tuple[Any, ...]:
-    return (b"LPOP", keys.backlog)
-
-
-def backlog_hand_back(keys: TownKeys, raw: Any) -> tuple[Any, ...] | None:
-    """The command putting a popped entry back at the front, if one was popped."""
-    return (b"LPUSH", keys.backlog, raw) if isinstance(raw, bytes) else None
-
-
-def backlog_pop_result(raw: Any) -> TaskId | None:
-    """What LPOP answered, as backlog_pop returns it: a task id or None;
-    DecodeError (``.raw`` set) for an entry that is not a task id."""
+def backlog_pop(keys: TownKeys) -> Op[TaskId | None]:
+    """LPOP the backlog's front entry. A caller that goes away gets it put
+    back at the front (a Pop step); an entry that is not a task id goes to
+    ``tt:<town>:dead:backlog`` and DecodeError (``.raw`` set) is raised
+    (upstream drops it, spec §9.9)."""
+    key = keys.backlog
+    raw = yield Pop((b"LPOP", key),
+                    lambda reply: [(b"LPUSH", key, reply)] if isinstance(reply, bytes) else [])
     if raw is None:
         return None
     task = _task_id_or_none(raw)
-    if task is None:
-        raise DecodeError(f"backlog entry is not a task id: {raw!r}", raw)
-    return task
-
-
-def backlog_dead_letter(keys: TownKeys, raw: bytes) -> Op[None]:
-    """Keep a popped entry that is not a task id at ``tt:<town>:dead:backlog``
-    (upstream drops it, spec §9.9)."""
-    yield (b"RPUSH", keys.dead("backlog"), raw)
+    if task is not None:
+        return task
+    error = DecodeError(f"backlog entry is not a task id: {raw!r}", raw)
+    return (yield from dead_letter(keys.dead("backlog"), key, raw, error))
 
 
 def backlog_remove(keys: TownKeys, task_id: Any) -> Op[bool]:

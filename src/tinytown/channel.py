@@ -1156,43 +1156,7 @@ class Channel:
         the caller is cancelled while the LPOP is on its way, an entry it took
         goes back to the front of the backlog: nothing is lost.
         """
-        keys = self._keys
-        raw = await self._pop_handing_back(
-            _streams.backlog_pop_command(keys), lambda r: _streams.backlog_hand_back(keys, r))
-        try:
-            return _streams.backlog_pop_result(raw)
-        except DecodeError:
-            try:
-                await self._run(_streams.backlog_dead_letter(keys, raw))
-            except Exception as exc:  # the caller still gets raw
-                log.error("tinytown: could not dead-letter backlog entry %r: %s", raw, exc)
-            raise
-
-    async def _pop_handing_back(self, command: tuple[Any, ...],
-                                hand_back: Callable[[Any], tuple[Any, ...] | None]) -> Any:
-        """Run a popping ``command`` on the main connection; if the caller is
-        cancelled, what it popped goes back by the command ``hand_back(reply)``.
-
-        Minimal stand-in for a hand-back step of ``_run`` (issue 10 item 1).
-        """
-        conn = await self._main()
-        fut = conn.execute(*command)
-
-        def orphan(reply: Any) -> None:
-            undo = hand_back(reply)
-            if undo is not None:
-                self._requeue(undo, reply)
-
-        fut.orphan = orphan
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                # The reply was in, but the cancellation reached the task first.
-                fut.orphan = None
-                if fut.exception() is None:
-                    orphan(fut.result())
-            raise
+        return await self._run(_streams.backlog_pop(self._keys))
 
     async def backlog_remove(self, task_id: TaskId | Any) -> bool:
         """Remove the first occurrence of ``task_id`` from the backlog; True if

@@ -589,7 +589,13 @@ class SyncChannel:
         replies: list[Any] = []
         try:
             for _ in commands:
-                replies.append(self._read_one(conn))
+                # Bounded: signals are held (see _run), so Ctrl-C cannot end the wait.
+                replies.append(self._read_one(conn, _BLPOP_GRACE))
+        except TimeoutError:
+            conn.close()
+            raise ConnectionError(
+                f"Redis at {self._address} did not answer in {_BLPOP_GRACE:g} s; connection "
+                "dropped (what the call may have taken is lost)") from None
         except BaseException as exc:
             if conn.is_closed:  # lost: nothing more will come
                 self._restore(pop.restore(exc))
@@ -659,7 +665,17 @@ class SyncChannel:
         self._run(_ops.clear_stop(self._keys, agent_id))
 
     def _run(self, op: _ops.Op[_T]) -> _T:
-        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
+        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection.
+
+        An operation that pops (a :class:`~tinytown._ops.Pop` step) runs with
+        the calling thread's signals held back (``pthread_sigmask``) from its
+        first Pop step to its return: a signal handler that raises (Ctrl-C)
+        cannot cut it between Redis's reply and the caller having the value.
+        The held handlers run last, once the result is ready; if one raises,
+        what the operation took goes back first (``restore``), then the
+        exception propagates. While signals are held, each reply is awaited at
+        most ``_BLPOP_GRACE`` seconds (pops do not block on the server).
+        """
         try:
             step = next(op)  # argument checks run here, before anything is sent
         except StopIteration as done:  # answered without Redis
@@ -668,9 +684,10 @@ class SyncChannel:
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
         # What the operation holds from its last Pop step, to hand back if it
-        # ends other than by returning (a signal handler raising between two
-        # bytecodes, an error): the caller never gets it.
+        # ends other than by returning (an error, or a held signal's handler
+        # raising at the end): the caller never gets it.
         held: list[tuple[Any, ...]] | None = None
+        mask: Any = _NOT_HOLDING  # the saved signal mask once a Pop step runs
         try:
             while True:
                 try:
@@ -680,6 +697,8 @@ class SyncChannel:
                     elif kind is list:
                         reply = conn.execute_many(step, True)
                     elif kind is _ops.Pop:
+                        if mask is _NOT_HOLDING:
+                            mask = _hold_signals()
                         held = None  # while it runs, the step hands back by itself
                         try:
                             reply = self._pop(conn, step)  # type: ignore[arg-type]
@@ -694,13 +713,20 @@ class SyncChannel:
                 else:
                     step = op.send(reply)
         except StopIteration as done:
+            op.close()
+            if mask is not _NOT_HOLDING:
+                give_back = held
+                _let_signals_through(mask, (lambda: self._restore(give_back)) if give_back else None)
             return done.value  # type: ignore[no-any-return]
         except BaseException:
-            if held:
-                self._restore(held)
-            raise
-        finally:
             op.close()
+            try:
+                if held:
+                    self._restore(held)
+            finally:
+                if mask is not _NOT_HOLDING:
+                    _let_signals_through(mask)
+            raise
 
     # -- events, docket, backlog, activity ----------------------------------------
 
@@ -805,54 +831,11 @@ class SyncChannel:
 
         An entry that is not a task id is moved to ``tt:<town>:dead:backlog``
         and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
-        it, spec §9.9); the next call goes on with the following entry.
-        Signals are held back for the one round trip (LPOP does not wait;
-        a server silent for 10 s raises :class:`ConnectionError`); if a
-        signal handler then raises (Ctrl-C), the task id just taken goes
-        back to the front of the backlog before the exception propagates:
-        nothing is lost. Signals are held in the calling thread only: one
-        that the kernel delivers to another thread of the process (a
-        process-wide signal, with other threads running) can still make
-        its handler raise right after the reply is read, and that one task
-        id is then lost (Python gives no way to close that window).
+        it, spec §9.9); the next call goes on with the following entry. If a
+        signal handler raises (Ctrl-C) the task id just taken goes back to
+        the front of the backlog first: nothing is lost (see :meth:`_run`).
         """
-        keys = self._keys
-        conn = self._main()
-        held = _hold_signals()
-        raw: Any = None
-        try:
-            conn.send_command(*_streams.backlog_pop_command(keys))
-            try:
-                # Bounded: with signals held, Ctrl-C must not wait on a frozen server.
-                raw = conn.read_reply(_BLPOP_GRACE)
-            except TimeoutError:
-                conn.close()
-                raise ConnectionError(
-                    f"Redis at {self._address} did not answer LPOP in {_BLPOP_GRACE:g} s; "
-                    "connection dropped (the entry it may have taken is lost)") from None
-            task = _streams.backlog_pop_result(raw)
-        except DecodeError:
-            try:
-                self._run(_streams.backlog_dead_letter(keys, raw))
-            except Exception as exc:  # the caller still gets raw
-                log.error("tinytown: could not dead-letter backlog entry %r: %s", raw, exc)
-            _let_signals_through(held)
-            raise
-        except BaseException:
-            # A handler raising (a signal caught by another thread) once the
-            # reply is in: the caller will not get it, so it goes back.
-            if isinstance(raw, bytes):
-                try:
-                    conn.execute(*_streams.backlog_hand_back(keys, raw))
-                except Exception as exc:
-                    log.error("tinytown: an interrupted backlog_pop could not put back %r (%s); "
-                              "lost", raw, exc)
-            _let_signals_through(held)
-            raise
-        # A held signal whose handler raises now gets the task id put back.
-        _let_signals_through(held, None if task is None else
-                             lambda: conn.execute(*_streams.backlog_hand_back(keys, raw)))
-        return task  # no signal check between here and the caller's assignment
+        return self._run(_streams.backlog_pop(self._keys))
 
     def backlog_remove(self, task_id: TaskId | Any) -> bool:
         """Remove the first occurrence of ``task_id`` from the backlog; True if
@@ -1113,6 +1096,10 @@ class SyncBroadcastSubscription:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+
+
+#: SyncChannel._run's mark for "no signal mask saved yet".
+_NOT_HOLDING = object()
 
 
 def _hold_signals() -> set[signal.Signals] | None:
