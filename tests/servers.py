@@ -692,11 +692,9 @@ class RedisCluster:
         for node in self.nodes:
             if not node.running:
                 node.restart()
-            try:  # a test may have forbidden failovers
-                node.command("CONFIG", "SET", "cluster-replica-no-failover", "no")
-            except (OSError, RespError):
-                pass
         self.wait_ready(timeout)
+        for node in self.nodes:  # a test may have forbidden failovers
+            node.command("CONFIG", "SET", "cluster-replica-no-failover", "no")
 
     def flushall(self) -> None:
         """FLUSHALL on every master (replicas follow)."""
