@@ -15,13 +15,26 @@ each broadcast subscription work as on a single server:
   ``MOVED`` updates the slot map (and refreshes it in the background) and
   retries on the new owner, ``ASK`` retries once on the importing node after
   ``ASKING``, ``TRYAGAIN`` retries after a short pause;
+* what Redis did not run is retried until the call's deadline: a node that
+  cannot be reached, ``CLUSTERDOWN`` (every node answers it while a master
+  is failing over), ``UNBLOCKED`` (a blocked command on a master that became
+  a replica), ``LOADING``. Each retry waits out the channel's Backoff for
+  that node (shared by all the channel's connections: calls failing in the
+  same round count once) and rereads the slot map first (one shared read,
+  at most one per REFRESH_INTERVAL, over a connection kept for it). The
+  deadline is ``reconnect_timeout`` after the first failure; a blocking
+  command keeps its own timeout and is re-sent with the time that remains.
+  What persists ends in ConnectionError; a command in flight when its
+  connection dropped is never retried (it may have run);
 * ``BLPOP`` on a receive runs on the connection to the node owning that
   inbox, so it blocks that node only;
 * ``PUBLISH`` and ``SUBSCRIBE`` go to the node owning the slot of the channel
   name: classic pub/sub is forwarded over the cluster bus to every node, so a
   subscriber anywhere (a Rust agent on another node) gets every broadcast,
   and because tinytown puts publishers and subscribers of ``tt:broadcast`` on
-  one node the count ``PUBLISH`` returns includes all tinytown subscribers.
+  one node the count ``PUBLISH`` returns includes the tinytown subscribers
+  connected there. A subscription follows the slot when its owner changes
+  (see :meth:`ClusterConnection.map_changed`).
 
 Commands to one node keep their order (one pipelined connection per node);
 commands to different nodes are independent. A command with several keys
