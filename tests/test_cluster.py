@@ -706,3 +706,44 @@ async def test_receive_across_a_slot_move_keeps_its_timeout(redis_cluster, clust
             assert text_of(await again) == "moved"
         finally:
             await _move_slot(redis_cluster, slot, owner)
+
+
+async def test_subscription_follows_the_broadcast_slot(redis_cluster, cluster_url):
+    """When tt:broadcast's slot changes owner (here: moved, the old owner
+    alive), the subscription moves to the new owner, where broadcast() now
+    publishes: every broadcast sent meanwhile arrives once and in order, and
+    the count includes the subscriber again."""
+    slot = key_slot(b"tt:broadcast")
+    owner = redis_cluster.node_for("tt:broadcast")
+    target = next(n for n in redis_cluster.masters() if n is not owner)
+    async with await Channel.connect(cluster_url, town="metro") as channel:
+        sub = await channel.broadcasts().start()
+        got: list[Message] = []
+
+        async def listen() -> None:
+            async for message in sub:
+                got.append(message)
+
+        listener = asyncio.ensure_future(listen())
+        sent: list[Message] = []
+        try:
+            for i in range(60):
+                if i == 20:
+                    await _move_slot(redis_cluster, slot, target)
+                    # A keyed command meets MOVED: the channel learns the new map.
+                    assert await channel.execute("GET", "tt:broadcast") is None
+                sent.append(msg(AgentId.new(), f"news {i}"))
+                await channel.broadcast(sent[-1])
+                await asyncio.sleep(0.02)
+            for _ in range(100):
+                if len(got) >= len(sent):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.1)
+            assert got == sent
+            assert channel._cluster.node_of(slot) == f"127.0.0.1:{target.port}"
+            assert await channel.broadcast(msg(AgentId.new(), "counted")) == 1
+        finally:
+            await _move_slot(redis_cluster, slot, owner)
+            await sub.close()
+            await listener

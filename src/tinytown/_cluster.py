@@ -165,7 +165,7 @@ def _is_retryable(error: BaseException) -> bool:
 
 def _blocking_timeout(args: Sequence[Any]) -> float | None:
     """The timeout (seconds, inf for 0) of a blocking command, else None."""
-    if len(args) < 3 or args[0] not in _BLOCKING:
+    if len(args) < 3 or type(args[0]) is not bytes or args[0] not in _BLOCKING:
         return None
     try:
         seconds = float(_as_bytes(args[-1]) or b"")
@@ -491,7 +491,8 @@ class ClusterConnection:
         self._check_open()
         out = ReplyFuture(loop=self._loop)
         # Blocking commands keep their own deadline from the moment they are issued.
-        issued = self._loop.time() if args and args[0] in _BLOCKING else None
+        issued = self._loop.time() if args and type(args[0]) is bytes and args[0] in _BLOCKING \
+            else None
         conn = self._open_conn(self._topology.route(args))
         if conn is None:
             encode_command(args)  # a bad argument fails now, as on one server
@@ -788,8 +789,10 @@ class ClusterConnection:
         during the move is lost. If the new node cannot be reached, the
         subscription stays where it is (a later map change tries again).
         """
+        assert self._sub is not None
         name, handler, channels = self._sub
         new: Any = None
+        moved = False
         try:
             new = await self._topology.open_node(owner)
             confirmed = self._loop.create_future()
@@ -824,14 +827,14 @@ class ClusterConnection:
                 return
             old, self._subscriber, self._overlap = self._subscriber, new, None
             self._sub = (owner, handler, channels)
-            new = None
+            moved = True
             if old is not None:
                 old.close()
         except (ConnectionError, asyncio.TimeoutError) as exc:
             log.info("tinytown: a broadcast subscription could not move to %s: %s", owner, exc)
         finally:
             self._moving = None
-            if new is not None and new is not self._subscriber:
+            if new is not None and not moved:
                 new.close()
 
     def close(self) -> None:
