@@ -584,8 +584,14 @@ async def test_master_killed_under_load(redis_cluster, cluster_url, loop_kind):
             assert [text_of(m) for m in load.broadcasts] == ["after the failover"]
             assert load.errors["broadcasts", None] == 1
             for (what, agent), count in load.errors.items():
-                if what != "broadcasts":
+                # One call in flight on the dead node fails; on the live
+                # masters a blocked receive never does, and a send only if
+                # CLUSTERDOWN outlasted its reconnect_timeout (5 s) on a
+                # very busy machine.
+                if what == "receive":
                     assert count <= (1 if agent in on_dead else 0), load.errors
+                elif what != "broadcasts":
+                    assert count <= 1, load.errors
             assert during["connections"] <= 40, during
             assert during["cluster slots"] <= 100, during
     finally:

@@ -270,6 +270,10 @@ class ClusterTopology:
         loop = asyncio.get_running_loop()
         while self._read_at < since:
             task = self._loading
+            if task is not None and task.done():
+                # Finished (its done callback has not run yet) but read
+                # before ``since``: another read is needed.
+                self._loading = task = None
             if task is None:
                 wait = self._tried_at + REFRESH_INTERVAL - loop.time()
                 if wait > 0:
@@ -493,17 +497,18 @@ class ClusterConnection:
         # Blocking commands keep their own deadline from the moment they are issued.
         issued = self._loop.time() if args and type(args[0]) is bytes and args[0] in _BLOCKING \
             else None
-        conn = self._open_conn(self._topology.route(args))
+        name = self._topology.route(args)
+        conn = self._open_conn(name)
         if conn is None:
             encode_command(args)  # a bad argument fails now, as on one server
             self._spawn(self._run(args, out, None, None, issued), out)
             return out
         inner = conn.execute(*args)
-        inner.add_done_callback(lambda f: self._on_reply(args, out, f, issued))
+        inner.add_done_callback(lambda f: self._on_reply(args, out, f, issued, name))
         return out
 
     def _on_reply(self, args: tuple[Any, ...], out: asyncio.Future[Any],
-                  inner: asyncio.Future[Any], issued: float | None) -> None:
+                  inner: asyncio.Future[Any], issued: float | None, name: str | None) -> None:
         if inner.cancelled():
             if not out.done():
                 out.cancel()
@@ -511,6 +516,9 @@ class ClusterConnection:
         error = inner.exception()
         if error is None:
             deliver(out, inner.result(), False)
+            pacers = self._topology._pacers
+            if pacers and name in pacers:  # the node answers again: start its backoff afresh
+                pacers[name].succeeded()
             return
         if out.done() and getattr(out, "orphan", None) is None:
             return  # the caller gave up and wants nothing: no retry
@@ -520,7 +528,6 @@ class ClusterConnection:
                 self._topology.refresh_soon()
             deliver(out, error, True)
             return
-        name = self._topology.route(args)
         self._spawn(self._run(args, out, error, name, issued), out)
 
     async def _run(self, args: tuple[Any, ...], out: asyncio.Future[Any],
