@@ -753,3 +753,44 @@ async def test_subscription_follows_the_broadcast_slot(redis_cluster, cluster_ur
             await _move_slot(redis_cluster, slot, owner)
             await sub.close()
             await listener
+
+
+@ONE_LOOP
+@pytest.mark.async_timeout(90)
+async def test_send_many_says_what_was_written(redis_cluster, cluster_url, loop_kind):
+    """A batch over three inboxes, one on a master that just died (its
+    replica may not take over): the pushes to the live masters are
+    confirmed, the dead node's are not; the ConnectionError says which."""
+    dead = redis_cluster.masters()[0]
+    redis_cluster.replica_of(dead).command("CONFIG", "SET", "cluster-replica-no-failover", "yes")
+    live = [n for n in redis_cluster.masters() if n is not dead]
+    lost = agents_on(redis_cluster, dead, "metro", 1)[0]
+    fine = [agents_on(redis_cluster, n, "metro", 1)[0] for n in live]
+    batch = [msg(fine[0], "a"), msg(lost, "b"), msg(fine[1], "c"), msg(fine[0], "d")]
+    try:
+        async with await Channel.connect(cluster_url, town="metro", reconnect_timeout=0.5) as channel:
+            assert await channel.inbox_len(lost) == 0  # connected to every node
+            assert await channel.inbox_len(fine[0]) == await channel.inbox_len(fine[1]) == 0
+            dead.kill()
+            with pytest.raises(ConnectionError) as caught:
+                await channel.send_many(batch)  # within cluster-node-timeout: no CLUSTERDOWN yet
+            assert caught.value.written == (batch[0], batch[2], batch[3])
+            assert caught.value.unconfirmed == (batch[1],)
+            for agent, texts in ((fine[0], ["a", "d"]), (fine[1], ["c"])):
+                key = f"tt:metro:inbox:{agent}"
+                raw = redis_cluster.node_for(key).command("LRANGE", key, 0, -1)
+                assert [Message.from_json(r).msg_type.description for r in raw] == texts
+    finally:
+        redis_cluster.heal()
+
+
+async def test_send_many_on_one_server_confirms_nothing_on_connection_loss(fresh_redis):
+    """On one server nothing of a failed batch is known written."""
+    async with await Channel.connect(fresh_redis.url, town="metro", reconnect_timeout=0.2) as channel:
+        await channel.send(msg(AgentId.new(), "connected"))
+        fresh_redis.kill()
+        batch = [msg(AgentId.new(), str(i)) for i in range(3)]
+        with pytest.raises(ConnectionError) as caught:
+            await channel.send_many(batch)
+        assert caught.value.written == ()
+        assert caught.value.unconfirmed == tuple(batch)

@@ -365,8 +365,9 @@ class Channel:
             conn = await self._main()
             await conn.execute_many(commands, False)
         except ConnectionError as exc:
-            _split_batch(exc, batch, commands)
-            raise
+            # A new exception: the one given may be shared with other calls
+            # that failed on the same connection.
+            raise _split_batch(exc, batch, commands) from exc
 
     async def receive(self, agent_id: AgentId | Any, timeout: float | timedelta) -> Message | None:
         """Wait up to ``timeout`` (seconds or timedelta) for a message; None if none came.
@@ -797,10 +798,10 @@ class Channel:
 
 
 def _split_batch(exc: ConnectionError, batch: list[Message] | tuple[Message, ...],
-                 commands: list[list[Any]]) -> None:
-    """Set ``exc.written``/``exc.unconfirmed`` for a failed send_many, from the
-    indexes of the pushes Redis confirmed (``written_commands``, set by the
-    cluster router; none on one server)."""
+                 commands: list[list[Any]]) -> ConnectionError:
+    """The ConnectionError of a failed send_many: ``exc``'s message, with
+    ``written``/``unconfirmed`` from the indexes of the pushes Redis confirmed
+    (``written_commands``, set by the cluster router; none on one server)."""
     confirmed = set(getattr(exc, "written_commands", ()))
     written: list[Message] = []
     unconfirmed: list[Message] = []
@@ -809,7 +810,9 @@ def _split_batch(exc: ConnectionError, batch: list[Message] | tuple[Message, ...
         count = len(command) - 2  # verb, key, then one payload per message
         (written if index in confirmed else unconfirmed).extend(batch[position:position + count])
         position += count
-    exc.written, exc.unconfirmed = tuple(written), tuple(unconfirmed)
+    error = ConnectionError(str(exc))
+    error.written, error.unconfirmed = tuple(written), tuple(unconfirmed)
+    return error
 
 
 class BroadcastSubscription:
