@@ -756,6 +756,7 @@ async def test_subscription_follows_the_broadcast_slot(redis_cluster, cluster_ur
 
 
 @ONE_LOOP
+@pytest.mark.slow
 @pytest.mark.async_timeout(90)
 async def test_send_many_says_what_was_written(redis_cluster, cluster_url, loop_kind):
     """A batch over three inboxes, one on a master that just died (its
