@@ -149,7 +149,8 @@ class Channel:
                            else connection_class(transport))
         self._address = address
         # redis+cluster://: every connection routes over per-node connections by slot.
-        self._cluster = ClusterTopology(address, self._open_connection) if address.cluster else None
+        self._cluster = ClusterTopology(address, self._open_connection, backoff, reconnect_timeout) \
+            if address.cluster else None
         self._keys = TownKeys(town)
         # Tinytown 0.7-0.10 publish on the town's channel; the Channels page on one for all towns.
         self._broadcast_name = (self._keys.broadcast.encode() if self._layout == "hash"
@@ -384,14 +385,25 @@ class Channel:
         Consecutive messages for the same inbox and end travel in one
         variadic push, which leaves each inbox exactly as one send per
         message would.
+
+        Raises :class:`ConnectionError` if the batch may be partly written;
+        its ``written`` and ``unconfirmed`` attributes split the batch into
+        the messages Redis confirmed and the rest (on a Redis Cluster, each
+        node confirms its own pushes).
         """
-        commands = push_commands(messages, self._keys.inbox_prefix, self._max_bytes)
+        batch = messages if isinstance(messages, (list, tuple)) else list(messages)
+        commands = push_commands(batch, self._keys.inbox_prefix, self._max_bytes)
         if not commands:
             if self._closed:
                 raise ChannelClosedError("the channel is closed")
             return
-        conn = await self._main()
-        await conn.execute_many(commands, False)
+        try:
+            conn = await self._main()
+            await conn.execute_many(commands, False)
+        except ConnectionError as exc:
+            # A new exception: the one given may be shared with other calls
+            # that failed on the same connection.
+            raise _split_batch(exc, batch, commands) from exc
 
     async def receive(self, agent_id: AgentId | Any, timeout: float | timedelta) -> Message | None:
         """Wait up to ``timeout`` (seconds or timedelta) for a message; None if none came.
@@ -1295,6 +1307,8 @@ class Channel:
         if self._conn is not None:
             self._conn.close()
         self._receivers.close()
+        if self._cluster is not None:
+            self._cluster.close()
 
     async def __aenter__(self) -> Channel:
         return self
@@ -1305,6 +1319,24 @@ class Channel:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<tinytown.Channel town={self.town!r} {self._address} {state}>"
+
+
+def _split_batch(exc: ConnectionError, batch: list[Message] | tuple[Message, ...],
+                 commands: list[list[Any]]) -> ConnectionError:
+    """The ConnectionError of a failed send_many: ``exc``'s message, with
+    ``written``/``unconfirmed`` from the indexes of the pushes Redis confirmed
+    (``written_commands``, set by the cluster router; none on one server)."""
+    confirmed = set(getattr(exc, "written_commands", ()))
+    written: list[Message] = []
+    unconfirmed: list[Message] = []
+    position = 0
+    for index, command in enumerate(commands):
+        count = len(command) - 2  # verb, key, then one payload per message
+        (written if index in confirmed else unconfirmed).extend(batch[position:position + count])
+        position += count
+    error = ConnectionError(str(exc))
+    error.written, error.unconfirmed = tuple(written), tuple(unconfirmed)
+    return error
 
 
 class BroadcastSubscription:

@@ -31,7 +31,19 @@ class ConnectionError(TinytownError):  # noqa: A001 - the public name is part of
 
     Every call pending on a connection that drops fails with this error; the
     next call on the channel reconnects.
+
+    Raised by ``Channel.send_many``, it says what became of the batch:
+    ``written`` (tuple of Message, in batch order) holds the messages Redis
+    confirmed, ``unconfirmed`` the others, which may or may not have been
+    written; resending ``unconfirmed`` completes the batch (possibly
+    delivering some twice: deduplicate on ``Message.id``). On one server
+    nothing is confirmed before the whole pipeline's replies are in, so
+    ``written`` is empty; on a Redis Cluster it holds every message whose
+    push a node confirmed. Other calls leave both empty.
     """
+
+    written: tuple = ()
+    unconfirmed: tuple = ()
 
 
 class ReplyError(TinytownError):
