@@ -312,6 +312,8 @@ async def test_010_operations_on_a_cluster(redis_cluster, cluster_url):
 # cluster router, and each failover costs seconds.
 
 ONE_LOOP = pytest.mark.parametrize("loop_kind", ["asyncio"])
+#: The pub/sub channel of town "metro" in the default (hash) layout.
+METRO_BROADCAST = "tt:metro:broadcast"
 
 
 class NodeCounters:
@@ -526,7 +528,7 @@ async def test_outage_is_retried_with_backoff_then_raises_connection_error(redis
     ConnectionError; the slot map is reloaded over one reused connection; a
     broadcast subscriber reports the outage once."""
     unretrieved = Unretrieved()
-    dead = redis_cluster.node_for("tt:broadcast")
+    dead = redis_cluster.node_for(METRO_BROADCAST)
     healthy = next(n for n in redis_cluster.masters() if n is not dead)
     redis_cluster.replica_of(dead).command("CONFIG", "SET", "cluster-replica-no-failover", "yes")
     lost_agent = agents_on(redis_cluster, dead, "metro", 1)[0]
@@ -577,13 +579,13 @@ async def test_outage_is_retried_with_backoff_then_raises_connection_error(redis
 @pytest.mark.slow
 @pytest.mark.async_timeout(120)
 async def test_master_killed_under_load(redis_cluster, cluster_url, loop_kind):
-    """SIGKILL the master that holds tt:broadcast's slot and some inboxes under
+    """SIGKILL the master that holds the broadcast channel's slot and some inboxes under
     load; its replica takes over. Nothing acknowledged is lost, nothing
     duplicated or reordered; callers see only ConnectionError, at most one per
     call that was in flight on the dead node; the subscriber follows the
     broadcast slot to the new master, which counts it."""
     unretrieved = Unretrieved()
-    dead = redis_cluster.node_for("tt:broadcast")
+    dead = redis_cluster.node_for(METRO_BROADCAST)
     others = [n for n in redis_cluster.masters() if n is not dead]
     on_dead = agents_on(redis_cluster, dead, "metro", 3)
     on_live = agents_on(redis_cluster, others[0], "metro", 2) + agents_on(redis_cluster, others[1], "metro", 1)
@@ -625,13 +627,13 @@ async def test_master_killed_under_load(redis_cluster, cluster_url, loop_kind):
 @pytest.mark.slow
 @pytest.mark.async_timeout(120)
 async def test_manual_failover_under_load(redis_cluster, cluster_url, loop_kind):
-    """CLUSTER FAILOVER of the master holding tt:broadcast and some inboxes:
+    """CLUSTER FAILOVER of the master holding the broadcast channel and some inboxes:
     a coordinated switch that loses nothing and should show callers nothing
     at all. Receives blocked on the old master (unblocked by Redis with
     UNBLOCKED) are re-sent to the new one; broadcast() still counts the
     subscriber."""
     unretrieved = Unretrieved()
-    old = redis_cluster.node_for("tt:broadcast")
+    old = redis_cluster.node_for(METRO_BROADCAST)
     new = redis_cluster.replica_of(old)
     other = next(n for n in redis_cluster.masters() if n is not old)
     on_old = agents_on(redis_cluster, old, "metro", 3)
@@ -736,12 +738,12 @@ async def test_receive_across_a_slot_move_keeps_its_timeout(redis_cluster, clust
 
 
 async def test_subscription_follows_the_broadcast_slot(redis_cluster, cluster_url):
-    """When tt:broadcast's slot changes owner (here: moved, the old owner
+    """When the broadcast channel's slot changes owner (here: moved, the old owner
     alive), the subscription moves to the new owner, where broadcast() now
     publishes: every broadcast sent meanwhile arrives once and in order, and
     the count includes the subscriber again."""
-    slot = key_slot(b"tt:broadcast")
-    owner = redis_cluster.node_for("tt:broadcast")
+    slot = key_slot(METRO_BROADCAST.encode())
+    owner = redis_cluster.node_for(METRO_BROADCAST)
     target = next(n for n in redis_cluster.masters() if n is not owner)
     async with await Channel.connect(cluster_url, town="metro") as channel:
         sub = await channel.broadcasts().start()
@@ -758,7 +760,7 @@ async def test_subscription_follows_the_broadcast_slot(redis_cluster, cluster_ur
                 if i == 20:
                     await _move_slot(redis_cluster, slot, target)
                     # A keyed command meets MOVED: the channel learns the new map.
-                    assert await channel.execute("GET", "tt:broadcast") is None
+                    assert await channel.execute("GET", METRO_BROADCAST) is None
                 sent.append(msg(AgentId.new(), f"news {i}"))
                 await channel.broadcast(sent[-1])
                 await asyncio.sleep(0.02)
