@@ -10,7 +10,7 @@ from cpython.list cimport PyList_New
 from cpython.long cimport PyLong_FromLongLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 
 from hiredis cimport *
 from reply_guard cimport tt_guard, tt_guard_install, tt_guard_remove

@@ -28,17 +28,55 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
 
-from ._resp import encode_command
-from ._transports import ReplyFuture, deliver
-from .errors import ConnectionError, InvalidArgumentError, ReplyError
+from ._resp import check_command, encode_command
+from ._transports import FORKS, ReplyFuture, check_loop, deliver
+from .errors import ConnectionError, EventLoopError, InvalidArgumentError, ReplyError
 
 __all__ = ["Connection"]
+
+_get_running_loop = asyncio._get_running_loop
+
+# The sockets of open connections. In the child of a fork each is pointed at
+# /dev/null (dup2 over the same descriptor number), as the extension does:
+# whatever the child does with an inherited connection -- its inherited
+# event loop reading it (that loop's epoll set is shared with the parent's),
+# writing, unregistering it -- cannot reach the parent's socket.
+_open_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    if not _open_sockets:
+        return
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for sock in list(_open_sockets):
+            fd = sock.fileno()
+            if fd >= 0 and fd != null:
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_RESP2_SCALARS = (bytes, int, type(None), ReplyError)
+
+
+def _resp2_shaped(reply: Any) -> bool:
+    """True if ``reply`` has a RESP2 shape (hiredis-py also returns RESP3
+    doubles, booleans, maps and pushes, which a RESP2 connection never gets:
+    the extension's guard refuses them too)."""
+    kind = type(reply)
+    if kind in _RESP2_SCALARS:
+        return True
+    return kind is list and all(_resp2_shaped(item) for item in reply)
 
 class _Batch:
     """One future for many commands: resolved when the last reply is in."""
@@ -94,6 +132,7 @@ class Connection(asyncio.Protocol):
         self._subscribed = False
         self._connected = False
         self._closed = False
+        self._fork_gen = FORKS[0]
 
     # -- opening ----------------------------------------------------------
 
@@ -137,9 +176,12 @@ class Connection(asyncio.Protocol):
     def _new_socket(self, family: int, where: str) -> socket.socket:
         if self._where is not None or self._closed:
             raise InvalidArgumentError("a Connection can be connected only once")
+        check_loop(self._loop)
+        self._fork_gen = FORKS[0]
         self._where = where
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
+        _open_sockets.add(sock)
         return sock
 
     def _cannot_connect(self, exc: OSError) -> ConnectionError:
@@ -208,6 +250,11 @@ class Connection(asyncio.Protocol):
             return
         waiting = self._waiting
         while reply is not False:
+            if type(reply) not in _RESP2_SCALARS and not _resp2_shaped(reply):
+                self._lose(ConnectionError(
+                    "connection to Redis dropped: the server sent a RESP3 reply "
+                    f"({type(reply).__name__}) on a RESP2 connection (protocol violation)"))
+                return
             if self._subscribed:
                 self._push(reply)
             else:
@@ -274,6 +321,14 @@ class Connection(asyncio.Protocol):
         self._push_handler = None
         self._out.clear()
         transport = self._transport
+        sock = self._sock
+        if sock is not None:
+            _open_sockets.discard(sock)
+        if self._fork_gen != FORKS[0]:
+            # Inherited across fork(): the event loop's epoll set is the
+            # parent's too, so the transport is left alone (no unregistering);
+            # the socket already points at /dev/null (_after_fork_in_child).
+            transport = None
         if transport is not None:
             # asyncio closes the socket on its next iteration; hang up now, as
             # the extension does, so that Redis sees the client gone before
@@ -333,9 +388,23 @@ class Connection(asyncio.Protocol):
     # -- commands ---------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._fork_gen != FORKS[0]:
+            self._drop_forked()
+            raise ConnectionError(
+                "this connection to Redis was inherited across fork(): the child may not "
+                "use it (its socket belongs to the parent); open a new one")
         if self._closed or not self._connected:
             raise ConnectionError(
                 "connection to Redis is closed" if self._closed else "connection to Redis is not open")
+        running = _get_running_loop()
+        if running is not self._loop and running is not None:
+            raise EventLoopError(
+                "this tinytown connection belongs to another event loop: use a Channel only "
+                "from the loop it was connected on (nothing was sent)")
+
+    def _drop_forked(self) -> None:
+        if not self._closed:
+            self._shut(ConnectionError("connection to Redis inherited across fork(): dropped"))
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Send one command; returns a future of its reply.
@@ -344,7 +413,12 @@ class Connection(asyncio.Protocol):
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
         self._check_open()
+        if self._push_handler is not None:
+            raise InvalidArgumentError("this connection is subscribed: it takes no other command")
         data = encode_command(args)
+        check_command(args)
+        if self._closed:  # converting an argument ran code that closed it
+            raise ConnectionError("connection to Redis closed while the command was prepared")
         was_idle = self._pending == 0
         fut = ReplyFuture(loop=self._loop)
         self._waiting.append(fut)
@@ -363,8 +437,15 @@ class Connection(asyncio.Protocol):
         before anything is sent, so a bad argument sends nothing.
         """
         self._check_open()
-        encoded = [encode_command(command if isinstance(command, (tuple, list)) else tuple(command))
-                   for command in commands]
+        if self._push_handler is not None:
+            raise InvalidArgumentError("this connection is subscribed: it takes no other command")
+        encoded = []
+        for command in commands:
+            command = command if isinstance(command, (tuple, list)) else tuple(command)
+            encoded.append(encode_command(command))
+            check_command(command)
+        if self._closed:  # converting an argument ran code that closed it
+            raise ConnectionError("connection to Redis closed while the commands were prepared")
         future = ReplyFuture(loop=self._loop)
         if not encoded:
             future.set_result([] if replies else None)
@@ -387,13 +468,20 @@ class Connection(asyncio.Protocol):
         self._check_open()
         if not channels:
             raise InvalidArgumentError("subscribe needs at least one channel")
+        if self._subscribed or self._waiting:
+            raise InvalidArgumentError("subscribe: this connection is in use already")
         data = encode_command((b"SUBSCRIBE",) + channels)
+        if self._closed:
+            raise ConnectionError("connection to Redis closed while the command was prepared")
+        if handler is None:
+            raise InvalidArgumentError("subscribe needs a handler")
         self._push_handler = handler
         self._waiting.append(_SUBSCRIBED)
         self._send(data, True)
 
     def close(self) -> None:
-        """Close now; every pending call fails with ConnectionError."""
+        """Close now; every pending call fails with ConnectionError. In the
+        child of a fork(), the inherited connection is dropped untouched."""
         self._push_handler = None
         if self._closed or self._where is None:
             self._closed = True
@@ -402,7 +490,10 @@ class Connection(asyncio.Protocol):
 
     @property
     def is_closed(self) -> bool:
-        """True once the connection is closed or lost (or before any connect)."""
+        """True once the connection is closed or lost (or before any connect),
+        or in the child of a fork() (the inherited connection is dropped there)."""
+        if self._fork_gen != FORKS[0] and not self._closed:
+            self._drop_forked()
         return self._closed or self._where is None
 
     @property

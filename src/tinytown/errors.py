@@ -17,6 +17,7 @@ __all__ = [
     "ServerError",
     "TransportUnavailableError",
     "ConcurrentUseError",
+    "EventLoopError",
 ]
 
 
@@ -77,4 +78,15 @@ class ConcurrentUseError(TinytownError, RuntimeError):
     A SyncChannel (and each of its broadcast subscriptions) belongs to one
     thread at a time: give each thread its own. ``close()`` is the exception
     and may be called from any thread.
+    """
+
+
+class EventLoopError(InvalidArgumentError, RuntimeError):
+    """A Channel (or one of its connections) was used from the wrong event loop.
+
+    A Channel belongs to the loop it was connected on: a call from a task of
+    another loop raises this before anything is sent. It is also raised in
+    the child of a ``fork()`` that tries to connect on the event loop it
+    inherited (that loop's epoll set is shared with the parent): run the
+    child's code in a new loop (``asyncio.run``) with a new Channel.
     """
