@@ -34,10 +34,17 @@ WORK="${SANITIZE_DIR:-$ROOT/build/sanitize}"
 VERSIONS="${HIREDIS_VERSIONS:-0.14 1.2}"
 say() { printf 'sanitize: %s\n' "$*"; }
 
+# The tests, in one pytest run per group: the transport-level tests whole,
+# then the channel tests that cancel, drop or close things (-k applies to a
+# whole run). With arguments: one run of exactly those.
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_transport.py tests/test_reply_fuzz.py tests/test_misuse.py \
-        tests/test_reconnect.py \
-        tests/test_channel.py -k "cancel or close or drop or lost or reconnect or wait_for or not_channel"
+    group1=(tests/test_transport.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_reconnect.py)
+    group2=(tests/test_channel.py tests/test_sync_channel.py
+            -k "cancel or close or drop or lost or reconnect or interrupt or timeout")
+    ngroups=2
+else
+    group1=("$@")
+    ngroups=1
 fi
 
 if [ "$SANITIZE" = none ]; then
@@ -81,16 +88,20 @@ for version in $VERSIONS; do
     variant="hiredis-$version-$suffix"
     build "$variant" "$prefix"
     log="$WORK/$variant/tests.log"
-    rm -f "$WORK/$variant"/asan.* "$WORK/$variant"/ubsan.*
+    rm -f "$WORK/$variant"/asan.* "$WORK/$variant"/ubsan.* "$log"
     say "running the tests on hiredis $version ($SANITIZE); log: $log"
     run_status=0
-    env PYTHONPATH="$WORK/$variant/lib${PYTHONPATH:+:$PYTHONPATH}" \
-        TINYTOWN_TRANSPORT=hiredis TT_FUZZ_EXAMPLES="${TT_FUZZ_EXAMPLES:-100}" \
-        ${preload:+LD_PRELOAD="$preload"} ${preload:+PYTHONMALLOC=malloc} \
-        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:log_path=$WORK/$variant/asan:${ASAN_OPTIONS:-}" \
-        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/$variant/ubsan:${UBSAN_OPTIONS:-}" \
-        "$PY" -m pytest -q -p no:cacheprovider -o addopts= "$@" >"$log" 2>&1 || run_status=$?
-    tail -n 3 "$log" | sed 's/^/sanitize:   /'
+    for g in $(seq 1 "$ngroups"); do
+        declare -n args="group$g"
+        env PYTHONPATH="$WORK/$variant/lib${PYTHONPATH:+:$PYTHONPATH}" \
+            TINYTOWN_TRANSPORT=hiredis TT_FUZZ_EXAMPLES="${TT_FUZZ_EXAMPLES:-100}" \
+            ${preload:+LD_PRELOAD="$preload"} ${preload:+PYTHONMALLOC=malloc} \
+            ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:log_path=$WORK/$variant/asan:${ASAN_OPTIONS:-}" \
+            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/$variant/ubsan:${UBSAN_OPTIONS:-}" \
+            "$PY" -m pytest -q -p no:cacheprovider -o addopts= "${args[@]}" >>"$log" 2>&1 || run_status=$?
+        unset -n args
+        grep -E "(passed|failed|error).* in [0-9.]+s" "$log" | tail -n 1 | sed 's/^/sanitize:   /'
+    done
     reports=$(cat "$WORK/$variant"/asan.* "$WORK/$variant"/ubsan.* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
     # the loaded module must be the instrumented one
     env PYTHONPATH="$WORK/$variant/lib" ${preload:+LD_PRELOAD="$preload"} ASAN_OPTIONS=detect_leaks=0 \
