@@ -384,12 +384,19 @@ cdef class Connection:
     cdef object deferred       # SystemExit/KeyboardInterrupt of a handler, raised after the read
     cdef unsigned long fork_gen  # tt_fork_generation when connected (tt_misuse.h)
     cdef int tracked_fd        # the socket, in tt_misuse.h's list of open ones (or -1)
+    cdef unsigned long loop_thread  # the thread last seen running the loop (_check_open)
+    cdef object _loop_is_running
+    cdef dict loop_vars            # an asyncio.BaseEventLoop's __dict__ (see _in_own_loop)
 
     def __cinit__(self, loop):
         self.loop = loop
         self.fd = -1
         self.tracked_fd = -1
         self.fork_gen = tt_fork_generation
+        self._loop_is_running = loop.is_running
+        if isinstance(loop, _asyncio_mod.BaseEventLoop) and type(getattr(loop, "__dict__", None)) is dict \
+                and "_thread_id" in loop.__dict__:
+            self.loop_vars = loop.__dict__
         self._create_future = loop.create_future
         self._call_soon = loop.call_soon
         self._read_cb = self._on_readable
@@ -559,9 +566,7 @@ cdef class Connection:
                 for i in range(i + 1, len(woken)):
                     (<ReplyFuture>woken[i])._schedule_callbacks()
                 raise
-        if self.deferred is not None:
-            exc, self.deferred = self.deferred, None
-            raise exc
+        self._raise_deferred()
 
     def _on_writable(self):
         if self.fork_gen != tt_fork_generation:
@@ -569,6 +574,15 @@ cdef class Connection:
             return
         if self.ac != NULL:
             redisAsyncHandleWrite(self.ac)
+        self._raise_deferred()
+
+    cdef int _raise_deferred(self) except -1:
+        # SystemExit/KeyboardInterrupt of a push handler called from inside
+        # hiredis (a read, or a write error that disconnects): raised now.
+        if self.deferred is not None:
+            exc, self.deferred = self.deferred, None
+            raise exc
+        return 0
 
     def _flush(self):
         self.flush_scheduled = False
@@ -577,6 +591,7 @@ cdef class Connection:
             return
         if self.ac != NULL and self.needs_flush and not self.writing:
             redisAsyncHandleWrite(self.ac)
+            self._raise_deferred()
 
     cdef inline void _after_issue(self, bint was_idle) noexcept:
         if not self.needs_flush or self.writing or self.flush_scheduled or self.ac == NULL:
@@ -603,12 +618,30 @@ cdef class Connection:
                     "use it (its socket belongs to the parent); open a new one")
             raise ConnectionError(
                 "connection to Redis is closed" if self.closed else "connection to Redis is not open")
-        running = _get_running_loop()
-        if running is not self.loop and running is not None:
-            raise EventLoopError(
-                "this tinytown connection belongs to another event loop: use a Channel only "
-                "from the loop it was connected on (nothing was sent)")
+        # The caller is in this connection's loop when that loop is running
+        # in this thread (a thread runs one loop at a time). Else, the exact
+        # test: asyncio._get_running_loop() costs a getpid() system call
+        # (Python 3.11), too much for every command.
+        if not self._in_own_loop():
+            running = _get_running_loop()
+            if running is not None:
+                if running is not self.loop:
+                    raise EventLoopError(
+                        "this tinytown connection belongs to another event loop: use a "
+                        "Channel only from the loop it was connected on (nothing was sent)")
+                self.loop_thread = PyThread_get_thread_ident()
         return 0
+
+    cdef inline bint _in_own_loop(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef PyObject *tid
+        if self.loop_vars is not None:
+            # asyncio's loops keep the thread running them in _thread_id
+            # (None when idle): read from the loop's __dict__, it is cheaper
+            # than calling the Python method is_running().
+            tid = PyDict_GetItem(self.loop_vars, "_thread_id")
+            return tid != NULL and PyLong_CheckExact(<object>tid) and PyLong_AsUnsignedLong(<object>tid) == me
+        return me == self.loop_thread and self._loop_is_running()
 
     cdef void _drop_forked(self) noexcept:
         """In the child of a fork: let go of the inherited context without a

@@ -30,6 +30,7 @@ import os
 import socket
 import weakref
 from collections import deque
+from threading import get_ident
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -133,6 +134,7 @@ class Connection(asyncio.Protocol):
         self._connected = False
         self._closed = False
         self._fork_gen = FORKS[0]
+        self._loop_thread = 0  # the thread last seen running the loop (_check_open)
 
     # -- opening ----------------------------------------------------------
 
@@ -396,11 +398,17 @@ class Connection(asyncio.Protocol):
         if self._closed or not self._connected:
             raise ConnectionError(
                 "connection to Redis is closed" if self._closed else "connection to Redis is not open")
-        running = _get_running_loop()
-        if running is not self._loop and running is not None:
-            raise EventLoopError(
-                "this tinytown connection belongs to another event loop: use a Channel only "
-                "from the loop it was connected on (nothing was sent)")
+        # The caller is in this connection's loop when that loop is running
+        # in this thread (a thread runs one loop at a time). Else, the exact
+        # test: asyncio._get_running_loop() costs a getpid() system call.
+        if get_ident() != self._loop_thread or not self._loop.is_running():
+            running = _get_running_loop()
+            if running is not None:
+                if running is not self._loop:
+                    raise EventLoopError(
+                        "this tinytown connection belongs to another event loop: use a "
+                        "Channel only from the loop it was connected on (nothing was sent)")
+                self._loop_thread = get_ident()
 
     def _drop_forked(self) -> None:
         if not self._closed:
