@@ -230,6 +230,39 @@ def test_exit_from_a_task_woken_by_a_reply_does_not_hang_asyncio_run(
     assert "left with" in out and "destroyed but it is pending" not in out, out
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_exit_from_a_pub_sub_handler_stops_the_loop(transport, redis_server, redis_url):
+    """A push handler is called from inside hiredis, where nothing can be
+    raised: the extension raises SystemExit once the read is over."""
+    out = run_child("""
+        import asyncio, sys
+        from tinytown._transports import connection_class
+
+        async def main(path):
+            loop = asyncio.get_running_loop()
+            sub = connection_class()(loop)
+            await sub.connect_unix(path)
+            pub = connection_class()(loop)
+            await pub.connect_unix(path)
+
+            def handler(item):
+                if isinstance(item, list) and item[0] == b"message":
+                    raise SystemExit(4)
+
+            sub.subscribe(handler, "news")
+            while await pub.execute("PUBLISH", "news", "x") == 0:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(5)
+            print("still running")
+
+        try:
+            asyncio.run(main(sys.argv[1]))
+        except SystemExit as exc:
+            print("left with", exc.code)
+    """, redis_server.unix_path, transport=transport, timeout=30)
+    assert out.split() == ["left", "with", "4"], out
+
+
 # --------------------------------------- 9. Python code running inside argument conversion
 
 

@@ -306,6 +306,8 @@ class Connection(asyncio.Protocol):
             return
         try:
             handler(reply)
+        except (SystemExit, KeyboardInterrupt):
+            raise  # stops the loop, as from any callback (the extension does the same)
         except BaseException as exc:  # the handler's bug: reported, not raised into the loop's reader
             self._loop.call_exception_handler({
                 "message": "tinytown: exception in a pub/sub handler",
