@@ -740,8 +740,8 @@ cdef class Connection:
         self._check_open()
         if not channels:
             raise InvalidArgumentError("subscribe needs at least one channel")
-        if self.guard.subscribed or self.pending:
-            raise InvalidArgumentError("subscribe: this connection is in use already")
+        if self.guard.subscribed:
+            raise InvalidArgumentError("subscribe: this connection is subscribed already")
         try:
             names = tuple([a if PyBytes_CheckExact(a) else (<str>a).encode() if isinstance(a, str)
                            else coerce_arg(a) for a in channels])

@@ -91,6 +91,20 @@ async def test_state_changing_commands_are_refused_before_anything_is_sent(
     conn.close()
 
 
+async def test_a_subscribed_connection_takes_no_other_command(Connection, redis_server, redis_url):
+    sub = await connect(Connection, redis_server)
+    got: list[Any] = []
+    sub.subscribe(got.append, "news")
+    for call in (lambda: sub.execute("PING"), lambda: sub.execute_many([("PING",)]),
+                 lambda: sub.subscribe(got.append, "more")):
+        with pytest.raises(InvalidArgumentError, match="subscribed"):
+            call()
+    while not got:
+        await asyncio.sleep(0.01)
+    assert got == [[b"subscribe", b"news", 1]]
+    sub.close()
+
+
 def test_sync_connection_refuses_them_too_but_send_command_does_not(redis_server, redis_url):
     conn = _transport.SyncConnection()
     conn.connect_unix(redis_server.unix_path)

@@ -478,8 +478,8 @@ class Connection(asyncio.Protocol):
         self._check_open()
         if not channels:
             raise InvalidArgumentError("subscribe needs at least one channel")
-        if self._subscribed or self._waiting:
-            raise InvalidArgumentError("subscribe: this connection is in use already")
+        if self._push_handler is not None or self._subscribed:
+            raise InvalidArgumentError("subscribe: this connection is subscribed already")
         data = encode_command((b"SUBSCRIBE",) + channels)
         if self._closed:
             raise ConnectionError("connection to Redis closed while the command was prepared")
