@@ -36,7 +36,7 @@ from typing import Any
 
 import hiredis
 
-from ._resp import check_command, encode_command
+from ._resp import PLAIN_NAMES, check_command, encode_command
 from ._transports import FORKS, ReplyFuture, check_loop, deliver
 from .errors import ConnectionError, EventLoopError, InvalidArgumentError, ReplyError
 
@@ -135,6 +135,7 @@ class Connection(asyncio.Protocol):
         self._closed = False
         self._fork_gen = FORKS[0]
         self._loop_thread = 0  # the thread last seen running the loop (_check_open)
+        self._loop_has_thread_id = isinstance(loop, asyncio.BaseEventLoop) and hasattr(loop, "_thread_id")
 
     # -- opening ----------------------------------------------------------
 
@@ -400,10 +401,7 @@ class Connection(asyncio.Protocol):
         if self._closed or not self._connected:
             raise ConnectionError(
                 "connection to Redis is closed" if self._closed else "connection to Redis is not open")
-        # The caller is in this connection's loop when that loop is running
-        # in this thread (a thread runs one loop at a time). Else, the exact
-        # test: asyncio._get_running_loop() costs a getpid() system call.
-        if get_ident() != self._loop_thread or not self._loop.is_running():
+        if not self._in_own_loop():
             running = _get_running_loop()
             if running is not None:
                 if running is not self._loop:
@@ -411,6 +409,15 @@ class Connection(asyncio.Protocol):
                         "this tinytown connection belongs to another event loop: use a "
                         "Channel only from the loop it was connected on (nothing was sent)")
                 self._loop_thread = get_ident()
+
+    def _in_own_loop(self) -> bool:
+        """True if the caller is in this connection's loop: that loop is
+        running in this thread (a thread runs one loop at a time). Else
+        _check_open makes the exact test (asyncio._get_running_loop() costs a
+        getpid() system call: too much for every command)."""
+        if self._loop_has_thread_id:  # asyncio's loops: the thread running them, or None
+            return self._loop._thread_id == get_ident()  # type: ignore[attr-defined]
+        return self._loop_thread == get_ident() and self._loop.is_running()
 
     def _drop_forked(self) -> None:
         if not self._closed:
@@ -422,11 +429,15 @@ class Connection(asyncio.Protocol):
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
-        self._check_open()
-        if self._push_handler is not None:
-            raise InvalidArgumentError("this connection is subscribed: it takes no other command")
+        if self._closed or self._push_handler is not None or self._fork_gen != FORKS[0] \
+                or not self._connected or not self._in_own_loop():
+            self._check_open()  # the exact tests, which raise the right error
+            if self._push_handler is not None:
+                raise InvalidArgumentError("this connection is subscribed: it takes no other command")
         data = encode_command(args)
-        check_command(args)
+        name = args[0]
+        if type(name) is not bytes or name not in PLAIN_NAMES:
+            check_command(args)
         if self._closed:  # converting an argument ran code that closed it
             raise ConnectionError("connection to Redis closed while the command was prepared")
         was_idle = self._pending == 0

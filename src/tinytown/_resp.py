@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import EncodeError, InvalidArgumentError
 
-__all__ = ["MAX_COMMAND_BYTES", "check_command", "coerce_arg", "encode_command"]
+__all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "check_command", "coerce_arg", "encode_command"]
 
 _CRLF = b"\r\n"
 
@@ -26,6 +26,10 @@ _REFUSED_ALWAYS = frozenset([
     b"QUIT", b"RESET", b"MONITOR", b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE",
     b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"])
 _REFUSED_LENGTHS = frozenset([4, 5, 6, 7, 9, 10, 11, 12])
+# Command names (bytes or str, as given) that check_command found fine
+# whatever their arguments: the next check is one set lookup. Bounded.
+PLAIN_NAMES: set[bytes | str] = set()
+_PLAIN_NAMES_MAX = 4096
 
 
 def coerce_arg(arg: object) -> bytes:
@@ -68,6 +72,9 @@ def check_command(args: Sequence[Any]) -> None:
     if not args:
         return
     name = args[0]
+    kind = type(name)
+    if (kind is bytes or kind is str) and name in PLAIN_NAMES:
+        return
     if isinstance(name, (bytes, str)) and len(name) not in _REFUSED_LENGTHS:
         return
     word = _word(name)
@@ -79,12 +86,24 @@ def check_command(args: Sequence[Any]) -> None:
     elif word == b"CLIENT" and len(args) >= 3 and _word(args[1]) == b"REPLY" \
             and _word(args[2]) in (b"OFF", b"SKIP"):
         what = "CLIENT REPLY OFF/SKIP"
+    if what is None:
+        if (kind is bytes or kind is str) and word not in (b"HELLO", b"CLIENT") \
+                and len(PLAIN_NAMES) < _PLAIN_NAMES_MAX:
+            PLAIN_NAMES.add(name)
+        return
     if what is not None:
         raise InvalidArgumentError(
             f"{what} cannot be sent on a tinytown connection: it changes the connection's "
             "protocol state (pub/sub or MONITOR mode, RESP3, replies off, reset, quit), "
             "which would desynchronise or crash it. Use Channel.broadcasts() to "
             "subscribe, close() to disconnect, `tinytown monitor` to watch commands.")
+
+
+def _too_big() -> None:
+    raise InvalidArgumentError(
+        f"this Redis command would be {MAX_COMMAND_BYTES} bytes or more on the wire "
+        "(2 GiB - 64 KiB, the most a command may take); nothing was sent: split it "
+        "(e.g. fewer messages per send_many)")
 
 
 def encode_command(args: Sequence[Any]) -> bytes:
@@ -98,7 +117,7 @@ def encode_command(args: Sequence[Any]) -> bytes:
         raise InvalidArgumentError("empty Redis command")
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
-    size = 16
+    size = 16 + 24 * len(args)  # as ext/tt_misuse.h counts: at least the wire size
     for i, arg in enumerate(args):
         kind = type(arg)
         if kind is bytes:
@@ -110,13 +129,13 @@ def encode_command(args: Sequence[Any]) -> bytes:
                 raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
         else:
             data = coerce_arg(arg)
-        size += len(data) + 24  # as ext/tt_misuse.h counts: at least the wire size
-        if size >= MAX_COMMAND_BYTES:
-            raise InvalidArgumentError(
-                f"this Redis command would be {MAX_COMMAND_BYTES} bytes or more on the wire "
-                "(2 GiB - 64 KiB, the most a command may take); nothing was sent: split it "
-                "(e.g. fewer messages per send_many)")
-        append(b"$%d\r\n" % len(data))
+        n = len(data)
+        size += n
+        if n > 65536 and size >= MAX_COMMAND_BYTES:  # (stop before encoding the rest)
+            _too_big()
+        append(b"$%d\r\n" % n)
         append(data)
         append(_CRLF)
+    if size >= MAX_COMMAND_BYTES:
+        _too_big()
     return b"".join(parts)
