@@ -429,8 +429,11 @@ class Connection(asyncio.Protocol):
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
+        # (the loop test of _in_own_loop, cheaper: a running loop, not which
+        # thread runs it, as this connection is for its loop's thread only)
         if self._closed or self._push_handler is not None or self._fork_gen != FORKS[0] \
-                or not self._connected or not self._in_own_loop():
+                or not self._connected or (self._loop._thread_id is None if self._loop_has_thread_id
+                                           else not self._loop.is_running()):
             self._check_open()  # the exact tests, which raise the right error
             if self._push_handler is not None:
                 raise InvalidArgumentError("this connection is subscribed: it takes no other command")

@@ -117,7 +117,10 @@ def encode_command(args: Sequence[Any]) -> bytes:
         raise InvalidArgumentError("empty Redis command")
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
-    size = 16 + 24 * len(args)  # as ext/tt_misuse.h counts: at least the wire size
+    # The size, as ext/tt_misuse.h counts it (at least the wire size), is
+    # only added up when it may matter: for arguments over 64 KiB, plus a
+    # bound for the others (one test per argument on the hot path).
+    big = 0
     for i, arg in enumerate(args):
         kind = type(arg)
         if kind is bytes:
@@ -130,12 +133,14 @@ def encode_command(args: Sequence[Any]) -> bytes:
         else:
             data = coerce_arg(arg)
         n = len(data)
-        size += n
-        if n > 65536 and size >= MAX_COMMAND_BYTES:  # (stop before encoding the rest)
-            _too_big()
+        if n > 65536:
+            big += n
+            if big >= MAX_COMMAND_BYTES:  # (stop before encoding the rest)
+                _too_big()
         append(b"$%d\r\n" % n)
         append(data)
         append(_CRLF)
-    if size >= MAX_COMMAND_BYTES:
+    if big + 65560 * len(args) + 16 >= MAX_COMMAND_BYTES \
+            and 16 + sum(len(p) + 24 for p in parts[2::3]) >= MAX_COMMAND_BYTES:
         _too_big()
     return b"".join(parts)
