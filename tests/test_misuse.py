@@ -166,12 +166,14 @@ def test_a_command_of_2_gib_or_more_is_refused_and_the_connection_stays_usable(
         path = sys.argv[1]
         blob = b"m" * (16 * 2**20)
         big = ("RPUSH", "big") + (blob,) * 130
+        many = ("RPUSH", "big") + (b"s" * 60000,) * 36000  # 2.01 GiB in small arguments
         small = ("RPUSH", "big", blob)
 
         async def main():
             conn = connection_class()(asyncio.get_running_loop())
             await conn.connect_unix(path)
-            for call in (lambda: conn.execute(*big), lambda: conn.execute_many([small, big])):
+            for call in (lambda: conn.execute(*big), lambda: conn.execute_many([small, big]),
+                         lambda: conn.execute(*many)):
                 try:
                     call()
                     print("accepted")
@@ -186,7 +188,8 @@ def test_a_command_of_2_gib_or_more_is_refused_and_the_connection_stays_usable(
         asyncio.run(main())
         sync = SyncConnection()
         sync.connect_unix(path)
-        for call in (lambda: sync.execute(*big), lambda: sync.execute_many([small, big])):
+        for call in (lambda: sync.execute(*big), lambda: sync.execute_many([small, big]),
+                     lambda: sync.execute(*many)):
             try:
                 call()
                 print("accepted")
@@ -196,7 +199,7 @@ def test_a_command_of_2_gib_or_more_is_refused_and_the_connection_stays_usable(
         assert sync.execute("DEL", "big") == 1
         print("done")
     """, redis_server.unix_path, transport=transport, timeout=120)
-    assert out.split() == ["refused"] * 4 + ["done"], out
+    assert out.split() == ["refused"] * 6 + ["done"], out
 
 
 # ---------------------------------------- 8. SystemExit out of a task woken by a reply
