@@ -19,6 +19,7 @@ __all__ = [
     "ConcurrentUseError",
     "AgentNotFoundError",
     "AmbiguousAgentRefError",
+    "EventLoopError",
 ]
 
 
@@ -119,3 +120,14 @@ class AmbiguousAgentRefError(TinytownError, LookupError):
     def __init__(self, message: str, matches: list[object] | None = None) -> None:
         super().__init__(message)
         self.matches = matches if matches is not None else []
+
+
+class EventLoopError(InvalidArgumentError, RuntimeError):
+    """A Channel (or one of its connections) was used from the wrong event loop.
+
+    A Channel belongs to the loop it was connected on: a call from a task of
+    another loop raises this before anything is sent. It is also raised in
+    the child of a ``fork()`` that tries to connect on the event loop it
+    inherited (that loop's epoll set is shared with the parent): run the
+    child's code in a new loop (``asyncio.run``) with a new Channel.
+    """
