@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -90,7 +91,9 @@ class SyncChannel:
         self._connect_timeout = connect_timeout
         self._conn: SyncConnection | None = None
         self._client_id: int | None = None   # CLIENT ID of _conn, to unblock a BLPOP
-        self._subscriptions: set[SyncBroadcastSubscription] = set()
+        # Weak: a subscription dropped by its user (``break`` out of its
+        # ``for`` loop) is finalized, which unsubscribes it.
+        self._subscriptions: weakref.WeakSet[SyncBroadcastSubscription] = weakref.WeakSet()
         self._closed = False
 
     @classmethod
@@ -522,6 +525,17 @@ class SyncBroadcastSubscription:
         """Unsubscribe and close the subscription's connection (from any thread)."""
         self._closed = True
         self._channel._subscriptions.discard(self)
+        conn = self._conn
+        if conn is not None:
+            conn.close()
+
+    def __del__(self) -> None:
+        # Dropped by its user, typically by leaving ``for`` with break:
+        # unsubscribe, or its connection would stay subscribed until the
+        # channel closes, with every later broadcast queued in its socket.
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
         conn = self._conn
         if conn is not None:
             conn.close()
