@@ -450,9 +450,10 @@ class Channel:
     async def receive(self, agent_id: AgentId | Any, timeout: float | timedelta) -> Message | None:
         """Wait up to ``timeout`` (seconds or timedelta) for a message; None if none came.
 
-        Runs BLPOP on a connection of its own. If the caller is cancelled
-        while a message is on its way, the message is put back at the front
-        of the inbox rather than lost. If the connection drops meanwhile, this
+        Runs BLPOP on a connection of its own. If the caller is cancelled,
+        the BLPOP is ended at once (CLIENT UNBLOCK) and a message it had
+        taken is put back at the front of the inbox before the
+        CancelledError goes on. If the connection drops meanwhile, this
         raises :class:`ConnectionError` (a message Redis popped just before
         may be lost: plain receive is at-most-once, see
         :meth:`receive_reliable`); the next receive reconnects. It returns or
