@@ -1042,13 +1042,17 @@ class Channel:
         # nothing runs into it after this.
         if getattr(self, "_closed", True):
             return
+        message = f"unclosed {self!r}"
         self._closed = True
         conn = self._conn
         if conn is None or conn.is_closed:
             if not (self._receivers._idle or self._receivers._busy):
                 return  # nothing open: never connected, or lost and not reopened
         try:
-            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            _warn(message, ResourceWarning, source=self)
+        except Exception:  # warnings turned into errors
+            pass
+        try:
             self._shut()
         except Exception:  # the loop is closed, or the interpreter is exiting
             pass
