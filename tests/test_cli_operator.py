@@ -462,3 +462,14 @@ def test_a_command_imports_only_what_it_needs():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "[]"
+
+
+def test_the_example_logs_each_send_before_its_receipt():
+    example = Path(__file__).resolve().parents[1] / "examples" / "two_agents.py"
+    result = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
+                            env=_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("] ", 1)[-1].split() for line in result.stdout.splitlines()]
+    order = [(who, arrow) for who, arrow, *_ in (line for line in lines if len(line) > 1)
+             if arrow in ("->", "<-")]
+    assert order == [("supervisor", "->"), ("worker-1", "<-"), ("worker-1", "->"), ("supervisor", "<-")]
