@@ -473,3 +473,37 @@ def test_the_example_logs_each_send_before_its_receipt():
     order = [(who, arrow) for who, arrow, *_ in (line for line in lines if len(line) > 1)
              if arrow in ("->", "<-")]
     assert order == [("supervisor", "->"), ("worker-1", "<-"), ("worker-1", "->"), ("supervisor", "<-")]
+
+
+def _readme_block(after: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```bash\n", text.index(after)) + len("```bash\n")
+    return text[start:text.index("```", start)]
+
+
+def test_the_readme_walkthrough_works_verbatim_in_a_fresh_town(tmp_path):
+    script = _readme_block("A walkthrough, verbatim")
+    assert script.startswith("mkdir my-town && cd my-town\n") and "server stop" in script
+    env = _env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    pid_file = tmp_path / "my-town" / "redis.pid"
+    if result.returncode != 0 and pid_file.exists():   # do not leave a server behind
+        _kill(int(pid_file.read_text()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""          # no warning, no error
+    out = result.stdout
+    assert "registered agent 'worker-1'" in out and "to worker-1 (" in out
+    assert re.search(r"worker-1\s+\S{36}\s+starting\s+1\s+0\s+-", out)   # agents
+    assert "from=supervisor" in out and "urgent inbox; 1 waiting" in out
+    assert re.search(r"worker-1\s+\S{36}\s+1\s+1", out)                  # inbox
+    assert "asked worker-1" in out and "stopped" in out
+
+
+def test_the_readme_python_snippet_on_ids_types_and_priorities():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```python\n", text.index("Ids, message types, priorities and names")) + 10
+    namespace: dict = {}
+    exec(compile(text[start:text.index("```", start)], "README", "exec"), namespace)
+    assert str(namespace["msg"].priority) == "high"
+    assert namespace["text"] == "Fix the build"     # the match took the Task case
