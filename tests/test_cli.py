@@ -291,7 +291,7 @@ def _start_monitor(url: str, *extra: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_monitor_shows_another_clients_traffic_then_stops(redis_server, stop_signal):
+def test_monitor_shows_another_clients_traffic_then_stops(redis_url, redis_server, stop_signal):
     agent = Agent.new("watched", "claude")
     tricky = 'say "hi"\n\tnaïve ☃ \\o/'
     message = msg(agent.id, tricky)
@@ -320,7 +320,7 @@ def test_monitor_shows_another_clients_traffic_then_stops(redis_server, stop_sig
     assert "stopped" in proc.stderr.read()
 
 
-def test_monitor_text_lines(redis_server):
+def test_monitor_text_lines(redis_url, redis_server):
     agent = AgentId.new()
     proc = _start_monitor(redis_server.url)
     try:
@@ -404,7 +404,7 @@ def test_migrate_dry_run_force_and_idempotence(tt, redis_server):
 
 
 @pytest.mark.parametrize("answer, moved", [("n\n", False), ("y\n", True)])
-def test_migrate_asks_on_a_terminal(redis_server, answer, moved):
+def test_migrate_asks_on_a_terminal(redis_url, redis_server, answer, moved):
     agent = str(AgentId.new())
     redis_server.command("SET", f"tt:agent:{agent}", "x")
     status, shown = _run_on_pty(MODULE + ["--url", redis_server.url, "--town", "cli", "migrate"],
@@ -415,7 +415,7 @@ def test_migrate_asks_on_a_terminal(redis_server, answer, moved):
     assert redis_server.command("EXISTS", f"tt:agent:{agent}") == int(not moved)
 
 
-def test_migrate_from_python(redis_server):
+def test_migrate_from_python(redis_url, redis_server):
     agent = str(AgentId.new())
     redis_server.command("SET", f"tt:agent:{agent}", "x")
     with SyncChannel.connect(redis_server.url, town="py") as channel:

@@ -350,7 +350,7 @@ def test_layout_option_and_environment(tt):
     assert env.returncode == 2 and "TINYTOWN_LAYOUT" in one_line_error(env)
 
 
-def test_monitor_hides_reads_unless_all_and_keeps_argument_order(redis_server):
+def test_monitor_hides_reads_unless_all_and_keeps_argument_order(redis_url, redis_server):
     def start(*extra: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(MODULE + ["--url", redis_server.url, "--town", "cli", "monitor", "--json", *extra],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
@@ -507,3 +507,24 @@ def test_the_readme_python_snippet_on_ids_types_and_priorities():
     exec(compile(text[start:text.index("```", start)], "README", "exec"), namespace)
     assert str(namespace["msg"].priority) == "high"
     assert namespace["text"] == "Fix the build"     # the match took the Task case
+
+
+def test_monitor_decodes_the_hash_layout_and_the_towns_broadcast(redis_url, redis_server):
+    agent = Agent.new("hashed", "codex")
+    pairs = [x for kv in agent.to_hash().items() for x in kv]
+    ping = Message.new(AgentId.supervisor(), agent.id, MessageType.Ping())
+    proc = subprocess.Popen(MODULE + ["--url", redis_server.url, "--town", "cli", "monitor", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert "monitoring town 'cli'" in proc.stderr.readline()
+        redis_server.command("HSET", f"tt:cli:agent:{agent.id}", *pairs)        # a whole state
+        redis_server.command("HSET", f"tt:cli:agent:{agent.id}", "last_heartbeat", "x")  # one field
+        redis_server.command("PUBLISH", "tt:cli:broadcast", ping.to_json())
+        events = [json.loads(proc.stdout.readline()) for _ in range(3)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        proc.kill()
+    assert events[0]["command"] == "HSET" and events[0]["state"]["name"] == "hashed"
+    assert events[1]["detail"] == "last_heartbeat x" and "state" not in events[1]
+    assert events[2]["key"] == "tt:cli:broadcast" and events[2]["message"]["type"] == "ping"
