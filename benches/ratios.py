@@ -52,7 +52,22 @@ def targets() -> list[Target]:
         Target("send -> receive, another process", "ratio_c_client", 2.5, True,
                "send -> receive in another process vs redis-benchmark p50"),
     ]
+    # Ahead of every Python peer measured in the same run: latency and client CPU.
+    for op in ("send", "try_receive", "receive (message waiting)", "inbox_len", "get_agent_state",
+               "set_agent_state", "get_task", "set_task", "broadcast"):
+        for peer, label in (("glide", "valkey-glide"), ("coredis", "coredis")):
+            out.append(Target(op, f"ratio_{peer}", 1.0, True, f"{op} median vs {label}"))
+        for peer, label in (("redis_py", "redis-py"), ("glide", "valkey-glide"), ("coredis", "coredis")):
+            out.append(Target(op, f"cpu_ratio_{peer}", 1.0, True, f"{op} client CPU/op vs {label}"))
+    for row in ("100 coroutines, one Channel", "send_many(10000)"):
+        for peer, label in (("glide", "valkey-glide"), ("coredis", "coredis")):
+            out.append(Target(row, f"ratio_{peer}", 1.0, False, f"{row} vs {label}"))
     return out
+
+
+#: Instructions per send (callgrind) as a multiple of the hiredis C loop, at most.
+INSTRUCTION_TARGETS = {"tinytown SyncChannel": 2.0, "tinytown Channel (uvloop)": 3.0,
+                       "tinytown Channel (asyncio)": 4.0}
 
 
 def rows_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -95,6 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         missed += not ok
         print(f"{'ok' if ok else 'MISSED':8} {memory['name']}: "
               f"{memory['tinytown'] / MB:.1f} MB (target <= 10 MB)")
+    instructions = rows.get("instructions per send")
+    if instructions is None:
+        missed += 0 if args.allow_missing else 1
+        print(f"{'absent' if args.allow_missing else 'MISSING':8} instructions per send: no measurement")
+    else:
+        x_floor = instructions["extra"]["x_floor"]
+        for who, limit in INSTRUCTION_TARGETS.items():
+            value = x_floor.get(who)
+            ok = value is not None and value <= limit
+            missed += not ok
+            shown = "-" if value is None else f"{value:.2f}x"
+            print(f"{'ok' if ok else 'MISSED':8} {who} instructions/send vs the C loop: "
+                  f"{shown} (target <= {limit}x)")
     print(f"{missed} target(s) missed" if missed else "all targets met")
     return 1 if missed else 0
 

@@ -1,4 +1,5 @@
-"""One Channel (or SyncChannel) call at a time: latency beside redis-py and redis-benchmark.
+"""One Channel (or SyncChannel) call at a time: latency and client CPU time beside
+redis-py, valkey-glide, coredis and redis-benchmark.
 
 pytest-benchmark times tinytown's batch of each round; the untimed ``setup``
 of the same round runs the redis-py batch, the TCP batch and the C client,
@@ -31,7 +32,7 @@ def test_latency(benchmark, bench: Bench, run, name: str) -> None:
     run(op.setup())
 
     def baselines_then_prepare() -> None:
-        for who in ("redis_py", "tcp"):
+        for who in ("redis_py", "glide", "coredis", "tcp"):
             run(op.prepare(who))
             run(op.timed_round(who))
         op.c_round()
@@ -42,4 +43,5 @@ def test_latency(benchmark, bench: Bench, run, name: str) -> None:
                        setup=baselines_then_prepare, rounds=rounds(benchmark), iterations=1)
     result = op.result()
     assert result.tinytown > 0 and len(op.samples["tinytown"]) >= bench.per_round
+    assert result.cpu["tinytown"] > 0
     record(benchmark, result)

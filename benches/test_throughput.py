@@ -6,42 +6,43 @@ import os
 import statistics
 
 from conftest import record, rounds
-from tinytown.bench import Bench, Result
+from tinytown.bench import Bench, Result, _rate_result
 
 MEMORY_PAIRS = int(os.environ.get("TINYTOWN_BENCH_MEMORY_PAIRS", "1000000"))
 
 
-def measure_rate(benchmark, run, name: str, round_of, c_round) -> Result:
+def measure_rate(benchmark, bench: Bench, run, name: str, round_of, c_round) -> Result:
     """Interleaved rounds of a rate: pytest-benchmark times tinytown's round
-    (``round_of("tinytown")``); the untimed setup of each round runs
-    redis-py's round and the C client's (``c_round()``, None if absent)."""
-    tt: list[float] = []
-    base: list[float] = []
-    c: list[float] = []
+    (``round_of("tinytown")``, which returns (rate, CPU ns per op)); the
+    untimed setup of each round runs every installed peer's round and the C
+    client's (``c_round()``, None if absent)."""
+    present = bench._present()
+    rates: dict[str, list[tuple[float, float]]] = {who: [] for who in present}
+    c: list[tuple[float, float]] = []
 
     def baselines() -> None:
-        base.append(run(round_of("redis_py")))
-        rate = c_round()
-        if rate is not None:
-            c.append(rate)
+        for who in present[1:]:
+            rates[who].append(run(round_of(who)))
+        row = c_round()
+        if row is not None:
+            c.append(row)
 
     benchmark.group = "throughput"
-    benchmark.pedantic(lambda: tt.append(run(round_of("tinytown"))),
+    benchmark.pedantic(lambda: rates["tinytown"].append(run(round_of("tinytown"))),
                        setup=baselines, rounds=rounds(benchmark), iterations=1)
-    assert all(rate > 0 for rate in tt + base)
-    result = Result(name, "ops/s", statistics.median(tt), redis_py=statistics.median(base),
-                    c_client=statistics.median(c) if c else None)
+    assert all(rate > 0 and cpu > 0 for rows in rates.values() for rate, cpu in rows)
+    result = _rate_result(name, rates, c)
     record(benchmark, result)
     return result
 
 
 def test_100_coroutines_one_channel(benchmark, bench: Bench, run) -> None:
-    measure_rate(benchmark, run, "100 coroutines, one Channel",
+    measure_rate(benchmark, bench, run, "100 coroutines, one Channel",
                  bench.concurrent_round, bench.concurrent_c)
 
 
 def test_send_many_10000(benchmark, bench: Bench, run) -> None:
-    measure_rate(benchmark, run, "send_many(10000)", bench.send_many_round, bench.send_many_c)
+    measure_rate(benchmark, bench, run, "send_many(10000)", bench.send_many_round, bench.send_many_c)
 
 
 def test_end_to_end_another_process(benchmark, bench: Bench, run) -> None:

@@ -91,11 +91,11 @@ PY="$VENV/bin/python"
 # editable: src/ is imported in place, so edits to .py files need nothing.
 want_stamp="$(cat pyproject.toml setup.py | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read() + sys.version.encode()).hexdigest())')"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want_stamp" ] || ! "$PY" -m pip show -q tinytown >/dev/null 2>&1; then
-    say "pip install -e '.[test,bench]' into .venv"
+    say "pip install -e '.[test,bench,peers]' into .venv"
     # Build requirements of pyproject.toml, in the venv itself so that the
     # in-place rebuilds below use the same setuptools and Cython.
     quiet "$PY" -m pip install 'setuptools>=68' wheel 'Cython>=3.0'
-    quiet "$PY" -m pip install --no-build-isolation -e '.[test,bench]'
+    quiet "$PY" -m pip install --no-build-isolation -e '.[test,bench,peers]'
     printf '%s\n' "$want_stamp" >"$STAMP"
 fi
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tinytown.bench import Result, render_table
+from tinytown.bench import Result, render_instructions, render_table
 
 
 def test_bench_command_json_and_plot(tmp_path):
@@ -29,6 +29,13 @@ def test_bench_command_json_and_plot(tmp_path):
     send = report["results"][names.index("send")]
     assert send["tinytown"] > 0 and send["redis_py"] > 0 and send["c_client"] > 0
     assert send["ratio_redis_py"] == pytest.approx(send["tinytown"] / send["redis_py"])
+    for peer in ("redis_py", "glide", "coredis"):  # every peer, latency and client CPU
+        assert send[peer] > 0 and send["cpu"][peer] > 0
+        assert send[f"cpu_ratio_{peer}"] == pytest.approx(send["cpu"]["tinytown"] / send["cpu"][peer])
+    assert send["cpu"]["c_client"] > 0
+    for row in ("100 coroutines, one Channel", "send_many(10000)"):
+        rate = report["results"][names.index(row)]
+        assert rate["glide"] > 0 and rate["coredis"] > 0 and rate["cpu"]["tinytown"] > 0
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -41,3 +48,24 @@ def test_table_marks_the_target_and_ratios():
     assert "met" in lines[2] and "0.50x" in lines[2] and "1.25x" in lines[2] and "1.50x" in lines[2]
     assert "missed" in lines[3]
     assert "800,000/s" in lines[4] and "8.00x" in lines[4] and "0.50x" in lines[4]
+
+
+def test_bench_load_rows():
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytown.bench", "--rounds", "1", "--per-round", "5",
+         "--e2e-messages", "5", "--no-tcp", "--load", "--drain-sizes", "3000",
+         "--large-counts", "2", "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)["results"]}
+    for name in ("drain 3,000 x 1 KB after a stall", "send_many 2 x 1 MB"):
+        row = rows[name]
+        assert row["unit"] == "s"
+        assert row["tinytown"] > 0 and row["python_transport"] > 0 and row["redis_py"] > 0
+
+
+def test_instruction_table():
+    table = render_instructions({"hiredis C loop": 10_000, "tinytown SyncChannel": 25_000})
+    lines = table.splitlines()
+    assert "10.0 k" in lines[2] and "1.00x" in lines[2]
+    assert "25.0 k" in lines[3] and "2.50x" in lines[3]

@@ -27,11 +27,23 @@ KINDS = {"messages.jsonl": Message, "agents.jsonl": Agent, "tasks.jsonl": Task}
 SHARED_WIRE_DIR = Path(__file__).resolve().parents[2] / "shared" / "wire"
 
 
+# Tinytown 0.10.0's own vectors (spec: shared/wire/tinytown-0.10.md), used by
+# test_events_model.py and test_hash_model.py.
+WIRE_010_FILES = [f"tinytown-0.10/{name}.jsonl" for name in
+                  ("activity", "docket", "events", "hash-agents", "hash-tasks", "methods")]
+
+
 @pytest.mark.skipif(not SHARED_WIRE_DIR.is_dir(), reason="no shared/ checkout beside the repo")
-@pytest.mark.parametrize("name", sorted(KINDS))
+@pytest.mark.parametrize("name", sorted(KINDS) + WIRE_010_FILES)
 def test_vector_copy_matches_shared(name: str) -> None:
     """tests/data/wire must stay byte-identical to the project's shared/wire vectors."""
     assert (WIRE_DIR / name).read_bytes() == (SHARED_WIRE_DIR / name).read_bytes()
+
+
+@pytest.mark.skipif(not SHARED_WIRE_DIR.is_dir(), reason="no shared/ checkout beside the repo")
+def test_every_shared_010_vector_file_is_copied() -> None:
+    shared = sorted(f"tinytown-0.10/{p.name}" for p in (SHARED_WIRE_DIR / "tinytown-0.10").glob("*.jsonl"))
+    assert shared == WIRE_010_FILES
 
 
 def _lines(name: str) -> list[str]:
@@ -246,8 +258,10 @@ def test_agent_hash_round_trip(line: str) -> None:
             assert key.encode() not in h  # absent optionals are simply missing
         elif isinstance(value, int):
             assert h[key.encode()] == str(value).encode()
+        elif key.endswith(("_at", "_heartbeat")):
+            assert h[key.encode()] == value.replace("Z", "+00:00").encode()  # chrono's to_rfc3339()
         else:
-            assert h[key.encode()] == value.encode()  # enums bare, timestamps as written
+            assert h[key.encode()] == value.encode()  # enums bare, strings raw
     assert Agent.from_hash(h) == agent
     as_text = {k.decode(): v.decode() for k, v in h.items()}
     assert Agent.from_hash(as_text) == agent
@@ -264,6 +278,8 @@ def test_task_hash_round_trip(line: str) -> None:
             assert key.encode() not in h
         elif key == "tags":
             assert orjson.loads(h[b"tags"]) == value
+        elif key.endswith("_at"):
+            assert h[key.encode()] == value.replace("Z", "+00:00").encode()
         else:
             assert h[key.encode()] == value.encode()
     assert Task.from_hash(h) == task
@@ -285,7 +301,7 @@ def test_hash_defaults_and_alias() -> None:
         h.pop(key, None)
     got = Agent.from_hash(h)
     assert got.spawn_mode is SpawnMode.FRESH and got.rounds_completed == 0 and got.nickname is None
-    assert abs(got.last_active_at.timestamp() - Timestamp.now().timestamp()) < 60
+    assert got.last_active_at == got.created_at == agent.created_at  # upstream's fallback
 
     th = Task.from_json(TASK_LINES[0]).to_hash()
     th[b"state"] = b"in_flight"

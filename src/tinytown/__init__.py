@@ -31,8 +31,11 @@ _LAZY = {
     "ServerError": "errors",
     "TinytownError": "errors",
     "TransportUnavailableError": "errors",
+    "EventType": "events",
+    "TownEvent": "events",
     "AgentId": "ids",
     "MessageId": "ids",
+    "MissionId": "ids",
     "TaskId": "ids",
     "ConfirmationType": "message",
     "Message": "message",
@@ -62,7 +65,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         TinytownError,
         TransportUnavailableError,
     )
-    from .ids import AgentId, MessageId, TaskId
+    from .events import EventType, TownEvent
+    from .ids import AgentId, MessageId, MissionId, TaskId
     from .message import ConfirmationType, Message, MessageType
     from .reliable import Delivery
     from .sync_channel import SyncBroadcastSubscription, SyncChannel
@@ -102,10 +106,12 @@ __all__ = [
     "DecodeError",
     "Delivery",
     "EncodeError",
+    "EventType",
     "InvalidArgumentError",
     "Message",
     "MessageId",
     "MessageType",
+    "MissionId",
     "Priority",
     "ReplyError",
     "ServerError",
@@ -118,5 +124,6 @@ __all__ = [
     "Timestamp",
     "TinytownError",
     "Town",
+    "TownEvent",
     "TransportUnavailableError",
 ]

@@ -9,6 +9,7 @@ Rust derive would, raising :class:`~tinytown.DecodeError` on any mismatch.
 from __future__ import annotations
 
 import json.encoder
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeVar
 
@@ -16,7 +17,9 @@ import orjson
 
 from .errors import DecodeError, EncodeError
 from .ids import _UuidId, _canonical, _normalize
-from .timestamp import Timestamp, _parse
+from .timestamp import Timestamp, _parse, _parse_rfc3339
+
+log = logging.getLogger("tinytown")
 
 __all__: list[str] = []
 
@@ -199,7 +202,58 @@ def enum_table(enum_cls: Any, **aliases: Any) -> dict[str, Any]:
     return table
 
 
-# -- Redis Hash layout ---------------------------------------------------------
+# -- Redis Hash layout: writer (spec section 6) --------------------------------
+#
+# Each put_* returns one Hash value as bytes, checking the field like the
+# enc_field_* helpers do (EncodeError on a bad value), so that hash_fields()
+# rejects exactly what to_json() rejects.
+
+
+def put_str(value: Any, owner: str, field: str) -> bytes:
+    """A raw string: its UTF-8 bytes, unchanged (no quoting or escaping)."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EncodeError(
+                f"{owner}.{field} contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), "
+                "which UTF-8 cannot carry"
+            ) from None
+    raise EncodeError(f"{owner}.{field} must be a str, got {type(value).__name__}")
+
+
+def put_id(value: Any, cls: type[_UuidId], owner: str, field: str) -> bytes:
+    """A UUID, lowercase hyphenated."""
+    if type(value) is not cls:
+        try:
+            value = cls(value)
+        except Exception:
+            raise EncodeError(f"{owner}.{field} must be a {cls.__name__}, got {value!r}") from None
+    return str.encode(value)
+
+
+def put_ts(value: Any, owner: str, field: str) -> bytes:
+    """A timestamp in chrono's ``to_rfc3339()`` spelling (``+00:00``)."""
+    if isinstance(value, Timestamp):
+        return value.to_rfc3339().encode()
+    raise EncodeError(f"{owner}.{field} must be a Timestamp, got {type(value).__name__}")
+
+
+def put_enum(value: Any, enum_cls: type, owner: str, field: str) -> bytes:
+    """An enum's bare wire name (no quotes)."""
+    if type(value) is enum_cls:
+        return value._value_.encode()
+    raise EncodeError(f"{owner}.{field} must be a {enum_cls.__name__}, got {value!r}")
+
+
+def put_u64(value: Any, owner: str, field: str) -> bytes:
+    """An unsigned 64-bit integer in decimal."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= U64_MAX:
+        return int.__repr__(value).encode()
+    raise EncodeError(f"{owner}.{field} must be an int in 0..2**64-1, got {value!r}")
+
+
+# -- Redis Hash layout: reader --------------------------------------------------
 
 
 def hash_to_str_dict(mapping: Any, owner: str) -> dict[str, str]:
@@ -225,32 +279,121 @@ def _hash_text(item: Any, owner: str, what: str) -> str:
     raise DecodeError(f"invalid {owner} hash: {what} is {type(item).__name__}, expected bytes or str")
 
 
-def hash_u64(text: str, field: str) -> int:
+# The readers below follow Tinytown 0.10's parse_agent_from_hash and
+# parse_task_from_hash (spec section 7): a field that cannot be read takes
+# upstream's default. Each appends the field's name to ``bad`` when a
+# *present* value was replaced, so that the caller can log it.
+
+
+def hash_required_id(fields: Mapping[str, str], cls: type[_IdT], owner: str) -> _IdT:
+    """The ``id`` field: the one field whose absence or bad value is an error."""
+    text = fields.get("id")
+    if text is None:
+        raise DecodeError(f"invalid {owner} hash: missing id field")
+    if _canonical(text) is not None:
+        return _str_new(cls, text)
+    canonical = _normalize(text)
+    if canonical is None:
+        raise DecodeError(
+            f"invalid {owner} hash: invalid {owner.lower()} id {text!r}",
+            raw=text.encode("utf-8", "surrogatepass"),
+        )
+    return _str_new(cls, canonical)
+
+
+def hash_opt_id(text: str | None, cls: type[_IdT], field: str, bad: list[str]) -> _IdT | None:
+    """An optional UUID: None when absent or not a UUID (empty included)."""
+    if text is None:
+        return None
+    if _canonical(text) is not None:
+        return _str_new(cls, text)
+    canonical = _normalize(text)
+    if canonical is None:
+        bad.append(field)
+        return None
+    return _str_new(cls, canonical)
+
+
+def hash_enum(text: str | None, table: Mapping[str, _E], default: _E, field: str, bad: list[str]) -> _E:
+    """An enum stored bare: upstream wraps it in double quotes and decodes a
+    JSON string, so escapes are honoured and a quote or control character
+    breaks it. Anything unreadable gives ``default``."""
+    if text is None:
+        return default
+    member = table.get(text)
+    if member is not None:
+        return member  # a bare wire name decodes to itself
+    try:
+        value = loads('"' + text + '"')
+    except orjson.JSONDecodeError:
+        value = None
+    except UnicodeEncodeError:  # a lone surrogate in str input
+        value = None
+    member = table.get(value) if type(value) is str else None
+    if member is None:
+        bad.append(field)
+        return default
+    return member
+
+
+def parse_u64(text: str) -> int | None:
+    """Rust's ``str::parse::<u64>``: ASCII digits after an optional ``+``
+    (leading zeros allowed), at most 2**64-1; None otherwise."""
     digits = text[1:] if text[:1] == "+" else text
     if digits.isascii() and digits.isdigit():
         value = int(digits)
         if value <= U64_MAX:
             return value
-        raise FieldError(field, f"{text!r} is out of range for an unsigned 64-bit integer")
-    raise FieldError(field, f"expected an unsigned decimal integer, got {text!r}")
+    return None
 
 
-def hash_str_list(text: str, field: str) -> list[str]:
+def hash_counter(text: str | None, field: str, bad: list[str]) -> int:
+    """A u64 counter; 0 when absent or unreadable."""
+    if text is None:
+        return 0
+    value = parse_u64(text)
+    if value is None:
+        bad.append(field)
+        return 0
+    return value
+
+
+def hash_ts(text: str, field: str, bad: list[str]) -> Timestamp | None:
+    """A present timestamp, as chrono's ``parse_from_rfc3339`` reads it; None
+    (and ``field`` recorded in ``bad``) when it cannot be read."""
+    try:
+        return _parse_rfc3339(text)
+    except ValueError:
+        bad.append(field)
+        return None
+
+
+def hash_tags(text: str | None, bad: list[str]) -> list[str]:
+    """``tags``: a JSON array of strings; anything else is an empty list."""
+    if text is None:
+        return []
     try:
         value = loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise FieldError(field, f"expected a JSON array of strings: {exc}") from None
-    return as_str_list(value, field)
+    except (orjson.JSONDecodeError, UnicodeEncodeError):
+        value = None
+    if type(value) is list and all(type(item) is str for item in value):
+        return value
+    bad.append("tags")
+    return []
 
 
-def hash_error(owner: str, exc: Exception, fields: Mapping[str, str]) -> DecodeError:
-    """A DecodeError for a bad Hash; ``raw`` is the bad field's value when there is one."""
-    raw = None
-    if isinstance(exc, FieldError):
-        value = fields.get(exc.field.split("[", 1)[0])
-        if value is not None:
-            raw = value.encode("utf-8", "surrogatepass")
-    return wrap_error(owner, exc, raw, what="hash")
+def warn_defaults(owner: str, ident: str, bad: list[str], fields: Mapping[str, str]) -> None:
+    """Log, once per Hash read, the present fields replaced by defaults."""
+    shown = ", ".join(f"{name}={_short(fields.get(name, ''))}" for name in bad)
+    log.warning(
+        "%s hash %s: unreadable field(s) replaced by Tinytown's defaults, as upstream's reader does: %s",
+        owner, ident, shown,
+    )
+
+
+def _short(text: str) -> str:
+    r = repr(text)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 # -- encoding ------------------------------------------------------------------

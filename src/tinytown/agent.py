@@ -21,7 +21,11 @@ from ._json import (
     enc_field_str,
     enc_field_ts,
     enc_field_u64,
-    hash_u64,
+    put_enum,
+    put_id,
+    put_str,
+    put_ts,
+    put_u64,
 )
 from .enums import AgentState, AgentType, SpawnMode
 from .errors import InvalidArgumentError
@@ -190,66 +194,115 @@ class Agent:
         except Exception as exc:
             raise _json.wrap_error("Agent", exc, data) from None
 
-    # -- Redis Hash layout ----------------------------------------------------
+    # -- Redis Hash layout (Tinytown 0.7-0.10, spec sections 6 and 7) -------------
+
+    def hash_fields(self) -> tuple[list[bytes], list[bytes]]:
+        """The agent as Tinytown 0.10's ``set_agent_state`` writes it: ``(hdel, pairs)``.
+
+        ``pairs`` is the flat HMSET argument list ``[field1, value1, ...]``
+        (bytes): ``id, name, agent_type, state, cli, created_at,
+        last_heartbeat, tasks_completed, rounds_completed, last_active_at,
+        spawn_mode``, then those of ``current_task, nickname, role_id,
+        parent_agent_id`` that are not None. ``hdel`` lists (in that same
+        order) the optional fields that are None, to be removed with HDEL
+        first; it is empty when all four are set. Values: UUIDs lowercase
+        hyphenated, raw strings as their UTF-8 bytes, enums bare,
+        timestamps in the ``+00:00`` form (:meth:`Timestamp.to_rfc3339`),
+        counters in decimal. Raises :class:`~tinytown.EncodeError` for a bad
+        field, exactly as :meth:`to_json` does.
+        """
+        o = "Agent"
+        pairs = [
+            b"id", put_id(self.id, AgentId, o, "id"),
+            b"name", put_str(self.name, o, "name"),
+            b"agent_type", put_enum(self.agent_type, AgentType, o, "agent_type"),
+            b"state", put_enum(self.state, AgentState, o, "state"),
+            b"cli", put_str(self.cli, o, "cli"),
+            b"created_at", put_ts(self.created_at, o, "created_at"),
+            b"last_heartbeat", put_ts(self.last_heartbeat, o, "last_heartbeat"),
+            b"tasks_completed", put_u64(self.tasks_completed, o, "tasks_completed"),
+            b"rounds_completed", put_u64(self.rounds_completed, o, "rounds_completed"),
+            b"last_active_at", put_ts(self.last_active_at, o, "last_active_at"),
+            b"spawn_mode", put_enum(self.spawn_mode, SpawnMode, o, "spawn_mode"),
+        ]
+        hdel: list[bytes] = []
+        if self.current_task is None:
+            hdel.append(b"current_task")
+        else:
+            pairs += (b"current_task", put_id(self.current_task, TaskId, o, "current_task"))
+        if self.nickname is None:
+            hdel.append(b"nickname")
+        else:
+            pairs += (b"nickname", put_str(self.nickname, o, "nickname"))
+        if self.role_id is None:
+            hdel.append(b"role_id")
+        else:
+            pairs += (b"role_id", put_str(self.role_id, o, "role_id"))
+        if self.parent_agent_id is None:
+            hdel.append(b"parent_agent_id")
+        else:
+            pairs += (b"parent_agent_id", put_id(self.parent_agent_id, AgentId, o, "parent_agent_id"))
+        return hdel, pairs
 
     def to_hash(self) -> dict[bytes, bytes]:
-        """The agent as a Redis Hash: one field per struct field, plain string
-        values, absent optionals left out."""
-        # to_json validates every field; reuse its checks instead of repeating them.
-        self.to_json()
-        out: dict[bytes, bytes] = {
-            b"id": AgentId(self.id).encode(),
-            b"name": self.name.encode(),
-        }
-        if self.nickname is not None:
-            out[b"nickname"] = self.nickname.encode()
-        if self.role_id is not None:
-            out[b"role_id"] = self.role_id.encode()
-        if self.parent_agent_id is not None:
-            out[b"parent_agent_id"] = AgentId(self.parent_agent_id).encode()
-        out[b"spawn_mode"] = self.spawn_mode._value_.encode()
-        out[b"agent_type"] = self.agent_type._value_.encode()
-        out[b"state"] = self.state._value_.encode()
-        out[b"cli"] = self.cli.encode()
-        if self.current_task is not None:
-            out[b"current_task"] = TaskId(self.current_task).encode()
-        out[b"created_at"] = self.created_at.rfc3339().encode()
-        out[b"last_heartbeat"] = self.last_heartbeat.rfc3339().encode()
-        out[b"tasks_completed"] = int.__repr__(self.tasks_completed).encode()
-        out[b"rounds_completed"] = int.__repr__(self.rounds_completed).encode()
-        out[b"last_active_at"] = self.last_active_at.rfc3339().encode()
-        return out
+        """The fields :meth:`hash_fields` writes, as a dict in HMSET order
+        (absent optionals left out). Raises :class:`~tinytown.EncodeError`."""
+        pairs = self.hash_fields()[1]
+        return dict(zip(pairs[::2], pairs[1::2]))
 
     @classmethod
     def from_hash(cls, mapping: Mapping[Any, Any]) -> Agent:
-        """Read the Hash layout (keys and values bytes or str). Raises
-        :class:`~tinytown.DecodeError`; its ``raw`` is the bad field's value
-        (None when a field is missing)."""
-        fields = _json.hash_to_str_dict(mapping, "Agent")
-        try:
-            get = fields.get
-            spawn_mode = get("spawn_mode")
-            rounds = get("rounds_completed")
-            last_active = get("last_active_at")
-            return cls(
-                id=as_id(fields["id"], AgentId, "id"),
-                name=fields["name"],
-                nickname=get("nickname"),
-                role_id=get("role_id"),
-                parent_agent_id=as_opt_id(get("parent_agent_id"), AgentId, "parent_agent_id"),
-                spawn_mode=SpawnMode.FRESH if spawn_mode is None else as_enum(spawn_mode, _SPAWN_MODES, "spawn_mode"),
-                agent_type=as_enum(fields["agent_type"], _AGENT_TYPES, "agent_type"),
-                state=as_enum(fields["state"], _AGENT_STATES, "state"),
-                cli=fields["cli"],
-                current_task=as_opt_id(get("current_task"), TaskId, "current_task"),
-                created_at=as_ts(fields["created_at"], "created_at"),
-                last_heartbeat=as_ts(fields["last_heartbeat"], "last_heartbeat"),
-                tasks_completed=hash_u64(fields["tasks_completed"], "tasks_completed"),
-                rounds_completed=0 if rounds is None else hash_u64(rounds, "rounds_completed"),
-                last_active_at=Timestamp.now() if last_active is None else as_ts(last_active, "last_active_at"),
-            )
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise _json.hash_error("Agent", exc, fields) from None
+        """Read an agent Hash (an HGETALL reply as a mapping; keys and values
+        bytes or str) the way Tinytown 0.10's ``parse_agent_from_hash`` does.
 
+        Only ``id`` is required: a missing or non-UUID ``id``, a value that is
+        not UTF-8, or a non-mapping raises :class:`~tinytown.DecodeError`.
+        Everything else falls back to upstream's defaults: ``name``/``cli``
+        ``""``; ``agent_type`` WORKER, ``state`` STARTING, ``spawn_mode``
+        FRESH (an enum is read as the JSON string ``"<value>"``, so escapes
+        count and ``Idle`` is not a state); counters 0 (Rust's u64 syntax:
+        ``+5`` and ``007`` are read, ``-1``, ``5.0``, `` 5`` are not);
+        ``created_at``/``last_heartbeat`` the reader's current time and
+        ``last_active_at`` the resolved ``created_at`` (RFC 3339 as chrono's
+        ``parse_from_rfc3339`` reads it); ``current_task``/``parent_agent_id``
+        None when not a UUID; ``nickname``/``role_id`` None only when absent
+        (an empty value stays ``""``). Unknown fields are ignored.
+
+        Upstream's defaults hide data loss (spec §9.6): when a field that is
+        *present* is replaced by its default, one warning naming the fields
+        is logged on the ``tinytown`` logger; absent fields are not reported.
+        """
+        fields = _json.hash_to_str_dict(mapping, "Agent")
+        get = fields.get
+        agent_id = _json.hash_required_id(fields, AgentId, "Agent")
+        bad: list[str] = []
+        now = None
+        created_text = get("created_at")
+        created_at = None if created_text is None else _json.hash_ts(created_text, "created_at", bad)
+        if created_at is None:
+            created_at = now = Timestamp.now()
+        heartbeat_text = get("last_heartbeat")
+        last_heartbeat = None if heartbeat_text is None else _json.hash_ts(heartbeat_text, "last_heartbeat", bad)
+        if last_heartbeat is None:
+            last_heartbeat = now or Timestamp.now()
+        active_text = get("last_active_at")
+        last_active_at = None if active_text is None else _json.hash_ts(active_text, "last_active_at", bad)
+        agent = _new(cls)
+        agent.id = agent_id
+        agent.name = get("name", "")
+        agent.nickname = get("nickname")
+        agent.role_id = get("role_id")
+        agent.parent_agent_id = _json.hash_opt_id(get("parent_agent_id"), AgentId, "parent_agent_id", bad)
+        agent.spawn_mode = _json.hash_enum(get("spawn_mode"), _SPAWN_MODES, SpawnMode.FRESH, "spawn_mode", bad)
+        agent.agent_type = _json.hash_enum(get("agent_type"), _AGENT_TYPES, AgentType.WORKER, "agent_type", bad)
+        agent.state = _json.hash_enum(get("state"), _AGENT_STATES, AgentState.STARTING, "state", bad)
+        agent.cli = get("cli", "")
+        agent.current_task = _json.hash_opt_id(get("current_task"), TaskId, "current_task", bad)
+        agent.created_at = created_at
+        agent.last_heartbeat = last_heartbeat
+        agent.tasks_completed = _json.hash_counter(get("tasks_completed"), "tasks_completed", bad)
+        agent.rounds_completed = _json.hash_counter(get("rounds_completed"), "rounds_completed", bad)
+        agent.last_active_at = created_at if last_active_at is None else last_active_at
+        if bad:
+            _json.warn_defaults("Agent", agent_id, bad, fields)
+        return agent

@@ -4,11 +4,18 @@ Used by ``tinytown bench`` (a table for people, ``--json`` for machines,
 ``--plot`` for a chart) and by the pytest-benchmark suites in ``benches/``.
 
 Everything is compared *in the same run, in interleaved rounds*: for each
-round, tinytown, redis-py's asyncio client (hiredis parser) and the C client
+round, tinytown, the Python peers (redis-py's asyncio client with its hiredis
+parser, valkey-glide and coredis, when installed) and the C client
 ``redis-benchmark`` each run one batch against the same server with the same
 payload, so the machine's drift hits all of them alike. Results are medians
 over rounds; ratios (tinytown / baseline) are what to compare across
 machines, never the absolute times.
+
+Two figures that scheduling noise cannot move much are reported beside the
+wall-clock ones: the client's CPU time per operation (process time over a
+round, every thread of the client included) and, with ``--callgrind``, the
+user-space instructions per ``send`` counted by ``valgrind --tool=callgrind``
+against a minimal hiredis C loop (the floor).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import csv
 import json
 import os
 import platform
+import resource
+import signal
 import shutil
 import socket
 import statistics
@@ -44,6 +53,12 @@ TARGET_NS = 100_000
 
 Op = Callable[[], Awaitable[Any]]
 
+#: The Python clients measured beside tinytown (each optional: a peer that is
+#: not installed is left out of the run).
+PEERS = ("redis_py", "glide", "coredis")
+#: Contenders of the single-operation rounds, in the order they take turns.
+CONTENDERS = ("tinytown", *PEERS, "tcp")
+
 
 def _p(samples: list[int], q: float) -> float:
     ordered = sorted(samples)
@@ -61,6 +76,12 @@ class Result:
     redis_py: float | None = None  # same measure for redis-py asyncio
     c_client: float | None = None  # redis-benchmark's p50 (ns) or requests/s
     tcp: float | None = None       # tinytown over TCP, same measure
+    glide: float | None = None     # valkey-glide (async), same measure
+    coredis: float | None = None   # coredis, same measure
+    python_transport: float | None = None  # tinytown on its pure-Python transport
+    #: Client CPU time per operation (ns), by contender: "tinytown", the
+    #: peers' names and "c_client" (redis-benchmark's own CPU time).
+    cpu: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def ratio(self, baseline: float | None) -> float | None:
@@ -69,10 +90,16 @@ class Result:
             return None
         return self.tinytown / baseline
 
+    def cpu_ratio(self, who: str) -> float | None:
+        """tinytown's CPU time per operation / ``who``'s (below 1 is better)."""
+        mine, theirs = self.cpu.get("tinytown"), self.cpu.get(who)
+        return mine / theirs if mine and theirs else None
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["ratio_redis_py"] = self.ratio(self.redis_py)
-        d["ratio_c_client"] = self.ratio(self.c_client)
+        for who in (*PEERS, "c_client", "python_transport"):
+            d[f"ratio_{who}"] = self.ratio(getattr(self, who))
+            d[f"cpu_ratio_{who}"] = self.cpu_ratio(who)
         d["ratio_tcp_unix"] = (self.tcp / self.tinytown) if self.tcp and self.tinytown else None
         return d
 
@@ -210,7 +237,9 @@ class Bench:
         self.task_key = f"tt:{town}:task:{self.task.id}"
         self.channel: Channel | None = None
         self.tcp_channel: Channel | None = None
-        self.redis_py: Any = None
+        self.redis_py: Any = None          # redis.asyncio.Redis
+        self.glide: Any = None             # glide.GlideClient
+        self.coredis: Any = None           # coredis.Redis
         self.sync_channel: Any = None      # tinytown.SyncChannel
         self.redis_py_sync: Any = None     # redis.Redis (sync client)
 
@@ -218,22 +247,50 @@ class Bench:
         self.channel = await Channel.connect(self.server.url, town=self.town)
         if self.tcp_server is not None:
             self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town)
-        try:
-            from .sync_channel import SyncChannel
-        except ImportError:  # the Python transport has no sync channel
-            self.sync_channel = None
-        else:
-            self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
-        try:
+        from .sync_channel import SyncChannel
+
+        self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
+        path = str(self.server.socket_path)
+        try:  # every peer is optional for `tinytown bench`
             import redis
             import redis.asyncio as aredis
-        except ImportError:  # the baseline is optional for `tinytown bench`
-            self.redis_py = None
+        except ImportError:
+            pass
         else:
-            self.redis_py = aredis.Redis(unix_socket_path=str(self.server.socket_path))
+            self.redis_py = aredis.Redis(unix_socket_path=path)
             await self.redis_py.ping()
-            self.redis_py_sync = redis.Redis(unix_socket_path=str(self.server.socket_path))
+            self.redis_py_sync = redis.Redis(unix_socket_path=path)
             self.redis_py_sync.ping()
+        try:
+            import glide
+        except ImportError:
+            pass
+        else:
+            self.glide = await glide.GlideClient.create(glide.GlideClientConfiguration(
+                [glide.NodeAddress(unix_socket_path=path)]))
+        try:
+            import coredis
+        except ImportError:
+            pass
+        else:
+            # coredis 6 opens its pool in the client's async context, which must
+            # be left in the task that entered it: one task holds it open.
+            ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._coredis_done = asyncio.Event()
+
+            async def hold() -> None:
+                try:
+                    async with coredis.Redis(unix_socket_path=path) as client:
+                        await client.ping()
+                        ready.set_result(client)
+                        await self._coredis_done.wait()
+                except BaseException as exc:
+                    if not ready.done():
+                        ready.set_exception(exc)
+                    raise
+
+            self._coredis_holder = asyncio.ensure_future(hold())
+            self.coredis = await ready
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -243,75 +300,112 @@ class Bench:
             await self.tcp_channel.close()
         if self.redis_py is not None:
             await self.redis_py.aclose()
+        if self.glide is not None:
+            await self.glide.close()
+        if self.coredis is not None:
+            self._coredis_done.set()
+            await self._coredis_holder
         if self.sync_channel is not None:
             self.sync_channel.close()
         if self.redis_py_sync is not None:
             self.redis_py_sync.close()
 
+    def peer(self, who: str) -> Any:
+        """The client of a Python peer ("redis_py", "glide", "coredis"), or None."""
+        return getattr(self, who)
+
     # -- primitives -------------------------------------------------------------
 
-    async def _time_ops(self, op: Op, n: int, into: list[int]) -> None:
-        clock = time.perf_counter_ns
+    @staticmethod
+    async def _time_ops(op: Op, n: int, into: list[int]) -> int:
+        """Run ``op`` n times, appending each latency (ns); returns the CPU ns spent."""
+        clock, cpu = time.perf_counter_ns, time.process_time_ns
+        cpu_start = cpu()
         for _ in range(n):
             start = clock()
             await op()
             into.append(clock() - start)
+        return cpu() - cpu_start
 
     @staticmethod
-    def _time_sync_ops(op: Callable[[], Any], n: int, into: list[int]) -> None:
-        clock = time.perf_counter_ns
+    def _time_sync_ops(op: Callable[[], Any], n: int, into: list[int]) -> int:
+        clock, cpu = time.perf_counter_ns, time.process_time_ns
+        cpu_start = cpu()
         for _ in range(n):
             start = clock()
             op()
             into.append(clock() - start)
+        return cpu() - cpu_start
 
     async def _prefill(self, channel: Channel, key: str, n: int) -> None:
         await channel.execute("DEL", key)
         for start in range(0, n, 1000):
             await channel.execute("RPUSH", key, *[self.payload] * min(1000, n - start))
 
-    def _c_p50(self, command: list[str], prefill: str | None) -> float | None:
+    def _c_p50(self, command: list[str], prefill: str | None) -> tuple[float, float] | None:
+        """redis-benchmark -c 1 on ``command``: (p50 ns, its CPU ns per request)."""
         requests = max(self.per_round, 1000)
         if prefill is not None:
             self.server.cli("DEL", prefill)
             redis_benchmark(self.server, ["RPUSH", prefill, self.payload.decode()],
                             requests=requests, pipeline=100)
+        before = _children_cpu_ns()
         row = redis_benchmark(self.server, command, requests=requests)
-        return None if row is None else row["p50_ms"] * 1e6
+        if row is None:
+            return None
+        return row["p50_ms"] * 1e6, (_children_cpu_ns() - before) / requests
 
     # -- single operations --------------------------------------------------------
 
-    def _operations(self) -> list[tuple[str, Callable[[Channel], Op], Op | None, list[str], str | None]]:
-        """(name, tinytown op for a channel, redis-py op, C command, key to prefill)."""
+    def _operations(self) -> list[OpSpec]:
+        """Every single operation: tinytown's call and each peer's equivalent."""
         agent, message, payload, inbox = self.agent, self.message, self.payload, self.inbox
-        rp = self.redis_py
         agent_state, task = self.agent_state, self.task
+        agent_json, task_json = agent_state.to_json(), task.to_json()
         payload_text = payload.decode()
+        rp, gl, cd = self.redis_py, self.glide, self.coredis
+        akey, tkey = self.agent_key, self.task_key
+
+        def peers(redis_py: Op, glide: Op, coredis: Op) -> dict[str, Op | None]:
+            return {"redis_py": rp and redis_py, "glide": gl and glide, "coredis": cd and coredis}
+
         return [
-            ("send", lambda ch: lambda: ch.send(message),
-             rp and (lambda: rp.rpush(inbox, payload)), ["RPUSH", inbox, payload_text], None),
-            ("try_receive", lambda ch: lambda: ch.try_receive(agent),
-             rp and (lambda: rp.lpop(inbox)), ["LPOP", inbox], inbox),
-            ("receive (message waiting)", lambda ch: lambda: ch.receive(agent, 1),
-             rp and (lambda: rp.blpop([inbox], 1)), ["BLPOP", inbox, "1"], inbox),
-            ("inbox_len", lambda ch: lambda: ch.inbox_len(agent),
-             rp and (lambda: rp.llen(inbox)), ["LLEN", inbox], None),
-            ("set_agent_state", lambda ch: lambda: ch.set_agent_state(agent_state),
-             rp and (lambda: rp.set(self.agent_key, agent_state.to_json())),
-             ["SET", self.agent_key, agent_state.to_json().decode()], None),
-            ("get_agent_state", lambda ch: lambda: ch.get_agent_state(agent_state.id),
-             rp and (lambda: rp.get(self.agent_key)), ["GET", self.agent_key], None),
-            ("set_task", lambda ch: lambda: ch.set_task(task),
-             rp and (lambda: rp.set(self.task_key, task.to_json())),
-             ["SET", self.task_key, task.to_json().decode()], None),
-            ("get_task", lambda ch: lambda: ch.get_task(task.id),
-             rp and (lambda: rp.get(self.task_key)), ["GET", self.task_key], None),
-            ("broadcast", lambda ch: lambda: ch.broadcast(message),
-             rp and (lambda: rp.publish("tt:broadcast", payload)),
-             ["PUBLISH", "tt:broadcast", payload_text], None),
+            OpSpec("send", lambda ch: lambda: ch.send(message),
+                   peers(lambda: rp.rpush(inbox, payload), lambda: gl.rpush(inbox, [payload]),
+                         lambda: cd.rpush(inbox, [payload])),
+                   ["RPUSH", inbox, payload_text], None),
+            OpSpec("try_receive", lambda ch: lambda: ch.try_receive(agent),
+                   peers(lambda: rp.lpop(inbox), lambda: gl.lpop(inbox), lambda: cd.lpop(inbox)),
+                   ["LPOP", inbox], inbox),
+            OpSpec("receive (message waiting)", lambda ch: lambda: ch.receive(agent, 1),
+                   peers(lambda: rp.blpop([inbox], 1), lambda: gl.blpop([inbox], 1),
+                         lambda: cd.blpop([inbox], 1)),
+                   ["BLPOP", inbox, "1"], inbox),
+            OpSpec("inbox_len", lambda ch: lambda: ch.inbox_len(agent),
+                   peers(lambda: rp.llen(inbox), lambda: gl.llen(inbox), lambda: cd.llen(inbox)),
+                   ["LLEN", inbox], None),
+            OpSpec("set_agent_state", lambda ch: lambda: ch.set_agent_state(agent_state),
+                   peers(lambda: rp.set(akey, agent_json), lambda: gl.set(akey, agent_json),
+                         lambda: cd.set(akey, agent_json)),
+                   ["SET", akey, agent_json.decode()], None),
+            OpSpec("get_agent_state", lambda ch: lambda: ch.get_agent_state(agent_state.id),
+                   peers(lambda: rp.get(akey), lambda: gl.get(akey), lambda: cd.get(akey)),
+                   ["GET", akey], None),
+            OpSpec("set_task", lambda ch: lambda: ch.set_task(task),
+                   peers(lambda: rp.set(tkey, task_json), lambda: gl.set(tkey, task_json),
+                         lambda: cd.set(tkey, task_json)),
+                   ["SET", tkey, task_json.decode()], None),
+            OpSpec("get_task", lambda ch: lambda: ch.get_task(task.id),
+                   peers(lambda: rp.get(tkey), lambda: gl.get(tkey), lambda: cd.get(tkey)),
+                   ["GET", tkey], None),
+            OpSpec("broadcast", lambda ch: lambda: ch.broadcast(message),
+                   peers(lambda: rp.publish("tt:broadcast", payload),
+                         lambda: gl.publish(payload, "tt:broadcast"),
+                         lambda: cd.publish("tt:broadcast", payload)),
+                   ["PUBLISH", "tt:broadcast", payload_text], None),
         ]
 
-    def _sync_operations(self) -> list[tuple[str, Callable[[Any], Any], Any, list[str], str | None]]:
+    def _sync_operations(self) -> list[OpSpec]:
         """The same calls on the blocking SyncChannel, beside redis-py's sync client."""
         if self.sync_channel is None:
             return []
@@ -328,21 +422,22 @@ class Bench:
             "get_task": lambda: rp.get(self.task_key),
             "broadcast": lambda: rp.publish("tt:broadcast", payload),
         }
-        return [(f"sync {name}", make_op, rp and baselines[name], c_command, prefill)
-                for name, make_op, _async_rp, c_command, prefill in self._operations()]
+        return [OpSpec(f"sync {spec.name}", spec.make_op,
+                       {"redis_py": rp and baselines[spec.name]}, spec.c_command, spec.prefill)
+                for spec in self._operations()]
 
     def operation(self, name: str) -> OperationBench:
         """The measurement of one Channel (or SyncChannel) call, driven round by round."""
-        for op_name, make_op, rp_op, c_command, prefill in self._operations():
-            if op_name == name:
-                return OperationBench(self, name, make_op, rp_op, c_command, prefill)
-        for op_name, make_op, rp_op, c_command, prefill in self._sync_operations():
-            if op_name == name:
-                return OperationBench(self, name, make_op, rp_op, c_command, prefill, sync=True)
+        for spec in self._operations():
+            if spec.name == name:
+                return OperationBench(self, spec)
+        for spec in self._sync_operations():
+            if spec.name == name:
+                return OperationBench(self, spec, sync=True)
         raise KeyError(name)
 
     def operation_names(self) -> list[str]:
-        return [op[0] for op in self._operations()] + [op[0] for op in self._sync_operations()]
+        return [spec.name for spec in self._operations() + self._sync_operations()]
 
     async def single_operations(self, only: set[str] | None = None) -> list[Result]:
         """Median per-operation latency of each Channel call, interleaved with the baselines."""
@@ -354,8 +449,7 @@ class Bench:
             await op.setup()
             for r in range(self.rounds):
                 self.progress(f"{name} round {r + 1}/{self.rounds}")
-                order = ["tinytown", "redis_py", "tcp"]
-                for who in (reversed(order) if r % 2 else order):
+                for who in (reversed(CONTENDERS) if r % 2 else CONTENDERS):
                     await op.prepare(who)
                     await op.timed_round(who)
                 op.c_round()
@@ -364,86 +458,111 @@ class Bench:
 
     # -- throughput -----------------------------------------------------------------
 
-    async def concurrent_round(self, who: str, coroutines: int = 100, per_coroutine: int = 100) -> float:
-        """Sends/s of ``coroutines`` coroutines sending on one client ("tinytown"/"redis_py")."""
+    def _send_op(self, who: str) -> Op:
+        """One send on the shared client of ``who`` (tinytown or a peer)."""
+        channel, message, inbox, payload = self.channel, self.message, self.inbox, self.payload
+        assert channel is not None
+        client = self.peer(who) if who != "tinytown" else None
+        if who == "tinytown":
+            return lambda: channel.send(message)
+        if who == "redis_py":
+            return lambda: client.rpush(inbox, payload)
+        return lambda: client.rpush(inbox, [payload])
+
+    def _present(self) -> list[str]:
+        """tinytown and the peers installed for this run."""
+        return ["tinytown"] + [who for who in PEERS if self.peer(who) is not None]
+
+    async def concurrent_round(self, who: str, coroutines: int = 100,
+                               per_coroutine: int = 100) -> tuple[float, float]:
+        """(sends/s, CPU ns per send) of ``coroutines`` coroutines sending on one client."""
         assert self.channel is not None
-        channel, message, rp, inbox, payload = (
-            self.channel, self.message, self.redis_py, self.inbox, self.payload)
-        op: Op = (lambda: channel.send(message)) if who == "tinytown" \
-            else (lambda: rp.rpush(inbox, payload))
+        op = self._send_op(who)
 
         async def worker() -> None:
             for _ in range(per_coroutine):
                 await op()
 
-        start = time.perf_counter()
+        cpu, start = time.process_time_ns(), time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(coroutines)])
-        rate = coroutines * per_coroutine / (time.perf_counter() - start)
-        await channel.execute("DEL", inbox)
-        return rate
+        n = coroutines * per_coroutine
+        rate, cpu_per_op = n / (time.perf_counter() - start), (time.process_time_ns() - cpu) / n
+        await self.channel.execute("DEL", self.inbox)
+        return rate, cpu_per_op
 
-    def concurrent_c(self, coroutines: int = 100, per_coroutine: int = 100) -> float | None:
-        """requests/s of ``redis-benchmark -c <coroutines>`` on the same push."""
+    def concurrent_c(self, coroutines: int = 100, per_coroutine: int = 100) -> tuple[float, float] | None:
+        """(requests/s, CPU ns per request) of ``redis-benchmark -c <coroutines>`` on the same push."""
+        before = _children_cpu_ns()
+        n = coroutines * per_coroutine
         row = redis_benchmark(self.server, ["RPUSH", self.inbox, self.payload.decode()],
-                              clients=coroutines, requests=coroutines * per_coroutine)
+                              clients=coroutines, requests=n)
         self.server.cli("DEL", self.inbox)
-        return None if row is None else row["rps"]
+        return None if row is None else (row["rps"], (_children_cpu_ns() - before) / n)
 
     async def concurrent_sends(self, coroutines: int = 100, per_coroutine: int = 100) -> Result:
-        """Sends/s of ``coroutines`` coroutines sending on one Channel."""
-        tt, base, c = [], [], []
+        """Sends/s of ``coroutines`` coroutines sending on one Channel (one client per peer)."""
+        rates: dict[str, list[tuple[float, float]]] = {who: [] for who in self._present()}
+        c: list[tuple[float, float]] = []
         for r in range(self.rounds):
             self.progress(f"{coroutines} coroutines round {r + 1}/{self.rounds}")
-            tt.append(await self.concurrent_round("tinytown", coroutines, per_coroutine))
-            if self.redis_py is not None:
-                base.append(await self.concurrent_round("redis_py", coroutines, per_coroutine))
-            rate = self.concurrent_c(coroutines, per_coroutine)
-            if rate is not None:
-                c.append(rate)
-        return Result(name=f"{coroutines} coroutines, one Channel", unit="ops/s",
-                      tinytown=statistics.median(tt),
-                      redis_py=statistics.median(base) if base else None,
-                      c_client=statistics.median(c) if c else None)
+            for who in rates:
+                rates[who].append(await self.concurrent_round(who, coroutines, per_coroutine))
+            row = self.concurrent_c(coroutines, per_coroutine)
+            if row is not None:
+                c.append(row)
+        return _rate_result(f"{coroutines} coroutines, one Channel", rates, c)
 
-    async def send_many_round(self, who: str, count: int = 10_000) -> float:
-        """Messages/s of one ``send_many(count)`` (encoding included), or of a
-        redis-py pipeline of the same pushes."""
+    async def send_many_round(self, who: str, count: int = 10_000) -> tuple[float, float]:
+        """(messages/s, CPU ns per message) of one ``send_many(count)`` (encoding
+        included), or of a peer's pipeline of the same pushes."""
         assert self.channel is not None
         messages = [Message.new(AgentId.supervisor(), self.agent,
                                 MessageType.Task(description=f"item {i}")) for i in range(count)]
-        start = time.perf_counter()
+        inbox, client = self.inbox, self.peer(who) if who != "tinytown" else None
+        cpu, start = time.process_time_ns(), time.perf_counter()
         if who == "tinytown":
             await self.channel.send_many(messages)
-        else:
-            async with self.redis_py.pipeline(transaction=False) as pipe:
+        elif who == "redis_py":
+            async with client.pipeline(transaction=False) as pipe:
                 for m in messages:
-                    pipe.rpush(self.inbox, m.to_json())
+                    pipe.rpush(inbox, m.to_json())
                 await pipe.execute()
-        rate = count / (time.perf_counter() - start)
-        await self.channel.execute("DEL", self.inbox)
-        return rate
+        elif who == "glide":
+            import glide
 
-    def send_many_c(self, count: int = 10_000) -> float | None:
-        """requests/s of ``redis-benchmark -P 1000`` on the same push."""
+            batch = glide.Batch(is_atomic=False)
+            for m in messages:
+                batch.rpush(inbox, [m.to_json()])
+            await client.exec(batch, raise_on_error=True)
+        else:  # coredis: the pipeline runs when its block ends
+            async with client.pipeline(transaction=False) as pipe:
+                for m in messages:
+                    pipe.rpush(inbox, [m.to_json()])
+        rate, cpu_per_op = count / (time.perf_counter() - start), (time.process_time_ns() - cpu) / count
+        await self.channel.execute("DEL", inbox)
+        return rate, cpu_per_op
+
+    def send_many_c(self, count: int = 10_000) -> tuple[float, float] | None:
+        """(requests/s, CPU ns per request) of ``redis-benchmark -P 1000`` on the same push."""
+        before = _children_cpu_ns()
+        n = count * 20
         row = redis_benchmark(self.server, ["RPUSH", self.inbox, self.payload.decode()],
-                              requests=count * 20, pipeline=1000)
+                              requests=n, pipeline=1000)
         self.server.cli("DEL", self.inbox)
-        return None if row is None else row["rps"]
+        return None if row is None else (row["rps"], (_children_cpu_ns() - before) / n)
 
     async def send_many(self, count: int = 10_000) -> Result:
         """Messages/s of ``send_many(count)``, JSON encoding included."""
-        tt, base, c = [], [], []
+        rates: dict[str, list[tuple[float, float]]] = {who: [] for who in self._present()}
+        c: list[tuple[float, float]] = []
         for r in range(self.rounds):
             self.progress(f"send_many({count}) round {r + 1}/{self.rounds}")
-            tt.append(await self.send_many_round("tinytown", count))
-            if self.redis_py is not None:
-                base.append(await self.send_many_round("redis_py", count))
-            rate = self.send_many_c(count)
-            if rate is not None:
-                c.append(rate)
-        return Result(name=f"send_many({count})", unit="ops/s", tinytown=statistics.median(tt),
-                      redis_py=statistics.median(base) if base else None,
-                      c_client=statistics.median(c) if c else None)
+            for who in rates:
+                rates[who].append(await self.send_many_round(who, count))
+            row = self.send_many_c(count)
+            if row is not None:
+                c.append(row)
+        return _rate_result(f"send_many({count})", rates, c)
 
     async def end_to_end(self, messages: int = 500) -> Result:
         """Latency from send() in this process to the receive() that wakes in another.
@@ -494,31 +613,40 @@ class Bench:
                       tinytown=growth["growth"], extra=growth)
 
 
+@dataclass
+class OpSpec:
+    """One operation: tinytown's call, each peer's equivalent and the C client's command."""
+
+    name: str
+    make_op: Callable[[Any], Any]          # channel -> zero-argument call
+    peers: dict[str, Any]                  # peer name -> zero-argument call (or None)
+    c_command: list[str]
+    prefill: str | None                    # key to fill before a round of pops
+
+
 class OperationBench:
     """One Channel call measured against the baselines, one round at a time.
 
-    A round runs ``per_round`` operations for one contender ("tinytown",
-    "redis_py", "tcp") after :meth:`prepare`, or the C client (:meth:`c_round`).
+    A round runs ``per_round`` operations for one contender (see CONTENDERS)
+    after :meth:`prepare`, or the C client (:meth:`c_round`). Each round also
+    records the contender's CPU time per operation.
     """
 
-    def __init__(self, bench: Bench, name: str, make_op: Callable[[Any], Any],
-                 redis_py_op: Any, c_command: list[str], prefill: str | None,
-                 sync: bool = False) -> None:
+    def __init__(self, bench: Bench, spec: OpSpec, sync: bool = False) -> None:
         self.bench = bench
-        self.name = name
-        self.c_command = c_command
-        self.prefill = prefill
+        self.name = spec.name
+        self.c_command = spec.c_command
+        self.prefill = spec.prefill
         self.sync = sync
+        self.ops: dict[str, Any] = {who: spec.peers.get(who) for who in PEERS}
         if sync:  # the same calls on the SyncChannel; no TCP row for them
-            self.ops: dict[str, Any] = {"tinytown": make_op(bench.sync_channel),
-                                        "redis_py": redis_py_op, "tcp": None}
+            self.ops["tinytown"] = spec.make_op(bench.sync_channel)
+            self.ops["tcp"] = None
         else:
-            self.ops = {
-                "tinytown": make_op(bench.channel) if bench.channel else None,
-                "redis_py": redis_py_op,
-                "tcp": make_op(bench.tcp_channel) if bench.tcp_channel else None,
-            }
-        self.samples: dict[str, list[int]] = {who: [] for who in self.ops}
+            self.ops["tinytown"] = spec.make_op(bench.channel) if bench.channel else None
+            self.ops["tcp"] = spec.make_op(bench.tcp_channel) if bench.tcp_channel else None
+        self.samples: dict[str, list[int]] = {who: [] for who in CONTENDERS}
+        self.cpu: dict[str, list[float]] = {who: [] for who in (*CONTENDERS, "c_client")}
         self.c_p50s: list[float] = []
 
     def _channel(self, who: str) -> Channel | None:
@@ -545,27 +673,57 @@ class OperationBench:
         op = self.ops[who]
         if op is None:
             return
+        n = self.bench.per_round
         if self.sync:
-            self.bench._time_sync_ops(op, self.bench.per_round, self.samples[who])
+            cpu = self.bench._time_sync_ops(op, n, self.samples[who])
         else:
-            await self.bench._time_ops(op, self.bench.per_round, self.samples[who])
+            cpu = await self.bench._time_ops(op, n, self.samples[who])
+        self.cpu[who].append(cpu / n)
 
     def c_round(self) -> None:
-        p50 = self.bench._c_p50(self.c_command, self.prefill)
-        if p50 is not None:
-            self.c_p50s.append(p50)
+        row = self.bench._c_p50(self.c_command, self.prefill)
+        if row is not None:
+            self.c_p50s.append(row[0])
+            self.cpu["c_client"].append(row[1])
 
     def result(self) -> Result:
         s = self.samples
+
+        def median(values: list[Any]) -> float | None:
+            return statistics.median(values) if values else None
+
         return Result(
             name=self.name, unit="ns",
             tinytown=statistics.median(s["tinytown"]),
             tinytown_p99=_p(s["tinytown"], 0.99),
-            redis_py=statistics.median(s["redis_py"]) if s["redis_py"] else None,
-            c_client=statistics.median(self.c_p50s) if self.c_p50s else None,
-            tcp=statistics.median(s["tcp"]) if s["tcp"] else None,
-            extra={"samples": {k: v for k, v in s.items() if v}},
+            redis_py=median(s["redis_py"]), glide=median(s["glide"]),
+            coredis=median(s["coredis"]), c_client=median(self.c_p50s), tcp=median(s["tcp"]),
+            cpu={who: statistics.median(v) for who, v in self.cpu.items() if v and who != "tcp"},
+            extra={"samples": {k: v for k, v in s.items() if v} | (
+                {"c_client_p50": self.c_p50s} if self.c_p50s else {})},
         )
+
+
+def _rate_result(name: str, rates: dict[str, list[tuple[float, float]]],
+                 c: list[tuple[float, float]]) -> Result:
+    """A throughput row from per-round (rate, CPU ns per op) of each contender."""
+    def median(rows: list[tuple[float, float]], i: int) -> float | None:
+        return statistics.median(r[i] for r in rows) if rows else None
+
+    cpu = {who: median(rows, 1) for who, rows in rates.items() if rows}
+    if c:
+        cpu["c_client"] = median(c, 1)
+    return Result(name=name, unit="ops/s", tinytown=median(rates["tinytown"], 0) or 0.0,
+                  redis_py=median(rates.get("redis_py", []), 0),
+                  glide=median(rates.get("glide", []), 0),
+                  coredis=median(rates.get("coredis", []), 0),
+                  c_client=median(c, 0), cpu={k: v for k, v in cpu.items() if v is not None})
+
+
+def _children_cpu_ns() -> int:
+    """User + system CPU time of every waited-for child process so far (ns)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return int((usage.ru_utime + usage.ru_stime) * 1e9)
 
 
 def _rss_bytes() -> int:
@@ -609,6 +767,254 @@ def _memory_child(url: str, pairs: int) -> None:
     print(json.dumps(asyncio.run(run())))
 
 
+# --------------------------------------------------------------------------- instructions
+
+#: Sends per callgrind run: the cost of one send is the difference of two runs
+#: divided by the difference of their counts, so start-up and imports cancel out.
+CALLGRIND_N = (2000, 4000)
+#: The clients counted by ``--callgrind``, the C floor first.
+CALLGRIND_CLIENTS = ("hiredis C loop", "tinytown SyncChannel", "tinytown Channel (uvloop)",
+                     "tinytown Channel (asyncio)", "redis-py asyncio", "valkey-glide", "coredis")
+
+
+def build_floor(directory: Path) -> Path | None:
+    """Compile the hiredis C loop (``_floor.c``); None without a compiler or hiredis headers."""
+    cc, pkg = shutil.which("cc"), shutil.which("pkg-config")
+    if cc is None or pkg is None:
+        return None
+    flags = subprocess.run([pkg, "--cflags", "--libs", "hiredis"], capture_output=True, text=True)
+    if flags.returncode:
+        return None
+    exe = directory / "floor"
+    built = subprocess.run([cc, "-O2", "-o", str(exe), str(Path(__file__).with_name("_floor.c")),
+                            *flags.stdout.split()], capture_output=True, text=True)
+    return exe if built.returncode == 0 else None
+
+
+def _callgrind_total(argv: list[str], env: dict[str, str] | None = None) -> int:
+    """User-space instructions executed by ``argv`` under callgrind (its "Collected" total)."""
+    with tempfile.TemporaryDirectory(prefix="tinytown-callgrind-") as tmp:
+        proc = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out", *argv],
+            capture_output=True, text=True, timeout=1800, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"callgrind run failed: {proc.stderr.strip().splitlines()[-1:]}")
+    for line in proc.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.rsplit(":", 1)[1].strip())
+    raise RuntimeError("callgrind printed no instruction count")
+
+
+def instructions_per_send(server: RedisServer, progress: Callable[[str], None] = lambda _: None,
+                          clients: tuple[str, ...] = CALLGRIND_CLIENTS) -> dict[str, float]:
+    """User-space instructions per send of each client (those that can run here).
+
+    tinytown encodes the Message to JSON inside each send; the others push the
+    same bytes pre-encoded, as a user of a plain Redis client would.
+    """
+    if shutil.which("valgrind") is None:
+        raise RuntimeError("--callgrind needs valgrind (apt-get install valgrind)")
+    town, agent = "bench", AgentId.new()
+    key = f"tt:{town}:inbox:{agent}"
+    counts: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="tinytown-floor-") as tmp:
+        floor = build_floor(Path(tmp))
+        payload_file = Path(tmp) / "payload"
+        payload_file.write_bytes(_callgrind_message(agent).to_json())
+        for who in clients:
+            if who == "hiredis C loop":
+                if floor is None or server.tcp:
+                    continue
+                def argv(n: int) -> list[str]:
+                    return [str(floor), str(server.socket_path), key, str(payload_file), str(n)]
+            else:
+                if not _client_available(who):
+                    continue
+                def argv(n: int, who: str = who) -> list[str]:
+                    return [sys.executable, "-c", "import sys; from tinytown.bench import _send_child; "
+                            "_send_child(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))",
+                            who, server.url, town, agent, str(n)]
+            totals = []
+            for n in CALLGRIND_N:
+                progress(f"callgrind: {who}, {n} sends")
+                totals.append(_callgrind_total(argv(n)))
+                server.cli("DEL", key)
+            counts[who] = (totals[1] - totals[0]) / (CALLGRIND_N[1] - CALLGRIND_N[0])
+    return counts
+
+
+def _client_available(who: str) -> bool:
+    module = {"redis-py asyncio": "redis", "valkey-glide": "glide", "coredis": "coredis",
+              "tinytown Channel (uvloop)": "uvloop"}.get(who)
+    if module is None:
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _callgrind_message(agent: str) -> Message:
+    return Message.new(AgentId.supervisor(), AgentId(agent), MessageType.Task(
+        description="Review the pull request #1234 and report what breaks. " * 8))
+
+
+def _send_child(who: str, url: str, town: str, agent: str, n: int) -> None:
+    """Body of one callgrind run: connect, then ``n`` sends."""
+    message = _callgrind_message(agent)
+    payload, key = message.to_json(), f"tt:{town}:inbox:{agent}"
+    socket_path = url.removeprefix("unix://")
+    if who == "tinytown SyncChannel":
+        from .sync_channel import SyncChannel
+
+        with SyncChannel.connect(url, town=town) as sync:
+            for _ in range(n):
+                sync.send(message)
+        return
+
+    async def run() -> None:
+        if who.startswith("tinytown"):
+            async with await Channel.connect(url, town=town) as channel:
+                for _ in range(n):
+                    await channel.send(message)
+        elif who == "redis-py asyncio":
+            import redis.asyncio as aredis
+
+            client = aredis.Redis(unix_socket_path=socket_path)
+            for _ in range(n):
+                await client.rpush(key, payload)
+            await client.aclose()
+        elif who == "valkey-glide":
+            import glide
+
+            g = await glide.GlideClient.create(glide.GlideClientConfiguration(
+                [glide.NodeAddress(unix_socket_path=socket_path)]))
+            for _ in range(n):
+                await g.rpush(key, [payload])
+            await g.close()
+        elif who == "coredis":
+            import coredis
+
+            async with coredis.Redis(unix_socket_path=socket_path) as c:
+                for _ in range(n):
+                    await c.rpush(key, [payload])
+        else:
+            raise ValueError(who)
+
+    if who == "tinytown Channel (uvloop)":
+        import uvloop
+
+        uvloop.run(run())
+    else:
+        asyncio.run(run())
+
+
+# --------------------------------------------------------------------------- under load
+
+#: Queued-drain sizes (commands of 1 KB) and large-message counts (1 MB each) of ``--load``.
+DRAIN_SIZES = (100_000, 200_000, 400_000, 800_000)
+LARGE_COUNTS = (100, 200, 400)
+
+
+async def drain_after_stall(server: RedisServer, who: str, count: int, stall: float = 1.0) -> float:
+    """Seconds to drain ``count`` 1 KB pushes queued on one client while redis-server
+    was stopped (SIGSTOP), from the moment it resumes (SIGCONT).
+
+    ``who``: "tinytown" (the extension), "python" (tinytown's Python
+    transport) or "redis_py" (one pipeline of the same pushes).
+    """
+    key, value = "tt:bench:drain", b"x" * 1024
+    if who == "redis_py":
+        import redis.asyncio as aredis
+
+        client = aredis.Redis(unix_socket_path=str(server.socket_path))
+        await client.ping()
+        pipe = client.pipeline(transaction=False)
+        for _ in range(count):
+            pipe.rpush(key, value)
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            task = asyncio.ensure_future(pipe.execute())
+            await asyncio.sleep(stall)
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        start = time.perf_counter()
+        await task
+        elapsed = time.perf_counter() - start
+        await client.delete(key)
+        await client.aclose()
+        return elapsed
+    channel = await Channel.connect(server.url, town="bench",
+                                    transport="python" if who == "python" else "hiredis")
+    started = 0
+
+    async def push() -> None:
+        nonlocal started
+        started += 1
+        await channel.execute("RPUSH", key, value)
+
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        tasks = [asyncio.ensure_future(push()) for _ in range(count)]
+        while started < count:
+            await asyncio.sleep(0)
+        await asyncio.sleep(stall)
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    start = time.perf_counter()
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    await channel.execute("DEL", key)
+    await channel.close()
+    return elapsed
+
+
+async def large_messages(server: RedisServer, who: str, count: int) -> float:
+    """Seconds of one ``send_many`` of ``count`` messages of 1 MB (or a redis-py pipeline)."""
+    agent = AgentId.new()
+    messages = [Message.new(AgentId.supervisor(), agent, MessageType.Task(description="y" * 2**20))
+                for _ in range(count)]
+    if who == "redis_py":
+        import redis.asyncio as aredis
+
+        client = aredis.Redis(unix_socket_path=str(server.socket_path))
+        start = time.perf_counter()
+        async with client.pipeline(transaction=False) as pipe:
+            for m in messages:
+                pipe.rpush(f"tt:bench:inbox:{agent}", m.to_json())
+            await pipe.execute()
+        elapsed = time.perf_counter() - start
+        await client.delete(f"tt:bench:inbox:{agent}")
+        await client.aclose()
+        return elapsed
+    async with await Channel.connect(server.url, town="bench", max_message_bytes=2**21,
+                                     transport="python" if who == "python" else "hiredis") as ch:
+        start = time.perf_counter()
+        await ch.send_many(messages)
+        elapsed = time.perf_counter() - start
+        await ch.execute("DEL", f"tt:bench:inbox:{agent}")
+    return elapsed
+
+
+async def load_rows(server: RedisServer, progress: Callable[[str], None],
+                    drain_sizes: tuple[int, ...] = DRAIN_SIZES,
+                    large_counts: tuple[int, ...] = LARGE_COUNTS) -> list[Result]:
+    """The ``--load`` rows: seconds per case, tinytown beside its Python transport and redis-py."""
+    results = []
+    cases: list[tuple[str, Callable[[str], Awaitable[float]]]] = [
+        (f"drain {n:,} x 1 KB after a stall", lambda who, n=n: drain_after_stall(server, who, n))
+        for n in drain_sizes]
+    cases += [(f"send_many {n} x 1 MB", lambda who, n=n: large_messages(server, who, n))
+              for n in large_counts]
+    for name, case in cases:
+        times = {}
+        for who in ("tinytown", "python", "redis_py"):
+            progress(f"{name}: {who}")
+            times[who] = await case(who)
+        results.append(Result(name=name, unit="s", tinytown=times["tinytown"],
+                              redis_py=times["redis_py"], python_transport=times["python"]))
+    return results
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -619,6 +1025,8 @@ def _format_value(value: float | None, unit: str) -> str:
         return f"{value / 1000:.1f} µs"
     if unit == "bytes":
         return f"{value / 1e6:.1f} MB"
+    if unit == "s":
+        return f"{value:.2f} s"
     return f"{value:,.0f}/s"
 
 
@@ -626,49 +1034,105 @@ def _format_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.2f}x"
 
 
+def _grid(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return lines
+
+
 def render_table(results: list[Result]) -> str:
-    """The human table: operation, p50, p99, target, ratios, Unix vs TCP."""
-    header = ["operation", "p50 / rate", "p99", "0.1 ms", "vs redis-py", "vs C client", "TCP/Unix"]
+    """The human tables: per operation, wall-clock p50 (or rate), p99, the
+    0.1 ms target and ratios to every baseline; then client CPU time per
+    operation and its ratios."""
+    header = ["operation", "p50 / rate", "p99", "0.1 ms", "vs redis-py", "vs glide",
+              "vs coredis", "vs C client", "TCP/Unix"]
     rows = []
+    load = [r for r in results if r.unit == "s"]
+    results = [r for r in results if r.unit != "s"]
     for r in results:
         target = "-"
         if r.unit == "ns":
             target = "met" if r.tinytown <= TARGET_NS else "missed"
         rows.append([
             r.name, _format_value(r.tinytown, r.unit), _format_value(r.tinytown_p99, r.unit),
-            target, _format_ratio(r.ratio(r.redis_py)), _format_ratio(r.ratio(r.c_client)),
+            target, *(_format_ratio(r.ratio(getattr(r, who))) for who in (*PEERS, "c_client")),
             _format_ratio(r.tcp / r.tinytown if r.tcp else None),
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = _grid(header, rows)
     lines.append("ratios: latency rows tinytown/baseline (lower is better); "
                  "rate rows tinytown/baseline (higher is better)")
+    cpu_rows = [[r.name, _format_value(r.cpu["tinytown"], "ns"),
+                 *(_format_ratio(r.cpu_ratio(who)) for who in (*PEERS, "c_client"))]
+                for r in results if r.cpu.get("tinytown")]
+    if cpu_rows:
+        lines += ["", *_grid(["operation", "client CPU/op", "vs redis-py", "vs glide",
+                              "vs coredis", "vs C client"], cpu_rows)]
+        lines.append("client CPU time per operation (process time, all threads): "
+                     "tinytown/baseline, lower is better")
+    if load:
+        lines += ["", *_grid(["under load", "time", "vs Python transport", "vs redis-py"],
+                             [[r.name, _format_value(r.tinytown, "s"),
+                               _format_ratio(r.ratio(r.python_transport)),
+                               _format_ratio(r.ratio(r.redis_py))] for r in load])]
+        lines.append("time to finish: tinytown/baseline, lower is better")
     return "\n".join(lines)
 
 
+def render_instructions(counts: dict[str, float]) -> str:
+    """The callgrind table: user-space instructions per send, and x the C loop."""
+    floor = counts.get("hiredis C loop")
+    rows = [[who, f"{n / 1000:.1f} k", _format_ratio(n / floor if floor else None)]
+            for who, n in counts.items()]
+    lines = _grid(["client", "instructions/send", "vs C loop"], rows)
+    lines.append("user-space instructions per send under valgrind --tool=callgrind "
+                 f"({CALLGRIND_N[1]} sends minus {CALLGRIND_N[0]}, divided by the difference)")
+    return "\n".join(lines)
+
+
+#: Colours of the contenders in the chart, the same in every group.
+_COLOURS = {"tinytown": "#1f77b4", "redis_py": "#d62728", "glide": "#9467bd",
+            "coredis": "#8c564b", "tcp": "#7f7f7f", "c_client": "#2ca02c"}
+
+
 def plot(results: list[Result], path: str) -> None:
-    """Write a PNG with the latency distribution of each single operation."""
+    """Write a PNG: for each latency row, the contenders' distributions side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     latency = [r for r in results if r.unit == "ns" and r.extra.get("samples")]
-    fig, ax = plt.subplots(figsize=(11, 0.6 * max(4, 2 * len(latency)) + 1.5))
-    data, labels = [], []
-    for r in latency:
-        for who, samples in r.extra["samples"].items():
-            data.append([s / 1000 for s in samples])
-            labels.append(f"{r.name} [{who}]")
-    ax.boxplot(data, orientation="horizontal", showfliers=False, whis=(1, 99))
-    ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
-    ax.axvline(TARGET_NS / 1000, color="red", linestyle="--", label="Tinytown's 0.1 ms")
+    order = [*CONTENDERS, "c_client_p50"]
+    fig, ax = plt.subplots(figsize=(11, 0.55 * max(4, 3 * len(latency)) + 1.5))
+    ticks, labels, seen = [], [], set()
+    y = 0.0
+    for r in reversed(latency):  # first row at the top
+        groups = [(who, r.extra["samples"][who]) for who in order if who in r.extra["samples"]]
+        start = y
+        for who, samples in reversed(groups):  # tinytown at the top of its group
+            colour = _COLOURS["c_client" if who == "c_client_p50" else who]
+            box = ax.boxplot([[s / 1000 for s in samples]], positions=[y], widths=0.7,
+                             orientation="horizontal", showfliers=False, whis=(1, 99),
+                             patch_artist=True)
+            for patch in box["boxes"]:
+                patch.set_facecolor(colour)
+            seen.add("c_client" if who == "c_client_p50" else who)
+            y += 1
+        ticks.append((start + y - 1) / 2)
+        labels.append(r.name)
+        y += 1.0  # a gap between operations
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.axvline(TARGET_NS / 1000, color="red", linestyle="--")
+    handles = [Patch(color=_COLOURS[who], label=who.replace("_", "-")) for who in _COLOURS if who in seen]
+    handles.append(plt.Line2D([], [], color="red", linestyle="--", label="Tinytown's 0.1 ms"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_xscale("log")  # a few slow outliers would squash everything else
-    ax.set_xlabel("latency per operation (µs, log scale); boxes: p25-p75, whiskers: p1-p99")
+    ax.set_xlabel("latency per operation (µs, log scale); boxes: p25-p75, whiskers: p1-p99; "
+                  "C client: its per-round p50")
     ax.set_title(f"tinytown channel latency ({platform.node()}, {time.strftime('%Y-%m-%d')})")
-    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -715,11 +1179,26 @@ async def run_all(args: argparse.Namespace, progress: Callable[[str], None]) -> 
                 results.append(await bench.end_to_end(args.e2e_messages))
                 if args.memory_pairs:
                     results.append(await bench.memory(args.memory_pairs))
-                return results
+            if args.load:
+                results += await load_rows(server, progress, _sizes(args.drain_sizes),
+                                           _sizes(args.large_counts))
+            if args.callgrind:
+                instructions = instructions_per_send(server, progress)
+                results.append(Result(name="instructions per send", unit="instructions",
+                                      tinytown=instructions.get("tinytown Channel (asyncio)", 0.0),
+                                      extra={"instructions": instructions}))
+            return results
         finally:
             server.stop()
             if tcp_server is not None:
                 tcp_server.stop()
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    if any(n < 1 for n in sizes):
+        raise ValueError(text)
+    return sizes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -727,7 +1206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tinytown bench",
         description="Measure the channel's operations on an embedded redis-server, beside "
-                    "redis-py asyncio and the C client redis-benchmark, in interleaved rounds.")
+                    "redis-py, valkey-glide, coredis (those installed) and the C client "
+                    "redis-benchmark, in interleaved rounds: latency, throughput and client "
+                    "CPU time per operation.")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--per-round", type=int, default=300,
                         help="operations per contender per round (default 300)")
@@ -736,6 +1217,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-pairs", type=int, default=0,
                         help="also measure RSS growth over this many send+receive (e.g. 1000000)")
     parser.add_argument("--no-tcp", action="store_true", help="skip the Unix-vs-TCP comparison")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="also count user-space instructions per send under valgrind's callgrind "
+                             "(slow: a few minutes), beside a hiredis C loop")
+    parser.add_argument("--load", action="store_true",
+                        help="also time draining pushes queued during a stall and send_many of "
+                             "1 MB messages, beside the Python transport and redis-py (slow)")
+    parser.add_argument("--drain-sizes", default=",".join(map(str, DRAIN_SIZES)),
+                        help="commands queued in the drain rows of --load (comma-separated)")
+    parser.add_argument("--large-counts", default=",".join(map(str, LARGE_COUNTS)),
+                        help="1 MB messages in the send_many rows of --load (comma-separated)")
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin clients and redis-server to CPUs (noisier medians)")
     parser.add_argument("--json", action="store_true", help="print results as JSON")
@@ -743,6 +1234,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.per_round < 1:
         parser.error("--rounds and --per-round must be positive")
+    try:
+        _sizes(args.drain_sizes), _sizes(args.large_counts)
+    except ValueError:
+        parser.error("--drain-sizes and --large-counts take positive whole numbers, comma-separated")
     total = args.rounds * (18 + 2) + max(1, args.rounds) + 1
     progress = _Progress(total)
     try:
@@ -764,7 +1259,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(json.dumps(payload, indent=2))
     else:
-        print(render_table(results))
+        print(render_table([r for r in results if r.unit != "instructions"]))
+        for r in results:
+            if r.unit == "instructions":
+                print()
+                print(render_instructions(r.extra["instructions"]))
         if args.plot:
             print(f"chart written to {args.plot}")
     return 0

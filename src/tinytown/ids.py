@@ -1,4 +1,4 @@
-"""Agent, message and task ids: UUIDs kept as their canonical text.
+"""Agent, message, task and mission ids: UUIDs kept as their canonical text.
 
 Each id is a :class:`str` holding the lowercase hyphenated UUID, exactly as it
 appears in Redis keys and JSON, so it can be concatenated into a key or
@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from .errors import InvalidArgumentError
 
-__all__ = ["AgentId", "MessageId", "TaskId", "SUPERVISOR_ID"]
+__all__ = ["AgentId", "MessageId", "MissionId", "TaskId", "SUPERVISOR_ID"]
 
 _IdT = TypeVar("_IdT", bound="_UuidId")
 
@@ -60,20 +60,26 @@ if hasattr(os, "register_at_fork"):
 
 
 def _normalize(value: str) -> str | None:
-    """Canonical text of a UUID written hyphenated or as 32 hex digits, in any
-    case, optionally braced or prefixed with ``urn:uuid:``; None if it is not one."""
+    """Canonical text of a UUID spelled as Rust's ``Uuid::parse_str`` accepts
+    (uuid 1.x): 32 hex digits, or hyphenated either bare, ``{braced}`` or
+    after a lowercase ``urn:uuid:``; hex digits in either case. None if it
+    is not one of those."""
     if not value.isascii():
         return None
+    n = len(value)
+    if n == 32:
+        text = value.lower()
+        if _simple(text) is not None:
+            return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        return None
+    if n == 38 and value[0] == "{" and value[-1] == "}":
+        value = value[1:-1]
+    elif n == 45 and value[:9] == "urn:uuid:":
+        value = value[9:]
+    elif n != 36:
+        return None
     text = value.lower()
-    if text[:9] == "urn:uuid:":
-        text = text[9:]
-    elif text[:1] == "{" and text[-1:] == "}":
-        text = text[1:-1]
-    if _canonical(text) is not None:
-        return text
-    if _simple(text) is not None:
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-    return None
+    return text if _canonical(text) is not None else None
 
 
 class _UuidId(str):
@@ -133,6 +139,12 @@ class MessageId(_UuidId):
 
 class TaskId(_UuidId):
     """Id of a task (``tt:<town>:task:<id>``)."""
+
+    __slots__ = ()
+
+
+class MissionId(_UuidId):
+    """Id of a mission (``tt:<town>:events:mission:<id>``, ``tt:<town>:mission:<id>``)."""
 
     __slots__ = ()
 

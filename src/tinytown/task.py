@@ -24,7 +24,10 @@ from ._json import (
     enc_field_str,
     enc_field_str_list,
     enc_field_ts,
-    hash_str_list,
+    put_enum,
+    put_id,
+    put_str,
+    put_ts,
 )
 from .enums import TaskState
 from .errors import InvalidArgumentError
@@ -209,55 +212,107 @@ class Task:
         except Exception as exc:
             raise _json.wrap_error("Task", exc, data) from None
 
-    # -- Redis Hash layout ----------------------------------------------------
+    # -- Redis Hash layout (Tinytown 0.7-0.10, spec sections 6 and 7) -------------
+
+    def hash_fields(self) -> tuple[list[bytes], list[bytes]]:
+        """The task as Tinytown 0.10's ``set_task`` writes it: ``(hdel, pairs)``.
+
+        ``pairs`` is the flat HMSET argument list ``[field1, value1, ...]``
+        (bytes): ``id, description, state, created_at, updated_at, tags``,
+        then those of ``assigned_to, started_at, completed_at, result,
+        parent_id`` that are not None. ``hdel`` lists (in that same order)
+        the optional fields that are None, to be removed with HDEL first;
+        it is empty when all five are set. Values: UUIDs lowercase
+        hyphenated, raw strings as their UTF-8 bytes, the state bare,
+        timestamps in the ``+00:00`` form (:meth:`Timestamp.to_rfc3339`),
+        ``tags`` a compact JSON array (``[]`` when empty). Raises
+        :class:`~tinytown.EncodeError` for a bad field, as :meth:`to_json` does.
+        """
+        o = "Task"
+        pairs = [
+            b"id", put_id(self.id, TaskId, o, "id"),
+            b"description", put_str(self.description, o, "description"),
+            b"state", put_enum(self.state, TaskState, o, "state"),
+            b"created_at", put_ts(self.created_at, o, "created_at"),
+            b"updated_at", put_ts(self.updated_at, o, "updated_at"),
+            b"tags", _json.encode_bytes(enc_field_str_list(self.tags, o, "tags"), o),
+        ]
+        hdel: list[bytes] = []
+        if self.assigned_to is None:
+            hdel.append(b"assigned_to")
+        else:
+            pairs += (b"assigned_to", put_id(self.assigned_to, AgentId, o, "assigned_to"))
+        if self.started_at is None:
+            hdel.append(b"started_at")
+        else:
+            pairs += (b"started_at", put_ts(self.started_at, o, "started_at"))
+        if self.completed_at is None:
+            hdel.append(b"completed_at")
+        else:
+            pairs += (b"completed_at", put_ts(self.completed_at, o, "completed_at"))
+        if self.result is None:
+            hdel.append(b"result")
+        else:
+            pairs += (b"result", put_str(self.result, o, "result"))
+        if self.parent_id is None:
+            hdel.append(b"parent_id")
+        else:
+            pairs += (b"parent_id", put_id(self.parent_id, TaskId, o, "parent_id"))
+        return hdel, pairs
 
     def to_hash(self) -> dict[bytes, bytes]:
-        """The task as a Redis Hash: one field per struct field, plain string
-        values, ``tags`` as a JSON array, absent optionals left out."""
-        self.to_json()  # validates every field
-        out: dict[bytes, bytes] = {
-            b"id": TaskId(self.id).encode(),
-            b"description": self.description.encode(),
-            b"state": self.state._value_.encode(),
-        }
-        if self.assigned_to is not None:
-            out[b"assigned_to"] = AgentId(self.assigned_to).encode()
-        out[b"created_at"] = self.created_at.rfc3339().encode()
-        out[b"updated_at"] = self.updated_at.rfc3339().encode()
-        if self.started_at is not None:
-            out[b"started_at"] = self.started_at.rfc3339().encode()
-        if self.completed_at is not None:
-            out[b"completed_at"] = self.completed_at.rfc3339().encode()
-        if self.result is not None:
-            out[b"result"] = self.result.encode()
-        if self.parent_id is not None:
-            out[b"parent_id"] = TaskId(self.parent_id).encode()
-        out[b"tags"] = enc_field_str_list(self.tags, "Task", "tags").encode()
-        return out
+        """The fields :meth:`hash_fields` writes, as a dict in HMSET order
+        (absent optionals left out). Raises :class:`~tinytown.EncodeError`."""
+        pairs = self.hash_fields()[1]
+        return dict(zip(pairs[::2], pairs[1::2]))
 
     @classmethod
     def from_hash(cls, mapping: Mapping[Any, Any]) -> Task:
-        """Read the Hash layout (keys and values bytes or str). Raises
-        :class:`~tinytown.DecodeError`; its ``raw`` is the bad field's value
-        (None when a field is missing)."""
+        """Read a task Hash (an HGETALL reply as a mapping; keys and values
+        bytes or str) the way Tinytown 0.10's ``parse_task_from_hash`` does.
+
+        Only ``id`` is required: a missing or non-UUID ``id``, a value that is
+        not UTF-8, or a non-mapping raises :class:`~tinytown.DecodeError`.
+        Everything else falls back to upstream's defaults: ``description``
+        ``""``; ``state`` PENDING (read as the JSON string ``"<value>"``;
+        ``in_flight`` is RUNNING); ``created_at``/``updated_at`` the reader's
+        current time (RFC 3339 as chrono's ``parse_from_rfc3339`` reads it);
+        ``started_at``/``completed_at``, ``assigned_to``/``parent_id`` None
+        when unreadable; ``result`` None only when absent (an empty value
+        stays ``""``); ``tags`` ``[]`` unless a JSON array of strings.
+        Unknown fields are ignored.
+
+        Upstream's defaults hide data loss (spec §9.6): when a field that is
+        *present* is replaced by its default, one warning naming the fields
+        is logged on the ``tinytown`` logger; absent fields are not reported.
+        """
         fields = _json.hash_to_str_dict(mapping, "Task")
-        try:
-            get = fields.get
-            tags = get("tags")
-            return cls(
-                id=as_id(fields["id"], TaskId, "id"),
-                description=fields["description"],
-                state=as_enum(fields["state"], _TASK_STATES, "state"),
-                assigned_to=as_opt_id(get("assigned_to"), AgentId, "assigned_to"),
-                created_at=as_ts(fields["created_at"], "created_at"),
-                updated_at=as_ts(fields["updated_at"], "updated_at"),
-                started_at=as_opt_ts(get("started_at"), "started_at"),
-                completed_at=as_opt_ts(get("completed_at"), "completed_at"),
-                result=get("result"),
-                parent_id=as_opt_id(get("parent_id"), TaskId, "parent_id"),
-                tags=[] if tags is None else hash_str_list(tags, "tags"),
-            )
-        except MemoryError:
-            raise
-        except Exception as exc:
-            raise _json.hash_error("Task", exc, fields) from None
+        get = fields.get
+        task_id = _json.hash_required_id(fields, TaskId, "Task")
+        bad: list[str] = []
+        now = None
+        created_text = get("created_at")
+        created_at = None if created_text is None else _json.hash_ts(created_text, "created_at", bad)
+        if created_at is None:
+            created_at = now = Timestamp.now()
+        updated_text = get("updated_at")
+        updated_at = None if updated_text is None else _json.hash_ts(updated_text, "updated_at", bad)
+        if updated_at is None:
+            updated_at = now or Timestamp.now()
+        started_text = get("started_at")
+        completed_text = get("completed_at")
+        task = _new(cls)
+        task.id = task_id
+        task.description = get("description", "")
+        task.state = _json.hash_enum(get("state"), _TASK_STATES, TaskState.PENDING, "state", bad)
+        task.assigned_to = _json.hash_opt_id(get("assigned_to"), AgentId, "assigned_to", bad)
+        task.created_at = created_at
+        task.updated_at = updated_at
+        task.started_at = None if started_text is None else _json.hash_ts(started_text, "started_at", bad)
+        task.completed_at = None if completed_text is None else _json.hash_ts(completed_text, "completed_at", bad)
+        task.result = get("result")
+        task.parent_id = _json.hash_opt_id(get("parent_id"), TaskId, "parent_id", bad)
+        task.tags = _json.hash_tags(get("tags"), bad)
+        if bad:
+            _json.warn_defaults("Task", task_id, bad, fields)
+        return task

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 from .errors import DecodeError, InvalidArgumentError
@@ -41,11 +41,19 @@ _HEAD_CACHE_MAX = 4096
 
 _HEAD = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", re.ASCII).fullmatch
 
-# Anything RFC 3339 allows (plus chrono's space separator), for the slow path.
+# What chrono 0.4.44 reads (the slow path): a 4-digit year, separator T, t or
+# space, optional fraction of any length, then Z/z or an offset with +, - or
+# U+2212. The colon of the offset is optional here; the Hash reader (strict,
+# chrono's parse_from_rfc3339) requires it, JSON (serde's FromStr) does not.
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:([Zz])|([+-])(\d\d):(\d\d))",
+    "(\\d{4})-(\\d\\d)-(\\d\\d)[Tt ](\\d\\d):(\\d\\d):(\\d\\d)(?:\\.(\\d+))?"
+    "(?:([Zz])|([+\\-\u2212])(\\d\\d)(:?)(\\d\\d))",
     re.ASCII,
 )
+_BIG_YEAR = re.compile(r"[+-]?\d{5,}-", re.ASCII).match
+
+_EPOCH_ORDINAL = 719163  # date(1970, 1, 1).toordinal()
+_DAYS_400Y = 146097  # the Gregorian calendar repeats every 400 years
 
 # (epoch second, its "YYYY-MM-DDTHH:MM:SS" text, its fields) for now().
 _now_cache: tuple[int, str, tuple[int, int, int, int, int, int]] = (-1, "", (1970, 1, 1, 0, 0, 0))
@@ -77,8 +85,11 @@ def _head_fields(head: str) -> tuple[int, int, int, int, int, int]:
     return fields
 
 
-def _parse(text: str) -> Timestamp:
-    """Parse RFC 3339 text; raises ValueError saying what is wrong."""
+def _parse(text: str, strict: bool = False) -> Timestamp:
+    """Parse RFC 3339 text; raises ValueError saying what is wrong.
+
+    ``strict`` rejects an offset without its colon (``+0000``), as chrono's
+    ``parse_from_rfc3339`` does; serde's reader (JSON) accepts it."""
     # Fast path: the canonical form chrono writes. Characters 4, 7, 10, 13, 16
     # and 19 are the separators "--T::" and then "." (or the final "Z").
     seps = text[4:20:3]
@@ -86,7 +97,7 @@ def _parse(text: str) -> Timestamp:
         frac = text[20:-1]
         digits = len(frac)
         if not 0 < digits <= 9 or not frac.isdigit():
-            return _parse_slow(text)
+            return _parse_slow(text, strict)
         value = int(frac)
         if digits == 6:
             us = value
@@ -100,13 +111,13 @@ def _parse(text: str) -> Timestamp:
         us = ns = 0
         canonical = True
     else:
-        return _parse_slow(text)
+        return _parse_slow(text, strict)
     fields = _HEAD_CACHE.get(text[:19])
     if fields is None:
         try:
             fields = _head_fields(text[:19])
         except ValueError:
-            return _parse_slow(text)
+            return _parse_slow(text, strict)
     y, mo, d, h, mi, s = fields
     self = _dt_new(Timestamp, y, mo, d, h, mi, s, us, UTC)
     self._nanosecond = ns
@@ -115,20 +126,29 @@ def _parse(text: str) -> Timestamp:
     return self
 
 
-def _parse_slow(text: str) -> Timestamp:
+def _parse_slow(text: str, strict: bool = False) -> Timestamp:
     m = _RFC3339.fullmatch(text)
     if m is None:
+        if _BIG_YEAR(text) is not None:
+            raise ValueError("years outside 0000-9999 are not supported (Tinytown cannot read them back)")
         raise ValueError("not an RFC 3339 timestamp (YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM))")
-    y, mo, d, h, mi, s, frac, _zulu, sign, oh, om = m.groups()
-    if s == "60":
-        raise ValueError("leap seconds are not supported")
+    y, mo, d, h, mi, s, frac, _zulu, sign, oh, colon, om = m.groups()
+    if strict and sign is not None and not colon:
+        raise ValueError("offset without a colon (+HHMM) is not RFC 3339")
     nanos = 0
     if frac is not None:
         # Digits past the ninth are below a nanosecond: dropped, as chrono does.
         frac = frac[:9]
         nanos = int(frac) * _SCALE[len(frac)]
+    year, second = int(y), int(s)
+    leap = second == 60  # chrono: second 59 plus a second of nanoseconds
+    if leap:
+        second = 59
+    # Years 0 and 1 are computed 400 years later (same calendar), so that
+    # year 0, and year 1 moved into year 0 by an offset, fit in a datetime.
+    shift = 400 if year <= 1 else 0
     try:
-        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), nanos // 1000)
+        dt = datetime(year + shift, int(mo), int(d), int(h), int(mi), second)
     except ValueError as exc:
         raise ValueError(f"date or time out of range ({exc})") from None
     if sign is not None:
@@ -139,10 +159,19 @@ def _parse_slow(text: str) -> Timestamp:
         try:
             dt = dt - offset if sign == "+" else dt + offset
         except OverflowError:
-            raise ValueError("out of range once converted to UTC") from None
-    return Timestamp._from_parts(
-        dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond, nanos % 1000
-    )
+            raise ValueError("out of range once converted to UTC (years 0000-9999 only)") from None
+    year = dt.year - shift
+    if not 0 <= year <= 9999:
+        raise ValueError("out of range once converted to UTC (years 0000-9999 only)")
+    if year == 0 or leap:
+        return _Extended._make(year, dt.month, dt.day, dt.hour, dt.minute, 60 if leap else dt.second, nanos)
+    return Timestamp._from_parts(year, dt.month, dt.day, dt.hour, dt.minute, dt.second, nanos // 1000, nanos % 1000)
+
+
+def _parse_rfc3339(text: str) -> Timestamp:
+    """Parse as chrono's ``DateTime::parse_from_rfc3339`` (the Hash reader):
+    like :func:`_parse` but the offset needs its colon."""
+    return _parse(text, True)
 
 
 class Timestamp(datetime):
@@ -155,6 +184,23 @@ class Timestamp(datetime):
     ``Timestamp(...)`` takes the :class:`~datetime.datetime` arguments (a naive
     value is taken as UTC, an aware one is converted) plus ``nanosecond=``; it
     also accepts a single datetime or RFC 3339 string.
+
+    Values datetime cannot hold. chrono also reads (and writes back
+    unchanged) a leap second, ``…T23:59:60[.fff]Z`` (any ``HH:MM:60``, as
+    chrono does not check the leap-second table), and year 0
+    (``0000-…``). Parsing such text gives a Timestamp whose
+    :meth:`rfc3339`, :meth:`to_rfc3339`, :meth:`timestamp_ns`, equality,
+    hashing and ordering are exact (a leap second sorts after ``…:59.999999999``
+    and before the next second, as in chrono; :attr:`is_leap_second` tells it),
+    but whose *datetime view* (``year`` … ``microsecond``, ``isoformat()``,
+    ``to_datetime()``, ``astimezone()``, ``date()``) is clamped to the nearest
+    representable instant: ``…:59.999999`` for a leap second, and
+    ``0001-01-01T00:00:00`` for year 0. Adding or subtracting a timedelta
+    works on the exact value (a leap second then becomes the ordinary next
+    second). Such values come only from text; the constructor does not take
+    ``second=60`` or ``year=0``. Years outside 0000-9999 are not supported at
+    all (chrono writes them as ``+10000-…``, which no Tinytown reader parses):
+    reading one raises :class:`~tinytown.DecodeError`.
     """
 
     __slots__ = ("_nanosecond", "_text")
@@ -249,20 +295,22 @@ class Timestamp(datetime):
         """The instant ``ns`` nanoseconds after the Unix epoch."""
         if isinstance(ns, bool) or not isinstance(ns, int):
             raise InvalidArgumentError(f"Timestamp: expected an int of nanoseconds, got {type(ns).__name__}")
-        us, rest = divmod(ns, 1000)
-        try:
-            dt = _EPOCH + timedelta(microseconds=us)
-        except OverflowError:
-            raise InvalidArgumentError(f"Timestamp: {ns} ns since the epoch is out of range") from None
-        return cls._from_parts(dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond, rest)
+        result = _from_epoch_ns(ns)
+        if result is None:
+            raise InvalidArgumentError(f"Timestamp: {ns} ns since the epoch is out of range (years 0000-9999)")
+        return result
 
     @classmethod
     def parse(cls, text: str) -> Timestamp:
         """Parse RFC 3339 text with any offset; the result is converted to UTC.
 
-        Any number of fractional digits is accepted (past nine they are
-        dropped). Raises :class:`~tinytown.DecodeError` if ``text`` is not a
-        valid timestamp.
+        Accepts what Tinytown's Rust reader (chrono 0.4.44, via serde) accepts:
+        ``YYYY-MM-DD``, separator ``T``, ``t`` or a space, ``HH:MM:SS`` (second
+        ``60`` is a leap second), an optional fraction of any length (past
+        nine digits it is dropped), then ``Z``, ``z`` or an offset
+        ``±HH:MM`` / ``±HHMM`` (hours up to 23; ``-`` may be U+2212). Years
+        0000-9999 only, also after conversion to UTC. Raises
+        :class:`~tinytown.DecodeError` if ``text`` is not such a timestamp.
         """
         if type(text) is not str:
             if isinstance(text, str):
@@ -310,6 +358,11 @@ class Timestamp(datetime):
         except AttributeError:
             return 0
 
+    @property
+    def is_leap_second(self) -> bool:
+        """True for a leap second (printed as second ``60``)."""
+        return False
+
     def rfc3339(self) -> str:
         """Canonical RFC 3339 text: ``Z`` and 0, 3, 6 or 9 fractional digits."""
         try:
@@ -327,6 +380,13 @@ class Timestamp(datetime):
         )
         self._text = text
         return text
+
+    def to_rfc3339(self) -> str:
+        """The text chrono's ``to_rfc3339()`` writes: like :meth:`rfc3339` but
+        with the offset spelled ``+00:00`` instead of ``Z``. Tinytown writes
+        this form into Hash and Stream fields (agent/task Hashes, heartbeats,
+        docket timestamps)."""
+        return self.rfc3339()[:-1] + "+00:00"
 
     def timestamp_ns(self) -> int:
         """Nanoseconds since the Unix epoch."""
@@ -370,7 +430,17 @@ class Timestamp(datetime):
         return self.to_datetime().astimezone(tz)
 
     def __add__(self, other: Any) -> Any:
-        result = _dt_add(self, other)
+        try:
+            result = _dt_add(self, other)
+        except OverflowError:
+            # Below year 1 (year 0 is still a Timestamp) or above 9999.
+            if not isinstance(other, timedelta):
+                raise
+            delta = (other.days * 86_400 + other.seconds) * 1_000_000_000 + other.microseconds * 1000
+            result = _from_epoch_ns(self.timestamp_ns() + delta)
+            if result is None:
+                raise
+            return result
         if isinstance(result, Timestamp):
             # datetime's C code built ``result`` through __new__ (nanosecond 0).
             result._nanosecond = self.nanosecond
@@ -441,3 +511,139 @@ class Timestamp(datetime):
 
     def __repr__(self) -> str:
         return f"Timestamp('{self.rfc3339()}')"
+
+
+def _from_epoch_ns(ns: int) -> Timestamp | None:
+    """The instant ``ns`` nanoseconds after the epoch (years 0-9999), or None."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    days, sod = divmod(secs, 86_400)
+    ordinal = _EPOCH_ORDINAL + days
+    if ordinal < 1 - 366 or ordinal > 3_652_059:  # 0000-01-01 .. 9999-12-31
+        return None
+    h, rem = divmod(sod, 3600)
+    mi, sec = divmod(rem, 60)
+    if ordinal >= 1:
+        d = date.fromordinal(ordinal)
+        return Timestamp._from_parts(d.year, d.month, d.day, h, mi, sec, frac // 1000, frac % 1000)
+    d = date.fromordinal(ordinal + _DAYS_400Y)  # year 400, standing in for year 0
+    return _Extended._make(0, d.month, d.day, h, mi, sec, frac)
+
+
+def _key(value: datetime) -> tuple[int, int, int] | None:
+    """(proleptic day ordinal, second of day, nanoseconds including a leap
+    second) of an aware datetime, the order chrono uses; None if naive."""
+    if isinstance(value, _Extended):
+        return value._key
+    if value.tzinfo is None or value.utcoffset() is None:
+        return None
+    if value.tzinfo is not UTC and value.utcoffset():
+        value = value.astimezone(UTC)
+    ns = value.microsecond * 1000 + (value.nanosecond if isinstance(value, Timestamp) else 0)
+    return (value.toordinal(), value.hour * 3600 + value.minute * 60 + value.second, ns)
+
+
+class _Extended(Timestamp):
+    """A Timestamp datetime cannot hold: year 0 or a leap second (see Timestamp).
+
+    The datetime base holds the clamped view; ``_parts`` holds the exact
+    (year, month, day, hour, minute, second 0-60, nanoseconds 0-999999999)
+    and ``_key`` the ordering key."""
+
+    __slots__ = ("_parts", "_key")
+
+    _parts: tuple[int, int, int, int, int, int, int]
+    _key: tuple[int, int, int]
+
+    @classmethod
+    def _make(cls, y: int, mo: int, d: int, h: int, mi: int, s: int, ns: int) -> Timestamp:
+        if y == 0:
+            self = _dt_new(cls, 1, 1, 1, 0, 0, 0, 0, UTC)
+            self._nanosecond = 0
+            ordinal = date(400, mo, d).toordinal() - _DAYS_400Y
+        else:  # a leap second
+            self = _dt_new(cls, y, mo, d, h, mi, 59, 999_999, UTC)
+            self._nanosecond = 999
+            ordinal = date(y, mo, d).toordinal()
+        self._parts = (y, mo, d, h, mi, s, ns)
+        self._key = (ordinal, h * 3600 + mi * 60 + min(s, 59), ns + (1_000_000_000 if s == 60 else 0))
+        self._text = "%04d-%02d-%02dT%02d:%02d:%02d%sZ" % (y, mo, d, h, mi, s, _fraction(ns))
+        return self
+
+    @property
+    def is_leap_second(self) -> bool:
+        return self._parts[5] == 60
+
+    def timestamp_ns(self) -> int:
+        ordinal, sod, ns = self._key
+        return ((ordinal - _EPOCH_ORDINAL) * 86_400 + sod) * 1_000_000_000 + ns
+
+    def timestamp(self) -> float:
+        return self.timestamp_ns() / 1e9
+
+    def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:  # type: ignore[override]
+        """Like :meth:`Timestamp.replace`, on the clamped datetime view."""
+        return Timestamp.replace(self, *args, nanosecond=nanosecond, **kwargs)
+
+    def __add__(self, other: Any) -> Any:
+        if isinstance(other, timedelta):
+            delta = (other.days * 86_400 + other.seconds) * 1_000_000_000 + other.microseconds * 1000
+            result = _from_epoch_ns(self.timestamp_ns() + delta)
+            if result is None:
+                raise OverflowError("date value out of range")
+            return result
+        return NotImplemented
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> Any:
+        if isinstance(other, timedelta):
+            return self.__add__(-other)
+        if isinstance(other, datetime):
+            if _key(other) is None:
+                raise TypeError("can't subtract offset-naive and offset-aware datetimes")
+            ons = other.timestamp_ns() if isinstance(other, Timestamp) else Timestamp.from_datetime(other).timestamp_ns()
+            return timedelta(microseconds=(self.timestamp_ns() - ons) // 1000)
+        return NotImplemented
+
+    def __rsub__(self, other: Any) -> Any:
+        if isinstance(other, datetime):
+            return -self.__sub__(other)
+        return NotImplemented
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._key == _key(other)
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        result = self.__eq__(other)
+        return result if result is NotImplemented else not result
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def _other_key(self, other: datetime) -> tuple[int, int, int]:
+        key = _key(other)
+        if key is None:
+            raise TypeError("can't compare offset-naive and offset-aware datetimes")
+        return key
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._key < self._other_key(other)
+        return NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._key <= self._other_key(other)
+        return NotImplemented
+
+    def __gt__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._key > self._other_key(other)
+        return NotImplemented
+
+    def __ge__(self, other: object) -> bool:
+        if isinstance(other, datetime):
+            return self._key >= self._other_key(other)
+        return NotImplemented
