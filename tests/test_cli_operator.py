@@ -528,3 +528,12 @@ def test_monitor_decodes_the_hash_layout_and_the_towns_broadcast(redis_url, redi
     assert events[0]["command"] == "HSET" and events[0]["state"]["name"] == "hashed"
     assert events[1]["detail"] == "last_heartbeat x" and "state" not in events[1]
     assert events[2]["key"] == "tt:cli:broadcast" and events[2]["message"]["type"] == "ping"
+
+
+def test_every_public_name_resolves_lazily():
+    code = ("import sys, tinytown; assert 'tinytown.channel' not in sys.modules;"
+            "names = [n for n in tinytown.__all__ if getattr(tinytown, n) is None];"
+            "assert not names, names; assert sorted(tinytown._LAZY) == sorted(tinytown.__all__);"
+            "from tinytown import *; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
