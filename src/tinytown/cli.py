@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._monitor import Event
     from .agent import Agent
     from .enums import Priority
+    from .events import TownEvent
     from .ids import AgentId, TaskId
     from .message import Message
     from .sync_channel import SyncChannel
@@ -1316,39 +1317,54 @@ def cmd_backlog(ctx: Context) -> int:
     return 0
 
 
-def _event(entry: Any) -> tuple[str, dict[str, Any]] | None:
-    """(stream id, event JSON object) of an XRANGE/XREAD entry; None if it has no valid data."""
+def _decode_events(entries: Any) -> list[tuple[str, TownEvent]]:
+    """(entry id, TownEvent) of XRANGE/XREAD entries, oldest first; as Tinytown's
+    reader, the first ``data`` field is used and an entry without a valid one
+    is left out."""
+    from .events import TownEvent
+    out: list[tuple[str, TownEvent]] = []
+    for entry in entries or []:
+        try:
+            entry_id, flat = entry
+            data = next(v for f, v in zip(flat[::2], flat[1::2]) if f == b"data")
+            out.append((entry_id.decode(), TownEvent.from_json(data)))
+        except (TinytownError, ValueError, TypeError, StopIteration, AttributeError):
+            continue
+    return out
+
+
+def _recent_events(channel: SyncChannel, count: int) -> list[tuple[str, TownEvent]]:
+    """The last ``count`` events of the town, oldest first."""
+    if count == 0:
+        return []
+    if hasattr(channel, "read_recent_town_events"):
+        return list(channel.read_recent_town_events(count))
+    # TODO: use SyncChannel.read_recent_town_events (issue 9, helper H7) once
+    # it is in main. Spec 5.8: XREVRANGE T:events + - COUNT n, then reversed.
+    entries = channel.execute(b"XREVRANGE", channel.keys.events, b"+", b"-", b"COUNT", count)
+    return _decode_events(list(reversed(entries or [])))
+
+
+def _print_event(ctx: Context, book: AgentBook, entry_id: str, event: TownEvent) -> None:
     import json
-    try:
-        entry_id, flat = entry
-        fields = dict(zip(flat[::2], flat[1::2]))
-        data = json.loads(fields[b"data"])
-    except (ValueError, TypeError, KeyError):
-        return None        # as Tinytown's reader: an entry without valid data is dropped
-    if not isinstance(data, dict) or not isinstance(data.get("event_type"), str):
-        return None
-    return entry_id.decode(), data
-
-
-def _print_event(ctx: Context, book: AgentBook, entry_id: str, data: dict[str, Any], stream: bool) -> None:
     if ctx.args.json:
-        if stream:
-            _json_line({"id": entry_id, "event": data})
+        _json_line({"id": entry_id, "event": json.loads(event.to_json())})
         return
     s = ctx.style
-    parts = [s.dim(str(data.get("timestamp", entry_id))), s.bold(data["event_type"])]
-    if isinstance(data.get("agent_id"), str):
-        parts.append(book.label(data["agent_id"]))
-    if data.get("old_state") is not None or data.get("new_state") is not None:
-        parts.append(f"{data.get('old_state') or '?'} -> {data.get('new_state') or '?'}")
-    if isinstance(data.get("task_id"), str):
-        parts.append(f"task={data['task_id']}")
-    if data.get("message"):
-        parts.append(_short(data["message"], 100))
+    parts = [s.dim(str(event.timestamp)), s.bold(str(event.event_type))]
+    if event.agent_id is not None:
+        parts.append(book.label(str(event.agent_id)))
+    if event.old_state is not None or event.new_state is not None:
+        parts.append(f"{event.old_state or '?'} -> {event.new_state or '?'}")
+    if event.task_id is not None:
+        parts.append(f"task={event.task_id}")
+    if event.message:
+        parts.append(_short(event.message, 100))
     _out(" ".join(parts))
 
 
 def cmd_events(ctx: Context) -> int:
+    import json
     args = ctx.args
     if args.n < 0:
         raise UsageError("-n must not be negative")
@@ -1356,38 +1372,36 @@ def cmd_events(ctx: Context) -> int:
     try:
         book = ctx.agents(channel)
         key = channel.keys.events
-        # TODO: use SyncChannel.read_recent_town_events / read_town_events
-        # (issue 9) once in main. Spec 5.8: XREVRANGE T:events + - COUNT n.
-        recent = channel.execute(b"XREVRANGE", key, b"+", b"-", b"COUNT", args.n) if args.n else []
-        recent = list(reversed(recent))
-        shown = [e for e in map(_event, recent) if e is not None]
+        # The newest entry id before reading: following starts after it even
+        # when the last entries are left out (not valid events).
+        newest = channel.execute(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1) if args.follow else None
+        shown = _recent_events(channel, args.n)
         if shown and not args.json:
             book.all()
         if args.json and not args.follow:
-            _json_out({"town": ctx.town, "events": [{"id": i, "event": d} for i, d in shown]})
+            _json_out({"town": ctx.town, "events": [
+                {"id": i, "event": json.loads(e.to_json())} for i, e in shown]})
             return 0
         if not shown and not args.follow and not args.json:
             _out(f"no events in town {ctx.town!r}")
-        for entry_id, data in shown:
-            _print_event(ctx, book, entry_id, data, stream=True)
+        for entry_id, event in shown:
+            _print_event(ctx, book, entry_id, event)
         if not args.follow:
             return 0
-        # XREAD from the last id seen: the start is exclusive, so an event is
-        # never shown twice; "$" when nothing was seen yet.
-        last = (recent[-1][0] if recent else None) or b"$"
-        if last == b"$":
-            last = channel.execute(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1)
-            last = last[0][0] if last else b"0-0"
+        # XREAD BLOCK from the last entry id seen: its start is exclusive, so
+        # an event is shown once; the Channel has no blocking read of the
+        # stream, hence the raw command.
+        seen = ([newest[0][0].decode()] if newest else ["0-0"]) + [i for i, _ in shown]
+        last = max(seen, key=lambda i: tuple(map(int, i.split("-"))))
         print(f"following the events of town {ctx.town!r} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         with _interruptible():
             while True:
                 reply = channel.execute(b"XREAD", b"COUNT", 100, b"BLOCK", 1000, b"STREAMS", key, last)
                 for _stream, entries in reply or []:
-                    for entry in entries:
-                        last = entry[0]
-                        got = _event(entry)
-                        if got is not None:
-                            _print_event(ctx, book, got[0], got[1], stream=True)
+                    if entries:
+                        last = entries[-1][0].decode()
+                    for entry_id, event in _decode_events(entries):
+                        _print_event(ctx, book, entry_id, event)
     except KeyboardInterrupt:
         print("events stopped", file=sys.stderr, flush=True)
         return 0
