@@ -173,11 +173,12 @@ def test_agents_in_the_hash_layout_and_a_stray_key(tt, redis_server):
     redis_server.command("HSET", f"tt:cli:agent:{hashed.id}", *pairs)
     with SyncChannel.connect(redis_server.url, town="cli") as channel:
         channel.set_agent_state(Agent.new("jsoned", "claude"))
-    redis_server.command("RPUSH", f"tt:cli:agent:{AgentId.new()}", "not state")   # a stray list
+    stray = f"tt:cli:agent:{AgentId.new()}"
+    redis_server.command("RPUSH", stray, "not state")   # a stray list
     result = tt("agents", "--json")
     assert result.returncode == 0, result.stderr
     assert [a["name"] for a in json.loads(result.stdout)["agents"]] == ["hashed", "jsoned"]
-    assert "1 agent key(s) could not be read" in result.stderr
+    assert stray in one_line_error(result)     # skipped, with one line saying so
     assert tt("inbox", "hashed").returncode == 0
 
 

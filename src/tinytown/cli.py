@@ -733,18 +733,23 @@ def _decode_states(kind: str, keys: list[str], raws: list[Any]) -> list[Any]:
 
 def load_agents(channel: SyncChannel, layout: str = "hash") -> list[Agent]:
     """Every agent stored in the town (SCAN, then pipelined reads), sorted by name."""
-    # TODO: use Channel.list_agents once it reads in batches (issue 13 asks
-    # for a pipelined read: 5,000 agents in a few round trips).
-    keys = [k for k in _scan(channel, _glob_escape(channel.keys.agent_prefix) + "*")]
-    agents = _decode_states("agent", keys, _read_states(channel, keys, layout))
+    if hasattr(channel, "list_agents"):
+        agents = list(channel.list_agents())     # SCAN + one pipeline; stray keys logged
+    else:
+        # TODO: use SyncChannel.list_agents (issue 9, helper H2) once in main.
+        keys = _scan(channel, _glob_escape(channel.keys.agent_prefix) + "*")
+        agents = _decode_states("agent", keys, _read_states(channel, keys, layout))
     return sorted(agents, key=lambda a: (a.name, str(a.id)))
 
 
 def load_tasks(channel: SyncChannel, layout: str = "hash") -> list[Task]:
     """Every task stored in the town, oldest first."""
-    # TODO: use Channel.list_tasks once it reads in batches.
-    keys = _scan(channel, _glob_escape(channel.keys.task_prefix) + "*")
-    tasks = _decode_states("task", keys, _read_states(channel, keys, layout))
+    if hasattr(channel, "list_tasks"):
+        tasks = list(channel.list_tasks())
+    else:
+        # TODO: use SyncChannel.list_tasks (issue 9, helper H2) once in main.
+        keys = _scan(channel, _glob_escape(channel.keys.task_prefix) + "*")
+        tasks = _decode_states("task", keys, _read_states(channel, keys, layout))
     return sorted(tasks, key=lambda t: (t.created_at, str(t.id)))
 
 
@@ -1291,11 +1296,14 @@ def cmd_backlog(ctx: Context) -> int:
     from ._commands import decode_task
     from .ids import _normalize
     with ctx.channel() as channel:
-        # TODO: use SyncChannel.backlog_list once it is in main (spec 5.9:
-        # LRANGE T:backlog 0 -1, entries that are not UUIDs skipped).
-        raws = channel.execute(b"LRANGE", channel.keys.backlog, 0, -1)
-        ids = [_normalize(r.decode(errors="replace")) for r in raws]
-        ids = [i for i in ids if i is not None]
+        if hasattr(channel, "backlog_list"):
+            ids = [str(i) for i in channel.backlog_list()]
+        else:
+            # TODO: use SyncChannel.backlog_list (issue 9, helper H7) once in
+            # main. Spec 5.9: LRANGE T:backlog 0 -1, non-UUID entries skipped.
+            raws = channel.execute(b"LRANGE", channel.keys.backlog, 0, -1)
+            found = [_normalize(r.decode(errors="replace")) for r in raws]
+            ids = [i for i in found if i is not None]
         states = _read_states(channel, [channel.keys.task(i) for i in ids], ctx.layout)
     tasks: list[Task | None] = []
     for raw in states:
