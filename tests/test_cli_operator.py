@@ -267,6 +267,13 @@ def test_connection_error_is_also_the_builtin_one(tmp_path):
         SyncChannel.connect(f"unix://{tmp_path}/redis.sock", town="t", connect_timeout=1.0)
     assert type(caught.value) is TTConnectionError
 
+    async def connect() -> None:
+        from tinytown import Channel
+        await Channel.connect(f"unix://{tmp_path}/redis.sock", town="t", connect_timeout=1.0)
+
+    with pytest.raises(builtins.ConnectionError):      # Channel.connect too, at once
+        asyncio.run(connect())
+
 
 # ------------------------------------------------------------ 5. consistent output
 
