@@ -118,6 +118,10 @@ def test_server_start_refuses_a_missing_directory_unless_create(tmp_path):
         pid = _status(target)["pid"]
         assert json.loads((target / "town.json").read_text()) == {"name": "nope"}
         assert json.loads((target / "persistence.json").read_text())["appendonly"] is False
+        other = run("--town", "other", "server", "start", cwd=target)
+        assert other.returncode == 0 and "already running" in other.stdout
+        assert "records town 'nope'" in one_line_error(other)       # the record stays
+        assert json.loads((target / "town.json").read_text()) == {"name": "nope"}
         assert run("server", "stop", cwd=target).returncode == 0
         pid = None
     finally:

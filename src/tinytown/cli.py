@@ -855,6 +855,10 @@ def cmd_server_start(ctx: Context) -> int:
             await town.configure_persistence(appendonly=bool(args.aof))
         return town
 
+    recorded = _read_town_file(directory) if directory.is_dir() else None
+    if recorded is not None and recorded != ctx.town:
+        _warn(f"{directory / TOWN_FILE} records town {recorded!r}: commands run against this "
+              f"socket use it unless given --town {ctx.town}")
     town = asyncio.run(start())
     # The Town object is dropped without stop(): the server runs on, in its own
     # session, after this process exits.
