@@ -189,3 +189,28 @@ def test_reader_errors_are_decode_errors(mapping: Any) -> None:
     for cls in (Agent, Task):
         with pytest.raises(DecodeError):
             cls.from_hash(mapping)
+
+
+def _inspected_hashes() -> list[Any]:
+    return [
+        pytest.param(r["reply"], id=f"methods.jsonl:{i}")
+        for i, r in enumerate(_records("methods.jsonl"), 1)
+        if r.get("inspect", [None])[0] == "HGETALL"
+    ]
+
+
+INSPECTED = _inspected_hashes()
+
+
+def test_inspected_hash_count() -> None:
+    assert len(INSPECTED) >= 1
+
+
+@pytest.mark.parametrize("reply", INSPECTED)
+def test_inspected_hash_reads_and_writes_back_the_same_pairs(reply: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    # An HGETALL taken after upstream's set_agent_state: our reader takes
+    # every field, and our writer produces the very same HMSET pairs.
+    with caplog.at_level(logging.WARNING, logger="tinytown"):
+        agent = Agent.from_hash(dict(zip(reply[::2], reply[1::2])))
+    assert caplog.records == []
+    assert agent.hash_fields()[1] == [x.encode() for x in reply]

@@ -396,10 +396,21 @@ def test_control_characters_escaped_like_serde_json() -> None:
     assert Message.from_json(msg.to_json()).msg_type.description == text  # type: ignore[attr-defined]
 
 
-def test_string_encoder_is_the_c_one() -> None:
+def test_both_string_encoders_escape_every_code_point_alike() -> None:
+    """encode_str picks orjson for long ASCII text and the stdlib's C encoder
+    otherwise: both must write exactly what serde_json writes, for every
+    character, alone and inside long ASCII text (orjson's SIMD path)."""
     c_encoder = json.encoder.c_encode_basestring  # type: ignore[attr-defined]
     assert c_encoder is not None
-    assert _json.encode_str is c_encoder
+    pad = "x" * 64
+    for cp in [*range(0xD800), *range(0xE000, 0x110000)]:
+        ch = chr(cp)
+        assert orjson.dumps(ch).decode() == c_encoder(ch), hex(cp)
+    for cp in range(0x80):  # long ASCII strings take the orjson branch
+        text = pad + chr(cp) + pad
+        assert _json.encode_str(text) == c_encoder(text), hex(cp)
+    long_text = "Review the pull request #1234 and report what breaks. " * 8
+    assert _json.encode_str(long_text) == c_encoder(long_text) == json.dumps(long_text)
 
 
 @pytest.mark.parametrize(

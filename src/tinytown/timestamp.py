@@ -110,6 +110,9 @@ def _parse(text: str, strict: bool = False) -> Timestamp:
     elif seps == "--T::Z" and len(text) == 20 and text.isascii():
         us = ns = 0
         canonical = True
+    elif text[-6:] == "+00:00":
+        # What chrono's to_rfc3339() writes into Hashes: the same instant as "Z".
+        return _parse(text[:-6] + "Z", strict)
     else:
         return _parse_slow(text, strict)
     fields = _HEAD_CACHE.get(text[:19])
