@@ -214,8 +214,8 @@ def test_resolving_a_name_among_5000_agents_is_batched(redis_url, redis_server):
         found = cli.AgentBook(channel, "json").resolve("agent-4321")
         trips = counter.round_trips
     assert found == agents[4321].id
-    # SCAN (COUNT 1000) plus two pipelined round trips per 500 keys: far from one per key
-    assert 0 < trips <= 5000 // cli.BATCH * 2 + 20, trips
+    # SCAN pages plus pipelined reads: dozens of round trips, not one per key (5,000+)
+    assert 0 < trips <= 125, trips
     result = run("--url", redis_url, "--town", "cli", "send", "--to", "agent-17", "--type", "ping")
     assert result.returncode == 0 and f"to agent-17 ({agents[17].id})" in result.stdout
 
