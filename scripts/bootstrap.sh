@@ -2,8 +2,8 @@
 # Set up a checkout of tinytown from nothing, idempotently:
 #   1. system packages: redis-server, redis-cli/redis-benchmark, libhiredis-dev,
 #      pkg-config (plus a C compiler / Python venv support if missing), via apt;
-#   2. a virtualenv in .venv with tinytown installed editable plus its test
-#      dependencies (re-done when pyproject.toml or setup.py change);
+#   2. a virtualenv in .venv with tinytown installed editable plus its test,
+#      bench and docs dependencies (re-done when pyproject.toml or setup.py change);
 #   3. the Cython extension built in place, recompiled only when ext/ changed.
 # Prints one short line per step; a failing step prints its full output.
 # Environment: PYTHON (interpreter for the venv, default python3).
@@ -91,11 +91,11 @@ PY="$VENV/bin/python"
 # editable: src/ is imported in place, so edits to .py files need nothing.
 want_stamp="$(cat pyproject.toml setup.py | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read() + sys.version.encode()).hexdigest())')"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want_stamp" ] || ! "$PY" -m pip show -q tinytown >/dev/null 2>&1; then
-    say "pip install -e '.[test,bench,peers]' into .venv"
+    say "pip install -e '.[test,bench,peers,docs]' into .venv"
     # Build requirements of pyproject.toml, in the venv itself so that the
     # in-place rebuilds below use the same setuptools and Cython.
     quiet "$PY" -m pip install 'setuptools>=68' wheel 'Cython>=3.0'
-    quiet "$PY" -m pip install --no-build-isolation -e '.[test,bench,peers]'
+    quiet "$PY" -m pip install --no-build-isolation -e '.[test,bench,peers,docs]'
     printf '%s\n' "$want_stamp" >"$STAMP"
 fi
 

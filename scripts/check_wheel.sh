@@ -13,7 +13,8 @@
 #      loader shown to take the bundled libhiredis (LD_DEBUG), and the whole
 #      test suite run against the installed wheel over both transports;
 #   5. the sdist installed in a fresh virtualenv here (building against the
-#      system's libhiredis) and a smoke test over both transports.
+#      system's libhiredis) and a smoke test over both transports
+#      (scripts/check_sdist.sh runs the whole suite against such an install).
 # Slow (minutes; the first run also downloads a Debian base system), so it
 # is not part of .ci/run. Needs root (debootstrap, chroot, mount) and the
 # network access to Debian's and PyPI's servers that this machine has.
@@ -66,7 +67,8 @@ echo "wheel: $(basename "$wheel")"
 # (here-strings, not pipes into grep -q: with pipefail, an early exit of
 # grep would fail the pipeline)
 sdist_files="$(tar -tzf "$sdist")"
-for needed in ext/connection.pyx ext/reply.pyx ext/includes/hiredis.pxd tests/conftest.py; do
+for needed in ext/connection.pyx ext/reply.pyx ext/tt_reply_guard.h ext/includes/hiredis.pxd \
+              ext/includes/reply_guard.pxd src/tinytown/py.typed src/tinytown/_transport.pyi tests/conftest.py; do
     grep -q "/$needed\$" <<<"$sdist_files" || fail "the sdist lacks $needed"
 done
 

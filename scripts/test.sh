@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command: set up (scripts/bootstrap.sh), then run the whole suite
 # against real redis-server processes once per transport (hiredis extension,
-# then pure Python; scripts/run_suite.sh), then every benchmark once with
+# then pure Python; scripts/run_suite.sh), then the suite again against an
+# install from the sdist (scripts/check_sdist.sh), then the docs (Sphinx, -W;
+# scripts/build_docs.sh), then every benchmark once with
 # timing off (so the benches keep working; speed is measured by
 # scripts/bench.sh and `pytest benches --benchmark-only`, never asserted).
 # Extra arguments go to the test-suite pytest (e.g. scripts/test.sh -k town -x).
@@ -12,5 +14,11 @@ cd "$ROOT"
 scripts/bootstrap.sh
 status=0
 PYTHON="$ROOT/.venv/bin/python" scripts/run_suite.sh "$@" || status=$?
+# The sdist: built, installed in a fresh virtualenv (compiled against the
+# system's hiredis) and the suite run against that install over both
+# transports (about 2 minutes per run of the suite on a 2-core machine).
+scripts/check_sdist.sh "$@" || status=$?
+# The documentation, warnings as errors, every public name in the reference.
+scripts/build_docs.sh || status=$?
 .venv/bin/python -m pytest benches --benchmark-disable -q || status=$?
 exit "$status"

@@ -44,7 +44,8 @@ def send_many_case(a: AgentId, b: AgentId) -> tuple[list[Message], list[str], li
 
 BAD_URLS = [
     "http://localhost:6379", "unix://relative/path.sock", "unix:relative.sock", "redis://",
-    "redis://host:notaport", "redis://host:6379/db", "rediss://host:6379", "", 42,
+    "redis://host:notaport", "redis://host:6379/db", "rediss://", "rediss://host:6379/db",
+    "rediss://host:6379?ssl_cert_reqs=none", "", 42,
 ]
 BAD_TOWNS = ["", "a:b", "a*", "a?", "a[b", "a b", "tab\t", None]
 BAD_IDS = ["not-a-uuid", "", 12, None, b"\x00" * 16]

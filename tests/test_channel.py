@@ -186,7 +186,7 @@ async def test_broadcast_async_for_and_bad_payload(redis_server, redis_url):
     async with await Channel.connect(redis_url, town="alpha") as channel:
         async with channel.broadcasts() as sub:
             good = Message.new(AgentId.new(), AgentId.new(), MessageType.Shutdown())
-            redis_server.command("PUBLISH", "tt:broadcast", b"{not json")
+            redis_server.command("PUBLISH", "tt:alpha:broadcast", b"{not json")
             await channel.broadcast(good)
             with pytest.raises(DecodeError) as info:
                 await asyncio.wait_for(sub.__anext__(), 5)
@@ -201,7 +201,7 @@ async def test_broadcast_async_for_and_bad_payload(redis_server, redis_url):
 
 async def test_agent_state_round_trip(redis_server, redis_url):
     agent = Agent.new("worker-1", "claude")
-    async with await Channel.connect(redis_url, town="alpha") as channel:
+    async with await Channel.connect(redis_url, town="alpha", layout="json") as channel:
         assert await channel.get_agent_state(agent.id) is None
         await channel.set_agent_state(agent)
         assert redis_server.command("GET", f"tt:alpha:agent:{agent.id}") == agent.to_json()
@@ -213,7 +213,7 @@ async def test_agent_state_round_trip(redis_server, redis_url):
 
 async def test_task_round_trip(redis_server, redis_url):
     task = Task.new("Refactor the scheduler")
-    async with await Channel.connect(redis_url, town="alpha") as channel:
+    async with await Channel.connect(redis_url, town="alpha", layout="json") as channel:
         assert await channel.get_task(task.id) is None
         await channel.set_task(task)
         assert redis_server.command("GET", f"tt:alpha:task:{task.id}") == task.to_json()

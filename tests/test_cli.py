@@ -299,7 +299,9 @@ def test_monitor_shows_another_clients_traffic_then_stops(redis_url, redis_serve
     try:
         with SyncChannel.connect(redis_server.url, town="other") as elsewhere:
             elsewhere.send(msg(agent.id, "not for this town"))
-        with SyncChannel.connect(redis_server.url, town="cli") as channel:
+        # The json layout: SET and tt:broadcast (the monitor's view of the
+        # hash layout, MULTI/HMSET and tt:<town>:broadcast, is the CLI's work).
+        with SyncChannel.connect(redis_server.url, town="cli", layout="json") as channel:
             channel.send(message)
             channel.set_agent_state(agent)
             channel.broadcast(message)

@@ -493,7 +493,8 @@ def test_the_example_logs_each_send_before_its_receipt():
 
 
 def _readme_block(after: str) -> str:
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """The first bash block after ``after`` in docs/cli.md (the README's Command line guide)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     start = text.index("```bash\n", text.index(after)) + len("```bash\n")
     return text[start:text.index("```", start)]
 

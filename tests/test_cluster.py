@@ -131,7 +131,8 @@ async def test_agent_and_task_state(redis_cluster, cluster_url):
             await channel.set_agent_state(agent)
         for agent in agents:
             key = f"tt:metro:agent:{agent.id}"
-            assert redis_cluster.node_for(key).command("GET", key) == agent.to_json()
+            # the hash layout's MULTI/HDEL/HMSET/EXEC ran on the node owning the key
+            assert redis_cluster.node_for(key).command("HGET", key, "name") == agent.name.encode()
             assert await channel.get_agent_state(agent.id) == agent
         task = Task.new("ship it")
         task.assign(agents[0].id)
@@ -141,7 +142,7 @@ async def test_agent_and_task_state(redis_cluster, cluster_url):
 
 
 async def test_broadcast_reaches_subscribers_on_every_node(redis_cluster, cluster_url):
-    async with await Channel.connect(cluster_url, town="metro") as channel:
+    async with await Channel.connect(cluster_url, town="metro", layout="json") as channel:
         subs = [await channel.broadcasts().start() for _ in range(2)]
         # A subscriber of another client on a node that does not own
         # tt:broadcast's slot: classic pub/sub crosses the cluster bus.
@@ -275,3 +276,23 @@ async def test_second_seed_is_used_when_the_first_is_down(redis_cluster, cluster
         agent = AgentId.new()
         await channel.send(msg(agent, "hi"))
         assert text_of(await channel.receive(agent, 1)) == "hi"
+
+
+async def test_010_operations_on_a_cluster(redis_cluster, cluster_url):
+    from tinytown import Agent, InvalidArgumentError
+
+    async with await Channel.connect(cluster_url, town="metro") as channel:
+        agent = Agent.new("clustered", "claude")
+        await channel.set_agent_state(agent)  # MULTI ... EXEC on the key's node
+        assert await channel.increment_agent_rounds(agent.id) == 1  # EVAL on the key's node
+        await channel.update_agent_heartbeat(agent.id)
+        assert (await channel.get_agent_state(agent.id)).rounds_completed == 1
+        for i in range(3):
+            await channel.send(msg(agent.id, f"m{i}"))
+            await channel.send_urgent(msg(agent.id, f"u{i}"))
+        assert [text_of(m) for m in await channel.drain_inbox(agent.id)] == ["m0", "m1", "m2"]
+        assert [text_of(m) for m in await channel.receive_urgent(agent.id)] == ["u2", "u1", "u0"]
+        for call in (channel.list_agents, channel.list_tasks, channel.reset_all,
+                     channel.reset_agents_only):
+            with pytest.raises(InvalidArgumentError, match="Cluster"):
+                await call()

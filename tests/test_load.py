@@ -1,6 +1,6 @@
 """scripts/load.py at a CI-sized scale: producer and consumer processes, real Redis.
 
-The default run (1,000,000 messages) is for measuring: see README "Reliability".
+The default run (1,000,000 messages) is for measuring: see docs/reliability.md.
 """
 
 from __future__ import annotations

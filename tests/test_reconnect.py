@@ -179,7 +179,7 @@ async def test_receive_waiting_for_a_busy_pool_returns_none_at_its_timeout(redis
 
 
 async def test_agent_loop_keeps_working_across_a_restart(redis_server_factory):
-    """The agent loop of the README: catch ConnectionError and go on."""
+    """The agent loop of docs/reliability.md: catch ConnectionError and go on."""
     server = redis_server_factory("--appendonly", "yes", "--appendfsync", "always")
     agent = AgentId.new()
     received: list[str] = []

@@ -159,7 +159,7 @@ def test_broadcast_iteration_and_bad_payload(redis_server, redis_url):
     with SyncChannel.connect(redis_url, town="alpha") as channel:
         with channel.broadcasts() as sub:
             good = Message.new(AgentId.new(), AgentId.new(), MessageType.Shutdown())
-            redis_server.command("PUBLISH", "tt:broadcast", b"{not json")
+            redis_server.command("PUBLISH", "tt:alpha:broadcast", b"{not json")
             channel.broadcast(good)
             with pytest.raises(DecodeError) as info:
                 next(sub)
@@ -191,7 +191,7 @@ def test_broadcast_subscription_resubscribes_after_a_drop(fresh_redis):
         fresh_redis.restart()
         sub.start()
         ping = Message.new(AgentId.new(), AgentId.new(), MessageType.Ping())
-        assert fresh_redis.command("PUBLISH", "tt:broadcast", ping.to_json()) == 1
+        assert fresh_redis.command("PUBLISH", "tt:alpha:broadcast", ping.to_json()) == 1
         assert sub.get(5) == ping
 
 
@@ -200,7 +200,7 @@ def test_broadcast_subscription_resubscribes_after_a_drop(fresh_redis):
 
 def test_agent_state_round_trip(redis_server, redis_url):
     agent = Agent.new("worker-1", "claude")
-    with SyncChannel.connect(redis_url, town="alpha") as channel:
+    with SyncChannel.connect(redis_url, town="alpha", layout="json") as channel:
         assert channel.get_agent_state(agent.id) is None
         channel.set_agent_state(agent)
         assert redis_server.command("GET", f"tt:alpha:agent:{agent.id}") == agent.to_json()
@@ -212,7 +212,7 @@ def test_agent_state_round_trip(redis_server, redis_url):
 
 def test_task_round_trip(redis_server, redis_url):
     task = Task.new("Refactor the scheduler")
-    with SyncChannel.connect(redis_url, town="alpha") as channel:
+    with SyncChannel.connect(redis_url, town="alpha", layout="json") as channel:
         assert channel.get_task(task.id) is None
         channel.set_task(task)
         assert redis_server.command("GET", f"tt:alpha:task:{task.id}") == task.to_json()

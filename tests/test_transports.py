@@ -10,7 +10,9 @@ import pytest
 from tinytown import (
     Channel,
     InvalidArgumentError,
+    SyncChannel,
     TransportUnavailableError,
+    _pysync,
     _pytransport,
     _transport,
     _transports,
@@ -78,3 +80,74 @@ async def test_no_transport_at_all_says_what_to_install(redis_url, no_env, monke
     assert isinstance(info.value, ImportError)
     with pytest.raises(TransportUnavailableError, match=r"'python' cannot be loaded"):
         await Channel.connect(redis_url, town="t", transport="python")
+
+
+# ---------------------------------------------------------------- SyncChannel
+
+
+@pytest.mark.parametrize("name, cls", [("hiredis", _transport.SyncConnection),
+                                       ("python", _pysync.SyncConnection)])
+def test_sync_explicit_transport(redis_url, no_env, name, cls):
+    with SyncChannel.connect(redis_url, town="t", transport=name) as channel:
+        assert type(channel._conn) is cls
+        assert channel._conn.execute("PING") == b"PONG"
+
+
+def test_sync_environment_variable_and_argument_precedence(redis_url, no_env, monkeypatch):
+    monkeypatch.setenv("TINYTOWN_TRANSPORT", "python")
+    with SyncChannel.connect(redis_url, town="t") as channel:
+        assert type(channel._conn) is _pysync.SyncConnection
+    with SyncChannel.connect(redis_url, town="t", transport="hiredis") as channel:
+        assert type(channel._conn) is _transport.SyncConnection
+    monkeypatch.delenv("TINYTOWN_TRANSPORT")
+    with SyncChannel.connect(redis_url, town="t") as channel:
+        assert type(channel._conn) is _transport.SyncConnection
+    with pytest.raises(InvalidArgumentError, match="'cython' is not a tinytown transport"):
+        SyncChannel.connect(redis_url, town="t", transport="cython")
+
+
+async def test_one_fallback_warning_for_both_channel_kinds(redis_url, no_env, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "tinytown._transport", None)
+    with caplog.at_level(logging.WARNING, logger="tinytown"):
+        with SyncChannel.connect(redis_url, town="t") as sync_channel:
+            assert type(sync_channel._conn) is _pysync.SyncConnection
+            assert sync_channel._conn.execute("PING") == b"PONG"
+        async with await Channel.connect(redis_url, town="t") as channel:
+            assert type(channel._conn) is _pytransport.Connection
+    assert caplog.text.count("using the pure-Python transport") == 1
+    with pytest.raises(TransportUnavailableError, match="'hiredis' cannot be loaded"):
+        SyncChannel.connect(redis_url, town="t", transport="hiredis")
+
+
+def test_python_sync_connection_has_the_extensions_interface():
+    def public(cls):
+        return {name for name in dir(cls()) if not name.startswith("_")}
+    assert public(_transport.SyncConnection) <= public(_pysync.SyncConnection)
+
+
+@pytest.mark.parametrize("cls", [_transport.SyncConnection, _pysync.SyncConnection])
+def test_sync_connection_contract(redis_server, redis_url, cls):
+    # The same calls and outcomes on both SyncConnections, directly.
+    from tinytown import ConnectionError, ReplyError
+    conn = cls()
+    conn.connect_unix(redis_server.unix_path, 2.0)
+    assert conn.execute("SET", "k", b"\x00\xff") == b"OK"
+    with pytest.raises(ReplyError, match="WRONGTYPE"):
+        conn.execute_many([("GET", "k"), ("LPUSH", "k", 1), ("INCR", "n")])
+    assert conn.execute("GET", "n") == b"1"          # every reply was read
+    assert conn.execute_many([("GET", "k"), ("GET", "nope")]) == [b"\x00\xff", None]
+    with pytest.raises(InvalidArgumentError):
+        conn.execute("SET", "k", True)               # nothing sent, connection in step
+    conn.send_command("BLPOP", "empty", 0.2)
+    assert conn.pending_replies == 1
+    with pytest.raises(TimeoutError):
+        conn.read_reply(0.01)
+    assert conn.read_reply(5) is None                # the BLPOP's nil, still in step
+    assert conn.execute("PING") == b"PONG"
+    assert conn.is_usable() and conn.fileno() >= 0 and not conn.is_closed
+    conn.close()
+    assert conn.is_closed and not conn.is_usable() and conn.fileno() == -1
+    with pytest.raises(ConnectionError, match="closed"):
+        conn.execute("PING")
+    with pytest.raises(ConnectionError, match="cannot connect"):
+        cls().connect_unix(redis_server.unix_path + ".missing", 1.0)

@@ -21,6 +21,8 @@ _LAZY = {
     "Priority": "enums",
     "SpawnMode": "enums",
     "TaskState": "enums",
+    "AgentNotFoundError": "errors",
+    "AmbiguousAgentRefError": "errors",
     "ChannelClosedError": "errors",
     "ConcurrentUseError": "errors",
     "ConnectionError": "errors",
@@ -54,6 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .channel import BroadcastSubscription, Channel
     from .enums import AgentState, AgentType, Priority, SpawnMode, TaskState
     from .errors import (
+        AgentNotFoundError,
+        AmbiguousAgentRefError,
         ChannelClosedError,
         ConcurrentUseError,
         ConnectionError,
@@ -94,8 +98,10 @@ __version__ = "0.1.0"
 __all__ = [
     "Agent",
     "AgentId",
+    "AgentNotFoundError",
     "AgentState",
     "AgentType",
+    "AmbiguousAgentRefError",
     "Backoff",
     "BroadcastSubscription",
     "Channel",

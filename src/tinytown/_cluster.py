@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -138,8 +139,8 @@ class ClusterTopology:
 
     def node_address(self, name: str) -> Address:
         host, port = _split_node(name)
-        return Address(host=host, port=port, username=self.address.username,
-                       password=self.address.password)
+        # The seed address's login and TLS settings, for one node.
+        return dataclasses.replace(self.address, host=host, port=port, cluster=())
 
     async def open_node(self, name: str) -> Any:
         return await self._open_node(self.node_address(name))
@@ -400,6 +401,9 @@ class ClusterConnection:
         once every reply is in. Commands to one node keep their order.
         """
         self._check_open()
+        commands = list(commands)
+        if commands and _is_multi(commands[0]):
+            return self._transaction(commands, replies)
         futures = [self.execute(*command) for command in commands]
         out = ReplyFuture(loop=self._loop)
         if not futures:
@@ -425,6 +429,31 @@ class ClusterConnection:
         for f in futures:
             f.add_done_callback(one_done)
             _cancel_with(out, f)
+        return out
+
+    def _transaction(self, commands: list[Sequence[Any]], replies: bool) -> asyncio.Future[Any]:
+        """A ``MULTI ... EXEC`` block, sent whole to the node owning its keys
+        (which must share one slot); no redirection is followed (a moved
+        slot fails the block with EXECABORT). A caller that cancels with an
+        ``orphan`` handler still gets the replies there."""
+        for command in commands:
+            encode_command(command)  # a bad argument fails now, as on one server
+        keyed = next((c for c in commands if command_slot(c) is not None), ())
+        name = self._topology.route(keyed)
+        out = ReplyFuture(loop=self._loop)
+
+        async def run() -> None:
+            conn = await self._connection(name or self._any_node())
+            inner = conn.execute_many(commands, replies)
+            inner.add_done_callback(lambda f: _copy(f, out))
+
+        conn = self._open_conn(name)
+        if conn is not None:
+            conn.execute_many(commands, replies).add_done_callback(lambda f: _copy(f, out))
+        else:
+            opening = self._spawn(run())
+            opening.add_done_callback(
+                lambda f: f.cancelled() or f.exception() is None or _copy(f, out))
         return out
 
     def subscribe(self, handler: Callable[[Any], None], *channels: Any) -> None:
@@ -502,6 +531,11 @@ def _cancel_with(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None
         if fut.cancelled() and getattr(fut, "orphan", None) is None:
             inner.cancel()
     outer.add_done_callback(on_done)
+
+
+def _is_multi(command: Sequence[Any]) -> bool:
+    verb = _as_bytes(command[0]) if command else None
+    return verb is not None and verb.upper() == b"MULTI"
 
 
 def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

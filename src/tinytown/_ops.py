@@ -10,7 +10,14 @@ and write exactly the same bytes. A step is either
   as :class:`~tinytown.ReplyError` (so an operation can catch WRONGTYPE);
 * a ``list`` of tuples: several commands in one write (a pipeline, or a
   MULTI ... EXEC transaction when the operation lists those); the value is
-  the list of replies, error replies included as ReplyError instances.
+  the list of replies; if one of them is an error reply, the first one is
+  raised inside the generator instead (errors inside an EXEC reply are
+  ReplyError instances in its list);
+* a :class:`Pipeline` (a list subclass): several commands in one write,
+  whose replies come back as a list with error replies *in* it as ReplyError
+  instances (a plain list step raises the first error instead);
+* a :class:`Pop`: a step that takes data out of Redis, with the commands
+  that put it back if the caller goes away before the operation returns.
 
 The generator's return value is the operation's result. Drivers:
 ``Channel._run`` and ``SyncChannel._run``. Operations check their arguments
@@ -19,14 +26,53 @@ before their first ``yield``, so bad input raises before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar, Union
 
 from .ids import AgentId
 from .keys import TownKeys
 
 T = TypeVar("T")
-Step = Union[tuple[Any, ...], list[tuple[Any, ...]]]
+Command = tuple[Any, ...]
+
+
+class Pipeline(list):  # type: ignore[type-arg]
+    """A step of several commands in one write whose error replies are
+    returned in the reply list (as ReplyError instances), not raised."""
+
+    __slots__ = ()
+
+
+class Pop:
+    """A step that takes something out of Redis (LPOP, a MULTI that empties
+    a list...), or that runs while the operation holds what an earlier Pop
+    took.
+
+    ``step`` is a command (tuple) or a transaction (list, as a list step).
+    ``restore(reply)`` returns the commands that put back what would be lost
+    if the caller went away now; ``reply`` is the step's reply, or the
+    exception that ended it (a lost connection), since a caller that is
+    cancelled (or interrupted by a signal, in SyncChannel) before the
+    operation returns never sees the result. The drivers run those commands
+    in that case: when the reply arrives after the caller left (the
+    transports' ``orphan`` hook), or at once if it was already in. From the
+    reply until the next Pop step or the operation's return, the driver
+    keeps ``restore(reply)`` and runs it if the operation ends with an
+    exception instead (so an operation that raises after a Pop must have
+    made ``restore`` of its last Pop return only what is still to give
+    back; a Pop that settles what was taken, such as the dead-letter
+    write, returns ``[]`` once done).
+    """
+
+    __slots__ = ("step", "restore")
+
+    def __init__(self, step: Command | list[Command],
+                 restore: Callable[[Any], list[Command]]) -> None:
+        self.step = step
+        self.restore = restore
+
+
+Step = Union[Command, list[Command], Pipeline, Pop]
 Op = Generator[Step, Any, T]
 
 #: Seconds a stop flag lives (Tinytown's ``SETEX ... 3600 1``).

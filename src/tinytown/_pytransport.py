@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -87,6 +88,8 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None
+        self._tls: tuple[ssl.SSLContext, str] | None = None   # context, server name
+        self._tls_loss: ConnectionError | None = None         # why a TLS connection ended
         self._where: str | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._connect_waiter: asyncio.Future[Connection] | None = None
@@ -117,8 +120,15 @@ class Connection(asyncio.Protocol):
             raise self._cannot_connect(exc) from None
         return self._attach(sock, None if done else path)
 
-    def connect_tcp(self, host: str, port: int) -> asyncio.Future[Connection]:
-        """Start connecting to a numeric IP address and port (resolve names first)."""
+    def connect_tcp(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
+                    server_hostname: str | None = None) -> asyncio.Future[Connection]:
+        """Start connecting to a numeric IP address and port (resolve names first).
+
+        With ``tls``, the connection is TLS with that context (asyncio's TLS);
+        ``server_hostname`` (default ``host``) is the name the server's
+        certificate is checked against. A failed handshake or certificate
+        check fails the future with ConnectionError.
+        """
         if not isinstance(host, str):
             raise TypeError(f"host must be a str, not {type(host).__name__}")
         if not isinstance(port, int) or isinstance(port, bool):
@@ -132,6 +142,8 @@ class Connection(asyncio.Protocol):
         family, _, _, _, sockaddr = info[0]
         sock = self._new_socket(family, f"{host}:{port}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self._tls = (tls, server_hostname or host)
         return self._attach(sock, sockaddr)
 
     def _new_socket(self, family: int, where: str) -> socket.socket:
@@ -145,7 +157,10 @@ class Connection(asyncio.Protocol):
     def _cannot_connect(self, exc: OSError) -> ConnectionError:
         # asyncio's sock_connect words its errors its own way ("Connect call
         # failed ..."); report the system's text for the errno, as hiredis does.
-        reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
+        if isinstance(exc, ssl.SSLError):   # its errno is OpenSSL's, not the system's
+            reason = f"TLS handshake failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}"
+        else:
+            reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
         return ConnectionError(f"cannot connect to Redis at {self._where}: {reason}")
 
     def _attach(self, sock: socket.socket, address: Any) -> asyncio.Future[Connection]:
@@ -160,6 +175,11 @@ class Connection(asyncio.Protocol):
                 await self._loop.sock_connect(sock, address)
             if sock.family == socket.AF_UNIX:
                 await self._loop.create_unix_connection(lambda: self, sock=sock)
+            elif self._tls is not None:
+                # The handshake is bounded by the caller's connect timeout.
+                context, hostname = self._tls
+                await self._loop.create_connection(
+                    lambda: self, sock=sock, ssl=context, server_hostname=hostname)
             else:
                 await self._loop.create_connection(lambda: self, sock=sock)
         except asyncio.CancelledError:
@@ -269,6 +289,8 @@ class Connection(asyncio.Protocol):
         self._push(error, handler)
 
     def _shut(self, error: ConnectionError) -> None:
+        if self._tls is not None and not self._closed:
+            self._tls_loss = error
         self._closed = True
         self._connected = False
         self._push_handler = None
@@ -334,6 +356,10 @@ class Connection(asyncio.Protocol):
 
     def _check_open(self) -> None:
         if self._closed or not self._connected:
+            if self._tls is not None and self._tls_loss is not None:
+                # A TLS server refuses a client (no client certificate) with an
+                # alert right after the handshake: say why, not just "closed".
+                raise ConnectionError(str(self._tls_loss))
             raise ConnectionError(
                 "connection to Redis is closed" if self._closed else "connection to Redis is not open")
 

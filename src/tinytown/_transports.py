@@ -1,14 +1,16 @@
-"""Choosing the transport behind a Channel.
+"""Choosing the transport behind a Channel or SyncChannel.
 
-Two implementations of one interface (:class:`Connection` below):
+Two implementations of one interface (:class:`Connection` below, and the
+blocking SyncConnection of SyncChannel):
 
 ``"hiredis"``  the Cython extension ``tinytown._transport`` over hiredis's
-               async context (the default; in every wheel);
-``"python"``   ``tinytown._pytransport``: pure Python on asyncio, with the
-               hiredis parser of redis-py's ``redis[hiredis]`` (``hiredis``
-               package; ``pip install 'tinytown[python]'``).
+               async context and its redisContext (the default; in every wheel);
+``"python"``   ``tinytown._pytransport`` (pure Python on asyncio) and
+               ``tinytown._pysync`` (a blocking socket), with the hiredis
+               parser of redis-py's ``redis[hiredis]`` (``hiredis`` package;
+               ``pip install 'tinytown[python]'``).
 
-``Channel.connect(..., transport=...)`` picks one; without it the
+``Channel.connect(..., transport=...)`` (and SyncChannel's) picks one; without it the
 environment variable ``TINYTOWN_TRANSPORT`` does; without that, the
 extension is used when it loads and the Python transport otherwise.
 """
@@ -19,11 +21,15 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .errors import InvalidArgumentError, TransportUnavailableError
 
-__all__ = ["TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "connection_class", "deliver"]
+if TYPE_CHECKING:
+    from ._transport import SyncConnection
+
+__all__ = ["TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "connection_class", "deliver",
+           "sync_connection_class", "tls_connection_class", "tls_sync_connection_class"]
 
 log = logging.getLogger("tinytown")
 
@@ -108,6 +114,14 @@ def _load(name: str) -> ConnectionClass:
     return Python
 
 
+def _load_sync(name: str) -> type[SyncConnection]:
+    if name == "hiredis":
+        from ._transport import SyncConnection as Extension
+        return Extension
+    from ._pysync import SyncConnection as Python
+    return Python  # type: ignore[return-value]
+
+
 def connection_class(name: str | None = None) -> ConnectionClass:
     """The Connection class of transport ``name`` (None: the environment, then automatic).
 
@@ -116,6 +130,20 @@ def connection_class(name: str | None = None) -> ConnectionClass:
     transport, or with automatic choice both of them, cannot be loaded; the
     message says what to install.
     """
+    return _choose(name, _load)
+
+
+def sync_connection_class(name: str | None = None) -> type[SyncConnection]:
+    """The SyncConnection class (blocking, for SyncChannel) of transport
+    ``name``, chosen and reported as :func:`connection_class` does:
+    ``tinytown._transport.SyncConnection`` or ``tinytown._pysync.SyncConnection``."""
+    return _choose(name, _load_sync)
+
+
+_T = TypeVar("_T")
+
+
+def _choose(name: str | None, load: Callable[[str], _T]) -> _T:
     global _warned_fallback
     source = "transport"
     if name is None:
@@ -126,23 +154,63 @@ def connection_class(name: str | None = None) -> ConnectionClass:
             raise InvalidArgumentError(
                 f"{source}={name!r} is not a tinytown transport; choose 'hiredis' or 'python'")
         try:
-            return _load(name)
+            return load(name)
         except ImportError as exc:
             hint = _EXTENSION_HINT if name == "hiredis" else _PYTHON_HINT
             raise TransportUnavailableError(
                 f"tinytown transport {name!r} cannot be loaded ({exc}); {hint}") from exc
     try:
-        return _load("hiredis")
+        return load("hiredis")
     except ImportError as ext_exc:
         try:
-            cls = _load("python")
+            cls = load("python")
         except ImportError as py_exc:
             raise TransportUnavailableError(
                 "tinytown has no usable transport: the hiredis extension cannot be loaded "
                 f"({ext_exc}) and the pure-Python transport needs the hiredis package "
                 f"({py_exc}); {_PYTHON_HINT}, or {_EXTENSION_HINT}") from py_exc
+        # One warning per process, whichever channel kind meets it first.
         if not _warned_fallback:
             _warned_fallback = True
             log.warning("tinytown: the hiredis extension cannot be loaded (%s); "
                         "using the pure-Python transport", ext_exc)
         return cls
+
+
+def tls_connection_class(name: str | None, where: object) -> ConnectionClass:
+    """The Connection class for a TLS (``rediss://``) connection: the Python
+    transport, whose TLS is asyncio's (the extension's hiredis has none)."""
+    return _choose_tls(name, _load, where)
+
+
+def tls_sync_connection_class(name: str | None, where: object) -> type[SyncConnection]:
+    """The SyncConnection class for TLS: the Python one (``ssl.SSLSocket``)."""
+    return _choose_tls(name, _load_sync, where)
+
+
+def _choose_tls(name: str | None, load: Callable[[str], _T], where: object) -> _T:
+    # hiredis gets TLS from a separate library (hiredis_ssl, hiredis >= 1.0)
+    # that the extension is not built with, so TLS always takes the Python
+    # transport. TINYTOWN_TRANSPORT=hiredis, a process-wide preference, gives
+    # way; the argument, a request for this very channel, does not.
+    if name == "hiredis":
+        raise InvalidArgumentError(
+            f"transport='hiredis' cannot connect to {where}: the extension has no TLS; "
+            "leave transport unset (TLS then uses the pure-Python transport) or pass 'python'")
+    if name is None:
+        env = os.environ.get(ENV_VAR) or None
+        if env is not None and env not in TRANSPORTS:
+            raise InvalidArgumentError(
+                f"{ENV_VAR}={env!r} is not a tinytown transport; choose 'hiredis' or 'python'")
+    elif name not in TRANSPORTS:
+        raise InvalidArgumentError(
+            f"transport={name!r} is not a tinytown transport; choose 'hiredis' or 'python'")
+    try:
+        cls = load("python")
+    except ImportError as exc:
+        raise TransportUnavailableError(
+            f"TLS to {where} needs the pure-Python transport, which cannot be loaded ({exc}); "
+            f"{_PYTHON_HINT}") from exc
+    log.info("tinytown: TLS to %s: using the pure-Python transport "
+             "(the hiredis extension has no TLS)", where)
+    return cls

@@ -44,6 +44,7 @@ from .agent import Agent
 from .channel import Channel
 from .ids import AgentId
 from .message import Message, MessageType
+from .sync_channel import SyncChannel
 from .task import Task
 
 __all__ = ["Bench", "OperationBench", "RedisServer", "Result", "main", "placement", "redis_benchmark", "render_table"]
@@ -244,12 +245,13 @@ class Bench:
         self.redis_py_sync: Any = None     # redis.Redis (sync client)
 
     async def __aenter__(self) -> Bench:
-        self.channel = await Channel.connect(self.server.url, town=self.town)
+        # The json layout: the peers' rows are SET/GET of the same JSON, on the same keys.
+        self.channel = await Channel.connect(self.server.url, town=self.town, layout="json")
         if self.tcp_server is not None:
-            self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town)
-        from .sync_channel import SyncChannel
-
-        self.sync_channel = SyncChannel.connect(self.server.url, town=self.town)
+            self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town,
+                                                     layout="json")
+        # Both transports have a SyncChannel: the sync rows always run.
+        self.sync_channel = SyncChannel.connect(self.server.url, town=self.town, layout="json")
         path = str(self.server.socket_path)
         try:  # every peer is optional for `tinytown bench`
             import redis

@@ -15,31 +15,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import socket
+import ssl as ssl_module
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _ops
+from . import _ops, _ops_inbox, _ops_state
+from . import _ops_streams as _streams
 from ._cluster import ClusterConnection, ClusterTopology
 from ._commands import (
     LPUSH,
     RPUSH,
     blpop_timeout,
-    check_agent,
     check_message,
-    check_task,
-    decode_agent,
-    decode_task,
-    is_wrongtype,
     login_commands,
     push_commands,
     too_big,
 )
-from ._transports import Connection, connection_class
-from .address import Address, parse_url
+from ._transports import Connection, connection_class, tls_connection_class
+from .address import Address, parse_url, with_tls
 from .agent import Agent
 from .backoff import Backoff, ReconnectSchedule
 from .errors import (
@@ -54,6 +52,9 @@ from .keys import BROADCAST_CHANNEL, TownKeys
 from .message import Message
 from .reliable import MOVE_ENTRY_SCRIPT, RECLAIM_SCRIPT, Delivery
 from .task import Task
+
+if TYPE_CHECKING:
+    from .events import TownEvent
 
 __all__ = ["Channel", "BroadcastSubscription"]
 
@@ -141,13 +142,18 @@ class Channel:
     def __init__(self, address: Address, town: str, *, loop: asyncio.AbstractEventLoop,
                  max_receivers: int, connect_timeout: float, transport: str | None = None,
                  backoff: Backoff = Backoff(), reconnect_timeout: float = 5.0,
-                 max_message_bytes: int = 16 * 2**20) -> None:
+                 max_message_bytes: int = 16 * 2**20, layout: str = "hash") -> None:
         # Use Channel.connect(); this only wires the parts together.
-        self._transport = connection_class(transport)
+        self._layout = _ops_state.check_layout(layout)
+        self._transport = (tls_connection_class(transport, address) if address.tls
+                           else connection_class(transport))
         self._address = address
         # redis+cluster://: every connection routes over per-node connections by slot.
         self._cluster = ClusterTopology(address, self._open_connection) if address.cluster else None
         self._keys = TownKeys(town)
+        # Tinytown 0.7-0.10 publish on the town's channel; the Channels page on one for all towns.
+        self._broadcast_name = (self._keys.broadcast.encode() if self._layout == "hash"
+                                else _BROADCAST)
         self._loop = loop
         self._connect_timeout = connect_timeout
         self._schedule = ReconnectSchedule(backoff, loop)
@@ -168,14 +174,27 @@ class Channel:
     async def connect(cls, url: str, town: str, *, max_receivers: int = 16,
                       connect_timeout: float = 5.0, transport: str | None = None,
                       backoff: Backoff | None = None, reconnect_timeout: float = 5.0,
-                      max_message_bytes: int = 16 * 2**20) -> Channel:
+                      max_message_bytes: int = 16 * 2**20, layout: str = "hash",
+                      ssl: ssl_module.SSLContext | None = None,
+                      ssl_ca_file: str | os.PathLike[str] | None = None,
+                      ssl_certfile: str | os.PathLike[str] | None = None,
+                      ssl_keyfile: str | os.PathLike[str] | None = None,
+                      ssl_check_hostname: bool = True) -> Channel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock``,
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
         connect) or ``redis+cluster://[user:password@]host:port[,host:port...]``
         (seed nodes of a Redis Cluster; each command goes to the node owning
-        its key). ``max_receivers`` bounds the connections used by concurrent
+        its key). ``rediss://`` and ``rediss+cluster://`` connect over TLS,
+        verifying the server's certificate against ``ssl_ca_file`` (PEM; by
+        default the system's CAs) and its host name unless
+        ``ssl_check_hostname`` is False; ``ssl_certfile``/``ssl_keyfile`` are a
+        client certificate and key (PEM); ``ssl`` (an :class:`ssl.SSLContext`)
+        replaces all four. TLS connections use the pure-Python transport (the
+        extension has no TLS; one log line at INFO says so); a failed
+        handshake or certificate check raises :class:`ConnectionError`.
+        ``max_receivers`` bounds the connections used by concurrent
         blocking receives. ``connect_timeout`` bounds one connection attempt.
         ``transport`` is ``"hiredis"`` (the C extension) or ``"python"``; None
         means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
@@ -191,13 +210,23 @@ class Channel:
         agent or task that this channel writes: a bigger one raises
         :class:`InvalidArgumentError` and nothing is written.
 
-        Raises :class:`InvalidArgumentError` for a bad URL, town name,
+        ``layout`` is how agent and task state and broadcasts are stored:
+        ``"hash"`` (the default) as Tinytown 0.7-0.10 release it, each agent
+        and task a Redis Hash (spec section 6 field order and spelling) and
+        broadcasts on ``tt:<town>:broadcast``; ``"json"`` as the Channels
+        page describes, one JSON string per agent or task and broadcasts on
+        ``tt:broadcast``. Reads accept both layouts either way, and a write
+        over a key holding the other layout replaces it atomically.
+
+        Raises :class:`InvalidArgumentError` for a bad URL, town name, layout,
         transport or option, :class:`TransportUnavailableError` when no
         transport can be loaded and :class:`ConnectionError` if Redis cannot
         be reached (the first connection is tried once: a wrong address fails
         fast).
         """
-        address = parse_url(url)
+        address = with_tls(parse_url(url), ssl=ssl, ssl_ca_file=ssl_ca_file, ssl_certfile=ssl_certfile,
+                           ssl_keyfile=ssl_keyfile, ssl_check_hostname=ssl_check_hostname)
+        _ops_state.check_layout(layout)
         if not isinstance(max_receivers, int) or max_receivers < 1:
             raise InvalidArgumentError(f"max_receivers must be a positive int, not {max_receivers!r}")
         if not connect_timeout > 0:
@@ -215,7 +244,7 @@ class Channel:
         channel = cls(address, town, loop=asyncio.get_running_loop(),
                       max_receivers=max_receivers, connect_timeout=connect_timeout,
                       transport=transport, backoff=backoff, reconnect_timeout=reconnect_timeout,
-                      max_message_bytes=max_message_bytes)
+                      max_message_bytes=max_message_bytes, layout=layout)
         channel._conn = await channel._open_connection()
         return channel
 
@@ -247,9 +276,16 @@ class Channel:
                 raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
             # Try every address in order ("localhost" may give ::1 first).
             error: ConnectionError | None = None
+            if address.tls:
+                def start(c: Any, ip: str) -> Any:
+                    return c.connect_tcp(ip, address.port, tls=address.ssl_context,
+                                         server_hostname=address.host)
+            else:
+                def start(c: Any, ip: str) -> Any:
+                    return c.connect_tcp(ip, address.port)
             for ip in dict.fromkeys(info[4][0] for info in infos):
                 try:
-                    conn = await self._connect_one(lambda c: c.connect_tcp(ip, address.port), timeout)
+                    conn = await self._connect_one(lambda c: start(c, ip), timeout)
                     break
                 except ConnectionError as exc:
                     error = exc
@@ -511,16 +547,16 @@ class Channel:
                       raw, exc)
 
     async def try_receive(self, agent_id: AgentId | Any) -> Message | None:
-        """Take the first message of the inbox without waiting (LPOP); None if empty."""
-        agent = AgentId(agent_id)
-        key = self._keys.inbox_prefix + agent
-        conn = self._conn
-        if conn is None or conn.is_closed:
-            conn = await self._reconnect()
-        raw = await conn.execute(b"LPOP", key)
-        if raw is None:
-            return None
-        return await self._decode(agent, raw)
+        """Take the first message of the inbox without waiting (``LPOP
+        tt:<town>:inbox:<agent>``); None if it is empty.
+
+        If the caller is cancelled while the LPOP is on its way, a message
+        it took goes back to the front of the inbox: nothing is lost. An
+        undecodable message is moved to ``tt:<town>:dead:<agent>`` and
+        :class:`DecodeError` (with ``raw``) is raised (Tinytown 0.10 drops
+        it).
+        """
+        return await self._run(_ops_inbox.try_receive(self._keys, agent_id))
 
     async def _decode(self, agent: AgentId, raw: bytes) -> Message:
         """Decode a popped message; an undecodable one goes to the dead-letter list.
@@ -613,12 +649,12 @@ class Channel:
         return await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
                                   self._keys.inbox_prefix + agent)
 
-    def _check_not_cluster(self, operation: str) -> None:
+    def _check_not_cluster(self, operation: str, why: str = "") -> None:
         if self._cluster is not None:
             raise InvalidArgumentError(
-                f"{operation}() is not available on a Redis Cluster: it moves messages between "
-                "an inbox and a processing list in one command, and Tinytown's key names put "
-                "them on different hash slots")
+                f"{operation}() is not available on a Redis Cluster: "
+                + (why or "it moves messages between an inbox and a processing list in one "
+                   "command, and Tinytown's key names put them on different hash slots"))
 
     async def processing_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages received reliably by the agent and not yet acked."""
@@ -634,16 +670,21 @@ class Channel:
         return await conn.execute(b"LLEN", key)
 
     async def broadcast(self, message: Message) -> int:
-        """Publish ``message`` on ``tt:broadcast``; returns how many subscribers got it."""
+        """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:
+        ``tt:<town>:broadcast`` (hash layout) or ``tt:broadcast`` (json
+        layout); returns how many subscribers got it."""
         check_message(message, "broadcast")
         payload = message.to_json()
         if len(payload) > self._max_bytes:
             raise too_big("message", payload, self._max_bytes)
         conn = await self._main()
-        return await conn.execute(b"PUBLISH", _BROADCAST, payload)
+        return await conn.execute(b"PUBLISH", self._broadcast_name, payload)
 
     def broadcasts(self) -> BroadcastSubscription:
         """Subscribe to broadcasts: ``async for message in channel.broadcasts(): ...``.
+
+        The channel is the layout's: ``tt:<town>:broadcast`` (hash layout)
+        or ``tt:broadcast`` (json layout).
 
         The subscription has a connection of its own, opened on first
         iteration (or on ``async with``/``await sub.start()``, to be sure to
@@ -653,45 +694,297 @@ class Channel:
             raise ChannelClosedError("the channel is closed")
         return BroadcastSubscription(self)
 
+    # -- urgent inbox, peek, drain, move (Tinytown 0.10) ------------------------
+
+    async def send_urgent(self, message: Message) -> None:
+        """Put ``message`` in its recipient's urgent inbox, whatever its priority
+        (``LPUSH tt:<town>:urgent:<to> <json>``: the urgent inbox is newest first).
+
+        Raises :class:`InvalidArgumentError` for a non-Message or one over
+        ``max_message_bytes``; nothing is written then.
+        """
+        await self._run(_ops_inbox.send_urgent(self._keys, message, self._max_bytes))
+
+    async def receive_urgent(self, agent_id: AgentId | Any) -> list[Message]:
+        """Take every message of the agent's urgent inbox, newest first (as
+        Tinytown 0.10 returns them); ``[]`` if it is empty.
+
+        One round trip, atomic: ``MULTI, LRANGE tt:<town>:urgent:<agent> 0 -1,
+        LTRIM ... 1 0, EXEC`` (Tinytown pops one at a time and, meeting a
+        malformed element, loses what it had popped). A malformed element is
+        moved to ``tt:<town>:dead:<agent>`` with a logged warning and every
+        good message is returned. If the caller is cancelled before the
+        result reaches it, the messages go back to the front of the urgent
+        inbox in their order. A key of another type raises
+        :class:`ReplyError` (WRONGTYPE) and is left as it is.
+        """
+        return await self._run(_ops_inbox.receive_urgent(self._keys, agent_id))
+
+    async def urgent_len(self, agent_id: AgentId | Any) -> int:
+        """Number of messages in the agent's urgent inbox (``LLEN tt:<town>:urgent:<agent>``)."""
+        return await self._run(_ops_inbox.urgent_len(self._keys, agent_id))
+
+    async def peek_inbox(self, agent_id: AgentId | Any, count: int) -> list[Message]:
+        """The first ``count`` messages of the agent's inbox, in the order
+        :meth:`try_receive` would take them, without removing them
+        (``LRANGE tt:<town>:inbox:<agent> 0 <count-1>``).
+
+        Elements that are not valid messages are skipped (with a logged
+        warning; they stay in the inbox). ``count`` must be an int >= 1:
+        Tinytown 0.10 reads 0 as "the whole inbox" and negative counts as
+        offsets from the end, which is rejected here with
+        :class:`InvalidArgumentError` (nothing is sent).
+        """
+        return await self._run(_ops_inbox.peek_inbox(self._keys, agent_id, count))
+
+    async def drain_inbox(self, agent_id: AgentId | Any) -> list[Message]:
+        """Take every message of the agent's inbox, in receive order; ``[]`` if empty.
+
+        One round trip, atomic: ``MULTI, LRANGE tt:<town>:inbox:<agent> 0 -1,
+        LTRIM ... 1 0, EXEC`` (Tinytown 0.10 loops on LPOP, and drops
+        malformed elements). A malformed element is moved to
+        ``tt:<town>:dead:<agent>`` with a logged warning; every good message
+        is returned. If the caller is cancelled before the result reaches
+        it, the messages go back to the front of the inbox in their order.
+        """
+        return await self._run(_ops_inbox.drain_inbox(self._keys, agent_id))
+
+    async def move_message_to_inbox(self, message: Message, to: AgentId | Any) -> None:
+        """Send a copy of ``message`` addressed to ``to`` (same id and fields
+        otherwise), placed as :meth:`send` places it (LPUSH for urgent/high,
+        RPUSH for normal/low, on ``tt:<town>:inbox:<to>``). The original is
+        not removed from anywhere.
+        """
+        await self._run(_ops_inbox.move_message_to_inbox(self._keys, message, to, self._max_bytes))
+
     # -- state ----------------------------------------------------------------
 
+    @property
+    def layout(self) -> str:
+        """``"hash"`` or ``"json"``: how this channel writes state and broadcasts
+        (see :meth:`connect`)."""
+        return self._layout
+
     async def set_agent_state(self, agent: Agent) -> None:
-        """Store ``agent`` at ``tt:<town>:agent:<id>`` (JSON, as Tinytown's Rust code does)."""
-        payload = check_agent(agent).to_json()
-        if len(payload) > self._max_bytes:
-            raise too_big("agent state", payload, self._max_bytes)
-        conn = await self._main()
-        await conn.execute(b"SET", self._keys.agent_prefix + AgentId(agent.id), payload)
+        """Store ``agent`` at ``tt:<town>:agent:<id>`` in the channel's layout.
+
+        Hash layout: ``MULTI, HDEL <absent optional fields> (left out when
+        none is absent), HMSET <fields in Tinytown's order>, EXEC`` in one
+        write (Tinytown 0.10 sends HDEL and HMSET without MULTI, so a reader
+        can see the Hash between them); if the key holds a JSON string, it is
+        replaced in one more step, ``MULTI, DEL, HMSET, EXEC``. JSON layout:
+        ``SET <key> <json>``, which replaces a Hash atomically too. A
+        WRONGTYPE never reaches the caller and no key is left half in each
+        layout. Raises :class:`InvalidArgumentError` for a non-Agent or one
+        over ``max_message_bytes`` (nothing is written).
+        """
+        await self._run(_ops_state.set_agent_state(self._keys, self._layout, agent, self._max_bytes))
 
     async def get_agent_state(self, agent_id: AgentId | Any) -> Agent | None:
-        """The stored Agent, or None when absent (JSON or the newer Hash layout)."""
-        key = self._keys.agent_prefix + AgentId(agent_id)
-        return decode_agent(await self._get_state(key))
+        """The stored Agent, or None when absent; either layout.
+
+        ``HGETALL tt:<town>:agent:<id>`` (hash layout; a Hash is read by
+        Tinytown's rules) or ``GET`` (json layout), the other one after a
+        WRONGTYPE. Raises :class:`DecodeError` for state that cannot be read.
+        """
+        return await self._run(_ops_state.get_agent_state(self._keys, self._layout, agent_id))
 
     async def set_task(self, task: Task) -> None:
-        """Store ``task`` at ``tt:<town>:task:<id>``."""
-        payload = check_task(task).to_json()
-        if len(payload) > self._max_bytes:
-            raise too_big("task", payload, self._max_bytes)
-        conn = await self._main()
-        await conn.execute(b"SET", self._keys.task_prefix + TaskId(task.id), payload)
+        """Store ``task`` at ``tt:<town>:task:<id>`` in the channel's layout,
+        exactly as :meth:`set_agent_state` stores an agent."""
+        await self._run(_ops_state.set_task(self._keys, self._layout, task, self._max_bytes))
 
     async def get_task(self, task_id: TaskId | Any) -> Task | None:
-        """The stored Task, or None when absent (JSON or the newer Hash layout)."""
-        key = self._keys.task_prefix + TaskId(task_id)
-        return decode_task(await self._get_state(key))
+        """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`)."""
+        return await self._run(_ops_state.get_task(self._keys, self._layout, task_id))
 
-    async def _get_state(self, key: str) -> bytes | list[bytes] | None:
-        conn = self._conn
-        if conn is None or conn.is_closed:
-            conn = await self._reconnect()
+    async def list_agents(self) -> list[Agent]:
+        """Every agent of the town, in no particular order; either layout.
+
+        ``SCAN <cursor> MATCH tt:<town>:agent:* COUNT 100`` until done (the
+        town name's glob characters escaped), then every key read in one
+        pipelined round trip (HGETALL or GET as :meth:`get_agent_state`).
+        Tinytown 0.10 uses KEYS and fails entirely on one key of another
+        type; here a key that is not an agent (another type, unreadable
+        state, a name that is not ``agent:<uuid>``) is skipped with a
+        logged warning.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("list_agents", "it SCANs one server's keys")
+        return await self._run(_ops_state.list_agents(self._keys, self._layout))
+
+    async def get_agent_by_name(self, name: str) -> Agent | None:
+        """The first agent (of :meth:`list_agents`, so in no particular order)
+        whose ``name`` is exactly ``name`` (case-sensitive); None if none.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("get_agent_by_name", "it SCANs one server's keys")
+        return await self._run(_ops_state.get_agent_by_name(self._keys, self._layout, name))
+
+    async def resolve_agent_ref(self, ref: str) -> Agent | None:
+        """The agent a person means by ``ref``, as Tinytown's ``resolve_agent_ref``.
+
+        ``ref`` is trimmed (Unicode White_Space); empty gives None. A UUID
+        (any form :class:`AgentId` accepts) is looked up directly
+        (:meth:`get_agent_state`, no fallback to names). Otherwise the
+        agents of :meth:`list_agents` whose name, display name (nickname,
+        else name), display label (``"<display name> [<role>]"``, the name
+        in place of the ``default`` role) or short id (the id's first 4
+        characters) equal ``ref``, ignoring ASCII case: None if none,
+        the agent if one, :class:`AmbiguousAgentRefError` (with
+        ``matches``) if several.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("resolve_agent_ref", "it SCANs one server's keys")
+        return await self._run(_ops_state.resolve_agent_ref(self._keys, self._layout, ref))
+
+    async def delete_agent(self, agent_id: AgentId | Any) -> None:
+        """Delete the agent's state, inbox, urgent inbox, activity log and stop
+        flag: ``DEL`` of ``tt:<town>:agent|inbox|urgent|activity|stop:<id>``, in
+        that order, in one write. Its event stream
+        (``tt:<town>:events:agent:<id>``) and dead letters are kept, as in
+        Tinytown 0.10."""
+        await self._run(_ops_state.delete_agent(self._keys, agent_id))
+
+    async def list_tasks(self) -> list[Task]:
+        """Every task of the town, in no particular order; either layout
+        (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`).
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("list_tasks", "it SCANs one server's keys")
+        return await self._run(_ops_state.list_tasks(self._keys, self._layout))
+
+    async def delete_task(self, task_id: TaskId | Any) -> bool:
+        """Delete ``tt:<town>:task:<id>`` (``DEL``, any type); True if it existed."""
+        return await self._run(_ops_state.delete_task(self._keys, task_id))
+
+    async def increment_agent_rounds(self, agent_id: AgentId | Any) -> int:
+        """Add 1 to the agent's ``rounds_completed``; returns the new value.
+
+        Either layout, atomically: the agent is read (``HGETALL`` or
+        ``GET``), then written back by one Lua script (``EVALSHA``) only if it
+        did not change meanwhile (else it is read again), so a concurrent
+        update is never lost and the u64 counter
+        stays exact beyond 2**53 (Tinytown 0.10's ``HINCRBY`` fails above
+        2**63-1). Raises :class:`AgentNotFoundError` if the agent has no
+        state (Tinytown creates a partial Hash instead) and
+        :class:`EncodeError` if the counter is already 2**64-1.
+        """
+        return await self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "rounds_completed", True))  # type: ignore[return-value]
+
+    async def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
+        """Add 1 to the agent's ``tasks_completed``; returns the new value.
+        As :meth:`increment_agent_rounds` (same guarantees and errors)."""
+        return await self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
+
+    async def update_agent_heartbeat(self, agent_id: AgentId | Any) -> None:
+        """Set the agent's ``last_heartbeat`` to now (the channel's clock).
+
+        A Hash gets the one field (``+00:00`` form, as Tinytown's ``HSET``)
+        in one round trip: a Lua script (``EVALSHA``) that writes it only if
+        the Hash exists and has an ``id``; a JSON agent is read and rewritten
+        as :meth:`increment_agent_rounds` does. Raises
+        :class:`AgentNotFoundError` if the agent has no state.
+        """
+        await self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "last_heartbeat", False))
+
+    async def reset_all(self) -> int:
+        """Delete every key of this town; returns how many were deleted.
+
+        ``SCAN ... MATCH tt:<town>:* COUNT 100`` (glob characters of the town
+        name escaped), keeping only keys of the shapes a town writes
+        (``agent:<uuid>``, ``inbox:<uuid>``, ``backlog``, ``events``,
+        ``docket:tasks``, mission keys...), so another town whose name starts
+        with ``<town>:`` (Rust allows ':') keeps its keys; then ``DEL`` in
+        batches of 1000. Tinytown 0.10 deletes the other towns' keys and
+        returns the number scanned. Not atomic: keys written meanwhile may
+        survive.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("reset_all", "it SCANs one server's keys")
+        return await self._run(_ops_state.reset_all(self._keys))
+
+    async def reset_agents_only(self) -> int:
+        """Delete every agent's keys of this town (state, inbox, urgent inbox,
+        stop flag, activity log, and this package's dead letters and
+        processing lists), keeping tasks, backlog, docket and event streams;
+        returns how many were deleted. One SCAN per kind, as :meth:`reset_all`.
+        Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+        """
+        self._check_not_cluster("reset_agents_only", "it SCANs one server's keys")
+        return await self._run(_ops_state.reset_agents_only(self._keys))
+
+    # -- driving operations (tinytown._ops): pops that hand back, pipelines ----
+
+    async def _pop(self, conn: Connection, pop: _ops.Pop) -> Any:
+        """Run a Pop step; if the caller goes away first, what it took goes back."""
+        step = pop.step
+        fut = conn.execute(*step) if type(step) is tuple else conn.execute_many(step, True)
+        restore = pop.restore
+        # The reply of a cancelled command comes here instead of being dropped.
+        fut.orphan = lambda reply: self._restore(restore(reply))  # type: ignore[attr-defined]
         try:
-            return await conn.execute(b"GET", key)
-        except ReplyError as exc:
-            if not is_wrongtype(exc):
-                raise
-        # Newer Tinytown releases keep state as a Hash at the same key.
-        return await conn.execute(b"HGETALL", key)
+            return await fut
+        except ReplyError:
+            fut.orphan = None  # type: ignore[attr-defined]
+            raise
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # The reply was in, but the cancellation reached the task first.
+                fut.orphan = None  # type: ignore[attr-defined]
+                self._restore(restore(fut.exception() or fut.result()))
+            raise
+        except BaseException as exc:  # the connection failed: give back what is still held
+            fut.orphan = None  # type: ignore[attr-defined]
+            self._restore(restore(exc))
+            raise
+
+    async def _pipeline(self, conn: Connection, commands: _ops.Pipeline) -> list[Any]:
+        """Run a Pipeline step: one future per command (the connection pipelines
+        them), error replies returned in the list."""
+        futures = [conn.execute(*command) for command in commands]
+        replies: list[Any] = []
+        try:
+            for fut in futures:
+                try:
+                    replies.append(await fut)
+                except ReplyError as exc:
+                    replies.append(exc)
+        except BaseException:
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+                elif not fut.cancelled():
+                    fut.exception()  # retrieved
+            raise
+        return replies
+
+    def _restore(self, commands: list[tuple[Any, ...]]) -> None:
+        """Run ``commands``, which put back what a Pop step's caller left behind,
+        on the main connection (reconnecting first if it is down)."""
+        if not commands:
+            return
+        main = self._conn
+        if main is None or main.is_closed:
+            self._loop.create_task(self._restore_reconnecting(commands))
+            return
+
+        def written(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                self._loop.create_task(self._restore_reconnecting(commands))
+
+        main.execute_many(commands, False).add_done_callback(written)
+
+    async def _restore_reconnecting(self, commands: list[tuple[Any, ...]]) -> None:
+        try:
+            conn = await self._main()
+            await conn.execute_many(commands, False)
+        except Exception as exc:  # nowhere left to put it: say so loudly
+            log.error("tinytown: a cancelled call could not put back what it took; lost: %r (%s)",
+                      commands, exc)
 
     # -- stop flag --------------------------------------------------------------
 
@@ -709,25 +1002,256 @@ class Channel:
 
     async def _run(self, op: _ops.Op[_T]) -> _T:
         """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
-        step = next(op)  # argument checks run here, before anything is sent
+        try:
+            step = next(op)  # argument checks run here, before anything is sent
+        except StopIteration as done:  # answered without Redis
+            return done.value  # type: ignore[no-any-return]
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
+        # What the operation holds from its last Pop step, to hand back if it
+        # ends other than by returning (a signal handler raising between two
+        # bytecodes, an error): the caller never gets it.
+        held: list[tuple[Any, ...]] | None = None
         try:
             while True:
                 try:
-                    if type(step) is tuple:
+                    kind = type(step)
+                    if kind is tuple:
                         reply = await conn.execute(*step)
-                    else:
+                    elif kind is list:
                         reply = await conn.execute_many(step, True)
+                    elif kind is _ops.Pop:
+                        held = None  # while it runs, the step hands back by itself
+                        try:
+                            reply = await self._pop(conn, step)  # type: ignore[arg-type]
+                        except ReplyError as exc:
+                            held = step.restore(exc)  # type: ignore[union-attr]
+                            raise
+                        held = step.restore(reply)  # type: ignore[union-attr]
+                    else:
+                        reply = await self._pipeline(conn, step)  # type: ignore[arg-type]
                 except ReplyError as exc:
                     step = op.throw(exc)
                 else:
                     step = op.send(reply)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+        except BaseException:
+            if held:
+                self._restore(held)
+            raise
         finally:
             op.close()
+
+    # -- events, docket, backlog, activity ----------------------------------------
+
+    async def log_agent_activity(self, agent_id: AgentId | Any, text: str) -> None:
+        """Add a line to the agent's activity log, ``tt:<town>:activity:<agent>``.
+
+        ``LPUSH`` the text (UTF-8, unchanged), ``LTRIM 0 9`` (the 10 newest
+        are kept) and ``EXPIRE 3600`` (the log lives 1 h after its last line),
+        in that order as Tinytown does, but in one write inside MULTI/EXEC, so
+        no reader sees the list untrimmed (upstream: three round trips). On a
+        Redis Cluster the three go as one pipeline (no MULTI).
+        Raises :class:`InvalidArgumentError` for a bad id or a non-str text,
+        :class:`EncodeError` for text that is not valid Unicode.
+        """
+        await self._run(_streams.log_agent_activity(
+            self._keys, agent_id, text, transaction=self._cluster is None))
+
+    async def get_agent_activity(self, agent_id: AgentId | Any) -> str | None:
+        """The agent's 5 newest activity lines, newest first, joined with ``"\\n"``;
+        None when it has none (``LRANGE tt:<town>:activity:<agent> 0 4``).
+
+        As Tinytown returns it; a line containing a newline makes the text
+        ambiguous: :meth:`get_agent_activity_lines` returns the list instead.
+        Bytes that are not UTF-8 read as U+FFFD.
+        """
+        return await self._run(_streams.get_agent_activity(self._keys, agent_id))
+
+    async def get_agent_activity_lines(self, agent_id: AgentId | Any,
+                                       count: int = 5) -> list[str]:
+        """The agent's ``count`` (default 5, at most 10 are kept) newest activity
+        lines as a list, newest first; ``[]`` when none (``LRANGE ... 0 count-1``).
+        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``."""
+        return await self._run(_streams.get_agent_activity_lines(self._keys, agent_id, count))
+
+    async def emit_event(self, event: TownEvent) -> str:
+        """Append ``event`` to the town's event streams; returns its entry id in
+        ``tt:<town>:events`` (``"1700000000000-0"``).
+
+        One ``XADD <stream> MAXLEN ~ <n> * event_type <type> data <JSON>`` per
+        stream, as Tinytown writes them: the town stream (~1000 kept), the
+        stream of each distinct agent among ``agent_id``, ``parent_agent_id``
+        and ``child_agent_id`` (``tt:<town>:events:agent:<id>``, ~100 kept),
+        then the mission's (``tt:<town>:events:mission:<id>``, ~500 kept).
+
+        Unlike Tinytown, all of them go in one write inside MULTI/EXEC, so a
+        reader never sees the event in one stream and not yet in another, and
+        an error is raised instead of swallowed: :class:`ReplyError` (e.g.
+        WRONGTYPE when a stream key holds something else; Redis does not roll
+        back a transaction, so the XADDs that succeeded stay written).
+        On a Redis Cluster the XADDs go as one pipeline (no MULTI).
+        Raises :class:`InvalidArgumentError` if ``event`` is not a TownEvent.
+        """
+        return await self._run(_streams.emit_event(self._keys, event,
+                                                   transaction=self._cluster is None))
+
+    async def read_town_events(self, last_id: str = "-",
+                               count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Up to ``count`` events of ``tt:<town>:events`` after the entry
+        ``last_id``, oldest first, as ``(entry_id, TownEvent)`` pairs.
+
+        ``last_id`` is the id of the last entry already seen, or ``"-"`` (or
+        ``"0"``) for the start of the stream. Unlike Tinytown, whose XRANGE
+        start is inclusive so that a follow loop gets its last event again on
+        every read, the entry ``last_id`` itself is not returned: this sends
+        ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
+        are sent as they are). Entries whose ``data`` field is missing or not
+        a TownEvent are skipped (logged as warnings), as Tinytown does.
+        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
+        ``count`` below 1.
+        """
+        return await self._run(_streams.read_town_events(self._keys, last_id, count))
+
+    async def read_agent_events(self, agent_id: AgentId | Any, last_id: str = "-",
+                                count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the agent's stream
+        ``tt:<town>:events:agent:<agent>``."""
+        return await self._run(_streams.read_agent_events(self._keys, agent_id, last_id, count))
+
+    async def read_mission_events(self, mission_id: Any, last_id: str = "-",
+                                  count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the mission's stream
+        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID)."""
+        return await self._run(_streams.read_mission_events(self._keys, mission_id, last_id, count))
+
+    async def read_recent_town_events(self, count: int = 100) -> list[tuple[str, TownEvent]]:
+        """The ``count`` newest events of ``tt:<town>:events``, oldest first, as
+        ``(entry_id, TownEvent)`` (``XREVRANGE <key> + - COUNT <count>``);
+        undecodable entries skipped. The last id can start a
+        :meth:`read_town_events` follow loop."""
+        return await self._run(_streams.read_recent_town_events(self._keys, count))
+
+    async def backlog_push(self, task_id: TaskId | Any) -> None:
+        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``)."""
+        await self._run(_streams.backlog_push(self._keys, task_id))
+
+    async def backlog_list(self) -> list[TaskId]:
+        """Every task id in the backlog, front first (``LRANGE tt:<town>:backlog 0 -1``);
+        entries that are not task ids are skipped (logged), as Tinytown does."""
+        return await self._run(_streams.backlog_list(self._keys))
+
+    async def backlog_len(self) -> int:
+        """Number of entries in the backlog (``LLEN``), unreadable ones included."""
+        return await self._run(_streams.backlog_len(self._keys))
+
+    async def backlog_pop(self) -> TaskId | None:
+        """Take the task id at the front of the backlog (``LPOP``); None if empty.
+
+        An entry that is not a task id is moved to ``tt:<town>:dead:backlog``
+        and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
+        it, spec §9.9); the next call goes on with the following entry. If
+        the caller is cancelled while the LPOP is on its way, an entry it took
+        goes back to the front of the backlog: nothing is lost.
+        """
+        return await self._run(_streams.backlog_pop(self._keys))
+
+    async def backlog_remove(self, task_id: TaskId | Any) -> bool:
+        """Remove the first occurrence of ``task_id`` from the backlog; True if
+        it was there (``LREM tt:<town>:backlog 1 <task_id>``)."""
+        return await self._run(_streams.backlog_remove(self._keys, task_id))
+
+    async def docket_ensure_group(self) -> None:
+        """Create the docket stream and its consumer group ``workers`` if missing
+        (``XGROUP CREATE tt:<town>:docket:tasks workers $ MKSTREAM``; the
+        BUSYGROUP error of an existing group is ignored). Entries pushed
+        before the group existed are not delivered to it (``$``), as in Tinytown."""
+        await self._run(_streams.docket_ensure_group(self._keys))
+
+    async def docket_push(self, task_id: TaskId | Any, description: str, priority: str,
+                          from_: str, to: str) -> str:
+        """Offer a task on the docket; returns the stream entry id.
+
+        ``XADD tt:<town>:docket:tasks * task_id <id> type task_assign message
+        <description> priority <priority> from <from_> to <to> timestamp
+        <now, RFC 3339 with +00:00>``, as Tinytown writes it (never trimmed).
+        The strings are written verbatim (``priority`` may be a
+        :class:`Priority`). Raises :class:`InvalidArgumentError` for a bad
+        task id or a non-str argument.
+        """
+        return await self._run(_streams.docket_push(self._keys, task_id, description,
+                                                    priority, from_, to))
+
+    async def docket_read(self, consumer: str,
+                          block_ms: int) -> tuple[str, dict[str, str]] | None:
+        """Wait up to ``block_ms`` milliseconds for a docket entry never
+        delivered to the group; returns ``(entry_id, fields)`` or None.
+
+        ``XREADGROUP GROUP workers <consumer> COUNT 1 BLOCK <block_ms>
+        STREAMS tt:<town>:docket:tasks >``, on a connection of its own (like
+        :meth:`receive`). The entry stays pending for ``consumer`` until
+        :meth:`docket_ack`. ``fields`` maps field names to values (bytes
+        that are not UTF-8 read as U+FFFD). ``block_ms`` must be >= 1:
+        Tinytown's ``0`` would wait forever. If the caller is cancelled after
+        Redis delivered an entry, the entry stays pending for ``consumer``:
+        :meth:`docket_reclaim` returns it. A missing group raises
+        :class:`ReplyError` (NOGROUP; see :meth:`docket_ensure_group`).
+        """
+        keys = self._keys
+        ms = _streams.docket_block_ms(block_ms)
+        _streams.docket_read_command(keys, consumer, ms)  # argument checks, nothing sent
+
+        def command(seconds: str) -> tuple[Any, ...]:
+            # Tinytown's exact BLOCK, unless getting a connection used a real
+            # share of it: up to 100 ms late stays well inside RECEIVE_GRACE.
+            left = max(1, round(float(seconds) * 1000))
+            return _streams.docket_read_command(keys, consumer, ms if ms - left < 100 else left)
+
+        reply = await self._blocking(ms / 1000, command,
+                                     lambda conn, reply: self._receivers.release(conn))
+        return _streams.docket_read_reply(reply)
+
+    async def docket_ack(self, entry_id: str) -> bool:
+        """Mark a docket entry as done for the group (``XACK tt:<town>:docket:tasks
+        workers <entry_id>``); True if it was pending (Tinytown returns nothing).
+        Raises :class:`InvalidArgumentError` for a malformed id."""
+        return await self._run(_streams.docket_ack(self._keys, entry_id))
+
+    async def docket_len(self) -> int:
+        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent)."""
+        return await self._run(_streams.docket_len(self._keys))
+
+    async def docket_pending_count(self) -> int:
+        """Entries delivered to the group and not yet acked (``XPENDING tt:<town>:docket:tasks
+        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP)."""
+        return await self._run(_streams.docket_pending_count(self._keys))
+
+    async def docket_group_lag(self) -> int | None:
+        """Entries of the docket not yet delivered to the group (``lag`` of
+        ``XINFO GROUPS``); None when the group is missing or Redis cannot
+        tell (Redis < 7). A missing stream raises :class:`ReplyError`."""
+        return await self._run(_streams.docket_group_lag(self._keys))
+
+    async def docket_log_event(self, task_id: TaskId | Any, event_type: str, detail: str) -> str:
+        """Append to the docket's event log; returns the entry id (``XADD
+        tt:<town>:docket:events * task_id <id> event <event_type> detail <detail>
+        timestamp <now, +00:00>``, never trimmed)."""
+        return await self._run(_streams.docket_log_event(self._keys, task_id, event_type, detail))
+
+    async def docket_reclaim(self, consumer: str, min_idle_ms: int,
+                             count: int = 10) -> list[tuple[str, dict[str, str]]]:
+        """Take over docket entries left pending (delivered, never acked) for
+        at least ``min_idle_ms`` milliseconds by any consumer: a crashed
+        worker's, or a :meth:`docket_read` cancelled after delivery. They
+        become pending for ``consumer`` and are returned as ``(entry_id,
+        fields)``, oldest first, at most ``count`` (``XAUTOCLAIM
+        tt:<town>:docket:tasks workers <consumer> <min_idle_ms> <cursor> COUNT
+        <n>``, repeated until Redis's scan wraps or ``count`` came back).
+        Not in Tinytown, which never reclaims; needs Redis >= 6.2.
+        """
+        return await self._run(_streams.docket_reclaim(self._keys, consumer, min_idle_ms, count))
 
     # -- raw access and lifetime ------------------------------------------------
 
@@ -784,7 +1308,8 @@ class Channel:
 
 
 class BroadcastSubscription:
-    """Messages published on ``tt:broadcast``, as an async iterator.
+    """Messages published on the channel's broadcast channel (``tt:<town>:broadcast``,
+    or ``tt:broadcast`` in the json layout), as an async iterator.
 
     A message that cannot be decoded raises :class:`DecodeError` (with
     ``raw``) from ``__anext__``; the subscription stays usable, so the next
@@ -825,7 +1350,7 @@ class BroadcastSubscription:
     def _attach(self, conn: Connection) -> None:
         self._conn = conn
         self._channel._subscriptions.add(self)
-        conn.subscribe(self._on_push, _BROADCAST)
+        conn.subscribe(self._on_push, self._channel._broadcast_name)
 
     def _on_push(self, item: Any) -> None:
         # Called by the transport for every pub/sub reply, or with the error

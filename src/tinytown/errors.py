@@ -19,6 +19,8 @@ __all__ = [
     "ServerError",
     "TransportUnavailableError",
     "ConcurrentUseError",
+    "AgentNotFoundError",
+    "AmbiguousAgentRefError",
 ]
 
 
@@ -83,3 +85,30 @@ class ConcurrentUseError(TinytownError, RuntimeError):
     thread at a time: give each thread its own. ``close()`` is the exception
     and may be called from any thread.
     """
+
+
+class AgentNotFoundError(TinytownError, LookupError):
+    """The agent has no stored state (``tt:<town>:agent:<id>`` is absent, or
+    is a Hash without an ``id`` field).
+
+    Raised by the calls that update one field of an existing agent
+    (``increment_agent_rounds``, ``increment_agent_tasks_completed``,
+    ``update_agent_heartbeat``) instead of creating a partial agent, as
+    Tinytown 0.10 does. ``agent_id`` holds the id asked for.
+    """
+
+    def __init__(self, message: str, agent_id: str | None = None) -> None:
+        super().__init__(message)
+        self.agent_id = agent_id
+
+
+class AmbiguousAgentRefError(TinytownError, LookupError):
+    """``resolve_agent_ref`` matched more than one agent.
+
+    ``matches`` holds the matching agents (:class:`tinytown.Agent`), so the
+    caller can ask which one was meant.
+    """
+
+    def __init__(self, message: str, matches: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.matches = matches if matches is not None else []

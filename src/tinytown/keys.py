@@ -13,7 +13,8 @@ from .errors import InvalidArgumentError
 
 __all__ = ["BROADCAST_CHANNEL", "TownKeys", "validate_town_name"]
 
-#: The pub/sub channel of :meth:`Channel.broadcast` (shared by all towns).
+#: The pub/sub channel of :meth:`Channel.broadcast` in the ``json`` layout
+#: (shared by all towns); the ``hash`` layout uses :attr:`TownKeys.broadcast`.
 BROADCAST_CHANNEL = "tt:broadcast"
 
 # ':' would let one town's keys alias another's; '*', '?', '[' are glob

@@ -9,28 +9,27 @@ thread should open its own SyncChannel.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import ssl as ssl_module
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _ops
+from . import _ops, _ops_inbox, _ops_state
+from . import _ops_streams as _streams
 from ._commands import (
     LPUSH,
     RPUSH,
     blpop_timeout,
-    check_agent,
     check_message,
-    check_task,
-    decode_agent,
-    decode_task,
-    is_wrongtype,
     login_commands,
     push_commands,
 )
-from ._transport import SyncConnection
-from .address import Address, parse_url
+from ._transports import sync_connection_class, tls_sync_connection_class
+from .address import Address, parse_url, with_tls
 from .agent import Agent
 from .errors import (
     ChannelClosedError,
@@ -44,6 +43,10 @@ from .keys import BROADCAST_CHANNEL, TownKeys
 from .message import Message
 from .task import Task
 
+if TYPE_CHECKING:
+    from .events import TownEvent
+    from ._transport import SyncConnection
+
 __all__ = ["SyncChannel", "SyncBroadcastSubscription"]
 
 log = logging.getLogger("tinytown")
@@ -52,10 +55,7 @@ _T = TypeVar("_T")
 
 _BROADCAST = BROADCAST_CHANNEL.encode()
 _BLPOP = b"BLPOP"
-_LPOP = b"LPOP"
 _LLEN = b"LLEN"
-_GET = b"GET"
-_SET = b"SET"
 # How long past its own timeout a BLPOP may take to answer before the server
 # is considered gone (Redis checks blocked clients' timeouts 10 times a second).
 _BLPOP_GRACE = 10.0
@@ -79,14 +79,19 @@ class SyncChannel:
     next call reconnects.
     """
 
-    def __init__(self, address: Address, town: str, *, connect_timeout: float) -> None:
+    def __init__(self, address: Address, town: str, *, connect_timeout: float,
+                 transport: str | None = None, layout: str = "hash") -> None:
         # Use SyncChannel.connect(); this only wires the parts together.
+        self._connection_class = (tls_sync_connection_class(transport, address) if address.tls
+                                  else sync_connection_class(transport))
         self._address = address
+        self._layout = _ops_state.check_layout(layout)
         self._keys = TownKeys(town)
+        # Tinytown 0.7-0.10 publish on the town's channel; the Channels page on one for all towns.
+        self._broadcast_name = (self._keys.broadcast.encode() if self._layout == "hash"
+                                else _BROADCAST)
         # Prefixes kept as attributes: one lookup on the hot path.
         self._inbox_prefix = self._keys.inbox_prefix
-        self._agent_prefix = self._keys.agent_prefix
-        self._task_prefix = self._keys.task_prefix
         self._connect_timeout = connect_timeout
         self._conn: SyncConnection | None = None
         self._client_id: int | None = None   # CLIENT ID of _conn, to unblock a BLPOP
@@ -94,20 +99,40 @@ class SyncChannel:
         self._closed = False
 
     @classmethod
-    def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0) -> SyncChannel:
+    def connect(cls, url: str, town: str, *, connect_timeout: float = 5.0,
+                transport: str | None = None, layout: str = "hash",
+                ssl: ssl_module.SSLContext | None = None,
+                ssl_ca_file: str | os.PathLike[str] | None = None,
+                ssl_certfile: str | os.PathLike[str] | None = None,
+                ssl_keyfile: str | os.PathLike[str] | None = None,
+                ssl_check_hostname: bool = True) -> SyncChannel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock`` or
         ``redis://[user:password@]host:port[/db]`` (AUTH and SELECT are done on
-        connect). Raises :class:`InvalidArgumentError` for a bad URL or town
-        name and :class:`ConnectionError` if Redis cannot be reached within
-        ``connect_timeout`` seconds.
+        connect). ``layout`` is ``"hash"`` (default: Tinytown 0.7-0.10 as
+        released, state as Hashes, broadcasts on ``tt:<town>:broadcast``) or
+        ``"json"`` (the Channels page: JSON strings, ``tt:broadcast``), as
+        :meth:`tinytown.Channel.connect`. ``rediss://`` connects over TLS, with the options of
+        :meth:`tinytown.Channel.connect` (``ssl_ca_file``, ``ssl_certfile``,
+        ``ssl_keyfile``, ``ssl_check_hostname``, or ``ssl``, an
+        :class:`ssl.SSLContext`) and the pure-Python transport
+        (``ssl.SSLSocket``). ``transport`` is ``"hiredis"`` (the C extension) or
+        ``"python"`` (a plain socket and the hiredis package's parser); None
+        means ``$TINYTOWN_TRANSPORT``, else the extension if it loads, else
+        Python. Raises :class:`InvalidArgumentError` for a bad URL, town name
+        transport or layout, :class:`TransportUnavailableError` when no transport
+        can be loaded and :class:`ConnectionError` if Redis cannot be reached
+        within ``connect_timeout`` seconds.
         """
-        address = parse_url(url)
+        _ops_state.check_layout(layout)
+        address = with_tls(parse_url(url), ssl=ssl, ssl_ca_file=ssl_ca_file, ssl_certfile=ssl_certfile,
+                           ssl_keyfile=ssl_keyfile, ssl_check_hostname=ssl_check_hostname)
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) \
                 or not 0 < connect_timeout < float("inf"):
             raise InvalidArgumentError(f"connect_timeout must be positive, not {connect_timeout!r}")
-        channel = cls(address, town, connect_timeout=float(connect_timeout))
+        channel = cls(address, town, connect_timeout=float(connect_timeout), transport=transport,
+                      layout=layout)
         channel._reconnect()
         return channel
 
@@ -140,7 +165,7 @@ class SyncChannel:
     def _connect(self) -> SyncConnection:
         address = self._address
         if address.unix_path is not None:
-            conn = SyncConnection()
+            conn = self._connection_class()
             conn.connect_unix(address.unix_path, self._connect_timeout)
             return conn
         try:
@@ -150,9 +175,13 @@ class SyncChannel:
         # Try every address in order, as Channel does ("localhost" may give ::1 first).
         error: ConnectionError | None = None
         for ip in dict.fromkeys(info[4][0] for info in infos):
-            conn = SyncConnection()
+            conn = self._connection_class()
             try:
-                conn.connect_tcp(ip, address.port, self._connect_timeout)
+                if address.tls:   # the Python SyncConnection (see __init__)
+                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg,arg-type]
+                                     tls=address.ssl_context, server_hostname=address.host)
+                else:
+                    conn.connect_tcp(ip, address.port, self._connect_timeout)
                 return conn
             except ConnectionError as exc:
                 error = exc
@@ -267,15 +296,16 @@ class SyncChannel:
             conn.close()
 
     def try_receive(self, agent_id: AgentId | Any) -> Message | None:
-        """Take the first message of the inbox without waiting (LPOP); None if empty."""
-        agent = AgentId(agent_id)
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
-        raw = conn.execute(_LPOP, self._inbox_prefix + agent)
-        if raw is None:
-            return None
-        return self._decode(agent, raw)
+        """Take the first message of the inbox without waiting (``LPOP
+        tt:<town>:inbox:<agent>``); None if it is empty.
+
+        If a signal handler raises (Ctrl-C) while the reply is awaited, the
+        reply is still read and a message it took goes back to the front of
+        the inbox before the exception propagates: nothing is lost. An
+        undecodable message is moved to ``tt:<town>:dead:<agent>`` and
+        :class:`DecodeError` (with ``raw``) is raised.
+        """
+        return self._run(_ops_inbox.try_receive(self._keys, agent_id))
 
     def _decode(self, agent: AgentId, raw: bytes) -> Message:
         """Decode a popped message; an undecodable one goes to the dead-letter list.
@@ -302,13 +332,18 @@ class SyncChannel:
         return conn.execute(_LLEN, key)  # type: ignore[no-any-return]
 
     def broadcast(self, message: Message) -> int:
-        """Publish ``message`` on ``tt:broadcast``; returns how many subscribers got it."""
+        """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:
+        ``tt:<town>:broadcast`` (hash layout) or ``tt:broadcast`` (json
+        layout); returns how many subscribers got it."""
         check_message(message, "broadcast")
         payload = message.to_json()
-        return self._main().execute(b"PUBLISH", _BROADCAST, payload)  # type: ignore[no-any-return]
+        return self._main().execute(b"PUBLISH", self._broadcast_name, payload)  # type: ignore[no-any-return]
 
     def broadcasts(self) -> SyncBroadcastSubscription:
         """Subscribe to broadcasts: ``for message in channel.broadcasts(): ...``.
+
+        The channel is the layout's: ``tt:<town>:broadcast`` (hash layout)
+        or ``tt:broadcast`` (json layout).
 
         The subscription has a connection of its own, opened on first
         iteration (or on ``with``/``sub.start()``, to be sure to be subscribed
@@ -319,43 +354,301 @@ class SyncChannel:
             raise ChannelClosedError("the channel is closed")
         return SyncBroadcastSubscription(self)
 
+    # -- urgent inbox, peek, drain, move (Tinytown 0.10) ------------------------
+
+    def send_urgent(self, message: Message) -> None:
+        """Put ``message`` in its recipient's urgent inbox, whatever its priority
+        (``LPUSH tt:<town>:urgent:<to> <json>``: the urgent inbox is newest first).
+
+        Raises :class:`InvalidArgumentError` for a non-Message; nothing is
+        written then.
+        """
+        self._run(_ops_inbox.send_urgent(self._keys, message, None))
+
+    def receive_urgent(self, agent_id: AgentId | Any) -> list[Message]:
+        """Take every message of the agent's urgent inbox, newest first (as
+        Tinytown 0.10 returns them); ``[]`` if it is empty.
+
+        One round trip, atomic: ``MULTI, LRANGE tt:<town>:urgent:<agent> 0 -1,
+        LTRIM ... 1 0, EXEC`` (Tinytown pops one at a time and, meeting a
+        malformed element, loses what it had popped). A malformed element is
+        moved to ``tt:<town>:dead:<agent>`` with a logged warning and every
+        good message is returned. If a signal handler raises (Ctrl-C)
+        before the result reaches the caller, the messages go back to the front of the urgent
+        inbox in their order. A key of another type raises
+        :class:`ReplyError` (WRONGTYPE) and is left as it is.
+        """
+        return self._run(_ops_inbox.receive_urgent(self._keys, agent_id))
+
+    def urgent_len(self, agent_id: AgentId | Any) -> int:
+        """Number of messages in the agent's urgent inbox (``LLEN tt:<town>:urgent:<agent>``)."""
+        return self._run(_ops_inbox.urgent_len(self._keys, agent_id))
+
+    def peek_inbox(self, agent_id: AgentId | Any, count: int) -> list[Message]:
+        """The first ``count`` messages of the agent's inbox, in the order
+        :meth:`try_receive` would take them, without removing them
+        (``LRANGE tt:<town>:inbox:<agent> 0 <count-1>``).
+
+        Elements that are not valid messages are skipped (with a logged
+        warning; they stay in the inbox). ``count`` must be an int >= 1:
+        Tinytown 0.10 reads 0 as "the whole inbox" and negative counts as
+        offsets from the end, which is rejected here with
+        :class:`InvalidArgumentError` (nothing is sent).
+        """
+        return self._run(_ops_inbox.peek_inbox(self._keys, agent_id, count))
+
+    def drain_inbox(self, agent_id: AgentId | Any) -> list[Message]:
+        """Take every message of the agent's inbox, in receive order; ``[]`` if empty.
+
+        One round trip, atomic: ``MULTI, LRANGE tt:<town>:inbox:<agent> 0 -1,
+        LTRIM ... 1 0, EXEC`` (Tinytown 0.10 loops on LPOP, and drops
+        malformed elements). A malformed element is moved to
+        ``tt:<town>:dead:<agent>`` with a logged warning; every good message
+        is returned. If a signal handler raises (Ctrl-C) before the result
+        reaches the caller, the messages go back to the front of the inbox in their order.
+        """
+        return self._run(_ops_inbox.drain_inbox(self._keys, agent_id))
+
+    def move_message_to_inbox(self, message: Message, to: AgentId | Any) -> None:
+        """Send a copy of ``message`` addressed to ``to`` (same id and fields
+        otherwise), placed as :meth:`send` places it (LPUSH for urgent/high,
+        RPUSH for normal/low, on ``tt:<town>:inbox:<to>``). The original is
+        not removed from anywhere.
+        """
+        self._run(_ops_inbox.move_message_to_inbox(self._keys, message, to, None))
+
     # -- state ----------------------------------------------------------------
 
+    @property
+    def layout(self) -> str:
+        """``"hash"`` or ``"json"``: how this channel writes state and broadcasts
+        (see :meth:`connect`)."""
+        return self._layout
+
     def set_agent_state(self, agent: Agent) -> None:
-        """Store ``agent`` at ``tt:<town>:agent:<id>`` (JSON, as Tinytown's Rust code does)."""
-        payload = check_agent(agent).to_json()
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
-        conn.execute(_SET, self._agent_prefix + AgentId(agent.id), payload)
+        """Store ``agent`` at ``tt:<town>:agent:<id>`` in the channel's layout.
+
+        Hash layout: ``MULTI, HDEL <absent optional fields> (left out when
+        none is absent), HMSET <fields in Tinytown's order>, EXEC`` in one
+        write (Tinytown 0.10 sends HDEL and HMSET without MULTI, so a reader
+        can see the Hash between them); if the key holds a JSON string, it is
+        replaced in one more step, ``MULTI, DEL, HMSET, EXEC``. JSON layout:
+        ``SET <key> <json>``, which replaces a Hash atomically too. A
+        WRONGTYPE never reaches the caller and no key is left half in each
+        layout. Raises :class:`InvalidArgumentError` for a non-Agent
+        (nothing is written).
+        """
+        self._run(_ops_state.set_agent_state(self._keys, self._layout, agent, None))
 
     def get_agent_state(self, agent_id: AgentId | Any) -> Agent | None:
-        """The stored Agent, or None when absent (JSON or the newer Hash layout)."""
-        return decode_agent(self._get_state(self._agent_prefix + AgentId(agent_id)))
+        """The stored Agent, or None when absent; either layout.
+
+        ``HGETALL tt:<town>:agent:<id>`` (hash layout; a Hash is read by
+        Tinytown's rules) or ``GET`` (json layout), the other one after a
+        WRONGTYPE. Raises :class:`DecodeError` for state that cannot be read.
+        """
+        return self._run(_ops_state.get_agent_state(self._keys, self._layout, agent_id))
 
     def set_task(self, task: Task) -> None:
-        """Store ``task`` at ``tt:<town>:task:<id>``."""
-        payload = check_task(task).to_json()
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
-        conn.execute(_SET, self._task_prefix + TaskId(task.id), payload)
+        """Store ``task`` at ``tt:<town>:task:<id>`` in the channel's layout,
+        exactly as :meth:`set_agent_state` stores an agent."""
+        self._run(_ops_state.set_task(self._keys, self._layout, task, None))
 
     def get_task(self, task_id: TaskId | Any) -> Task | None:
-        """The stored Task, or None when absent (JSON or the newer Hash layout)."""
-        return decode_task(self._get_state(self._task_prefix + TaskId(task_id)))
+        """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`)."""
+        return self._run(_ops_state.get_task(self._keys, self._layout, task_id))
 
-    def _get_state(self, key: str) -> bytes | list[bytes] | None:
-        conn = self._conn
-        if conn is None or not conn.is_usable():
-            conn = self._reconnect()
+    def list_agents(self) -> list[Agent]:
+        """Every agent of the town, in no particular order; either layout.
+
+        ``SCAN <cursor> MATCH tt:<town>:agent:* COUNT 100`` until done (the
+        town name's glob characters escaped), then every key read in one
+        pipelined round trip (HGETALL or GET as :meth:`get_agent_state`).
+        Tinytown 0.10 uses KEYS and fails entirely on one key of another
+        type; here a key that is not an agent (another type, unreadable
+        state, a name that is not ``agent:<uuid>``) is skipped with a
+        logged warning.
+        """
+        return self._run(_ops_state.list_agents(self._keys, self._layout))
+
+    def get_agent_by_name(self, name: str) -> Agent | None:
+        """The first agent (of :meth:`list_agents`, so in no particular order)
+        whose ``name`` is exactly ``name`` (case-sensitive); None if none."""
+        return self._run(_ops_state.get_agent_by_name(self._keys, self._layout, name))
+
+    def resolve_agent_ref(self, ref: str) -> Agent | None:
+        """The agent a person means by ``ref``, as Tinytown's ``resolve_agent_ref``.
+
+        ``ref`` is trimmed (Unicode White_Space); empty gives None. A UUID
+        (any form :class:`AgentId` accepts) is looked up directly
+        (:meth:`get_agent_state`, no fallback to names). Otherwise the
+        agents of :meth:`list_agents` whose name, display name (nickname,
+        else name), display label (``"<display name> [<role>]"``, the name
+        in place of the ``default`` role) or short id (the id's first 4
+        characters) equal ``ref``, ignoring ASCII case: None if none,
+        the agent if one, :class:`AmbiguousAgentRefError` (with
+        ``matches``) if several.
+        """
+        return self._run(_ops_state.resolve_agent_ref(self._keys, self._layout, ref))
+
+    def delete_agent(self, agent_id: AgentId | Any) -> None:
+        """Delete the agent's state, inbox, urgent inbox, activity log and stop
+        flag: ``DEL`` of ``tt:<town>:agent|inbox|urgent|activity|stop:<id>``, in
+        that order, in one write. Its event stream
+        (``tt:<town>:events:agent:<id>``) and dead letters are kept, as in
+        Tinytown 0.10."""
+        self._run(_ops_state.delete_agent(self._keys, agent_id))
+
+    def list_tasks(self) -> list[Task]:
+        """Every task of the town, in no particular order; either layout
+        (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`)."""
+        return self._run(_ops_state.list_tasks(self._keys, self._layout))
+
+    def delete_task(self, task_id: TaskId | Any) -> bool:
+        """Delete ``tt:<town>:task:<id>`` (``DEL``, any type); True if it existed."""
+        return self._run(_ops_state.delete_task(self._keys, task_id))
+
+    def increment_agent_rounds(self, agent_id: AgentId | Any) -> int:
+        """Add 1 to the agent's ``rounds_completed``; returns the new value.
+
+        Either layout, atomically: the agent is read (``HGETALL`` or
+        ``GET``), then written back by one Lua script (``EVALSHA``) only if it
+        did not change meanwhile (else it is read again), so a concurrent
+        update is never lost and the u64 counter
+        stays exact beyond 2**53 (Tinytown 0.10's ``HINCRBY`` fails above
+        2**63-1). Raises :class:`AgentNotFoundError` if the agent has no
+        state (Tinytown creates a partial Hash instead) and
+        :class:`EncodeError` if the counter is already 2**64-1.
+        """
+        return self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "rounds_completed", True))  # type: ignore[return-value]
+
+    def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
+        """Add 1 to the agent's ``tasks_completed``; returns the new value.
+        As :meth:`increment_agent_rounds` (same guarantees and errors)."""
+        return self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
+
+    def update_agent_heartbeat(self, agent_id: AgentId | Any) -> None:
+        """Set the agent's ``last_heartbeat`` to now (the channel's clock).
+
+        A Hash gets the one field (``+00:00`` form, as Tinytown's ``HSET``)
+        in one round trip: a Lua script (``EVALSHA``) that writes it only if
+        the Hash exists and has an ``id``; a JSON agent is read and rewritten
+        as :meth:`increment_agent_rounds` does. Raises
+        :class:`AgentNotFoundError` if the agent has no state.
+        """
+        self._run(_ops_state.update_agent(
+            self._keys, self._layout, agent_id, "last_heartbeat", False))
+
+    def reset_all(self) -> int:
+        """Delete every key of this town; returns how many were deleted.
+
+        ``SCAN ... MATCH tt:<town>:* COUNT 100`` (glob characters of the town
+        name escaped), keeping only keys of the shapes a town writes
+        (``agent:<uuid>``, ``inbox:<uuid>``, ``backlog``, ``events``,
+        ``docket:tasks``, mission keys...), so another town whose name starts
+        with ``<town>:`` (Rust allows ':') keeps its keys; then ``DEL`` in
+        batches of 1000. Tinytown 0.10 deletes the other towns' keys and
+        returns the number scanned. Not atomic: keys written meanwhile may
+        survive.
+        """
+        return self._run(_ops_state.reset_all(self._keys))
+
+    def reset_agents_only(self) -> int:
+        """Delete every agent's keys of this town (state, inbox, urgent inbox,
+        stop flag, activity log, and this package's dead letters and
+        processing lists), keeping tasks, backlog, docket and event streams;
+        returns how many were deleted. One SCAN per kind, as :meth:`reset_all`."""
+        return self._run(_ops_state.reset_agents_only(self._keys))
+
+    # -- driving operations (tinytown._ops): pops that hand back, pipelines ----
+
+    @staticmethod
+    def _read_one(conn: SyncConnection, timeout: float | None = None) -> Any:
         try:
-            return conn.execute(_GET, key)  # type: ignore[no-any-return]
+            return conn.read_reply(timeout)
         except ReplyError as exc:
-            if not is_wrongtype(exc):
+            return exc
+
+    def _pop(self, conn: SyncConnection, pop: _ops.Pop) -> Any:
+        """Run a Pop step. Its commands are sent, then their replies read; if a
+        signal handler raises while they are awaited, the replies are still
+        read (the exception then propagates) and what they took goes back."""
+        step = pop.step
+        single = type(step) is tuple
+        commands = [step] if single else step
+        try:
+            for command in commands:
+                conn.send_command(*command)
+        except BaseException as exc:
+            # send_command drops the connection when it fails: a MULTI never
+            # reaches its EXEC; a single command either ran whole or not at all.
+            self._restore(pop.restore(exc))
+            raise
+        replies: list[Any] = []
+        try:
+            for _ in commands:
+                # Bounded: signals are held (see _run), so Ctrl-C cannot end the wait.
+                replies.append(self._read_one(conn, _BLPOP_GRACE))
+        except TimeoutError:
+            conn.close()
+            raise ConnectionError(
+                f"Redis at {self._address} did not answer in {_BLPOP_GRACE:g} s; connection "
+                "dropped (what the call may have taken is lost)") from None
+        except BaseException as exc:
+            if conn.is_closed:  # lost: nothing more will come
+                self._restore(pop.restore(exc))
                 raise
-        # Newer Tinytown releases keep state as a Hash at the same key.
-        return conn.execute(b"HGETALL", key)  # type: ignore[no-any-return]
+            self._finish_pop(conn, len(commands), replies)
+            if len(replies) == len(commands):
+                self._restore(pop.restore(replies[0] if single else replies))
+            raise
+        if single:
+            if isinstance(replies[0], ReplyError):
+                raise replies[0]
+            return replies[0]
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise reply
+        return replies
+
+    def _finish_pop(self, conn: SyncConnection, expected: int, replies: list[Any]) -> None:
+        """Read the rest of an interrupted Pop step's replies (they come at once:
+        pops do not block); further interruptions meanwhile are ignored, as the
+        first one is about to propagate."""
+        deadline = time.monotonic() + _BLPOP_GRACE
+        while len(replies) < expected:
+            try:
+                replies.append(self._read_one(conn, max(0.0, deadline - time.monotonic())))
+            except (TimeoutError, ConnectionError) as exc:
+                conn.close()
+                log.error("tinytown: an interrupted call could not read what it took (%s); "
+                          "it may be lost", exc)
+                return
+            except BaseException:  # noqa: S112 - another signal: keep reading
+                continue
+
+    def _pipeline(self, conn: SyncConnection, commands: _ops.Pipeline) -> list[Any]:
+        """Run a Pipeline step: every command sent, then every reply read, error
+        replies returned in the list."""
+        for command in commands:
+            conn.send_command(*command)
+        try:
+            return [self._read_one(conn) for _ in commands]
+        except BaseException:
+            conn.close()  # replies would come out of step: drop the connection (reads only)
+            raise
+
+    def _restore(self, commands: list[tuple[Any, ...]]) -> None:
+        """Put back what an interrupted Pop step took (see :class:`tinytown._ops.Pop`)."""
+        if not commands:
+            return
+        try:
+            self._main().execute_many(commands, False)
+        except BaseException as exc:  # nowhere left to put it: say so loudly
+            log.error("tinytown: an interrupted call could not put back what it took; lost: %r (%s)",
+                      commands, exc)
 
     # -- stop flag --------------------------------------------------------------
 
@@ -372,26 +665,296 @@ class SyncChannel:
         self._run(_ops.clear_stop(self._keys, agent_id))
 
     def _run(self, op: _ops.Op[_T]) -> _T:
-        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection."""
-        step = next(op)  # argument checks run here, before anything is sent
+        """Drive a sans-I/O operation of :mod:`tinytown._ops` on the main connection.
+
+        An operation that pops (a :class:`~tinytown._ops.Pop` step) runs with
+        the calling thread's signals held back (``pthread_sigmask``) from its
+        first Pop step to its return: a signal handler that raises (Ctrl-C)
+        cannot cut it between Redis's reply and the caller having the value.
+        The held handlers run last, once the result is ready; if one raises,
+        what the operation took goes back first (``restore``), then the
+        exception propagates. While signals are held, each reply is awaited at
+        most ``_BLPOP_GRACE`` seconds (pops do not block on the server).
+        """
+        try:
+            step = next(op)  # argument checks run here, before anything is sent
+        except StopIteration as done:  # answered without Redis
+            return done.value  # type: ignore[no-any-return]
         conn = self._conn
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
+        # What the operation holds from its last Pop step, to hand back if it
+        # ends other than by returning (an error, or a held signal's handler
+        # raising at the end): the caller never gets it.
+        held: list[tuple[Any, ...]] | None = None
+        mask: Any = _NOT_HOLDING  # the saved signal mask once a Pop step runs
         try:
             while True:
                 try:
-                    if type(step) is tuple:
+                    kind = type(step)
+                    if kind is tuple:
                         reply = conn.execute(*step)
-                    else:
+                    elif kind is list:
                         reply = conn.execute_many(step, True)
+                    elif kind is _ops.Pop:
+                        if mask is _NOT_HOLDING:
+                            mask = _hold_signals()
+                        held = None  # while it runs, the step hands back by itself
+                        try:
+                            reply = self._pop(conn, step)  # type: ignore[arg-type]
+                        except ReplyError as exc:
+                            held = step.restore(exc)  # type: ignore[union-attr]
+                            raise
+                        held = step.restore(reply)  # type: ignore[union-attr]
+                    else:
+                        reply = self._pipeline(conn, step)  # type: ignore[arg-type]
                 except ReplyError as exc:
                     step = op.throw(exc)
                 else:
                     step = op.send(reply)
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        finally:
             op.close()
+            if mask is not _NOT_HOLDING:
+                give_back = held
+                _let_signals_through(mask, (lambda: self._restore(give_back)) if give_back else None)
+            return done.value  # type: ignore[no-any-return]
+        except BaseException:
+            op.close()
+            try:
+                if held:
+                    self._restore(held)
+            finally:
+                if mask is not _NOT_HOLDING:
+                    _let_signals_through(mask)
+            raise
+
+    # -- events, docket, backlog, activity ----------------------------------------
+
+    def log_agent_activity(self, agent_id: AgentId | Any, text: str) -> None:
+        """Add a line to the agent's activity log, ``tt:<town>:activity:<agent>``.
+
+        ``LPUSH`` the text (UTF-8, unchanged), ``LTRIM 0 9`` (the 10 newest
+        are kept) and ``EXPIRE 3600`` (the log lives 1 h after its last line),
+        in that order as Tinytown does, but in one write inside MULTI/EXEC, so
+        no reader sees the list untrimmed (upstream: three round trips).
+        Raises :class:`InvalidArgumentError` for a bad id or a non-str text,
+        :class:`EncodeError` for text that is not valid Unicode.
+        """
+        self._run(_streams.log_agent_activity(self._keys, agent_id, text))
+
+    def get_agent_activity(self, agent_id: AgentId | Any) -> str | None:
+        """The agent's 5 newest activity lines, newest first, joined with ``"\\n"``;
+        None when it has none (``LRANGE tt:<town>:activity:<agent> 0 4``).
+
+        As Tinytown returns it; a line containing a newline makes the text
+        ambiguous: :meth:`get_agent_activity_lines` returns the list instead.
+        Bytes that are not UTF-8 read as U+FFFD.
+        """
+        return self._run(_streams.get_agent_activity(self._keys, agent_id))
+
+    def get_agent_activity_lines(self, agent_id: AgentId | Any, count: int = 5) -> list[str]:
+        """The agent's ``count`` (default 5, at most 10 are kept) newest activity
+        lines as a list, newest first; ``[]`` when none (``LRANGE ... 0 count-1``).
+        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``."""
+        return self._run(_streams.get_agent_activity_lines(self._keys, agent_id, count))
+
+    def emit_event(self, event: TownEvent) -> str:
+        """Append ``event`` to the town's event streams; returns its entry id in
+        ``tt:<town>:events`` (``"1700000000000-0"``).
+
+        One ``XADD <stream> MAXLEN ~ <n> * event_type <type> data <JSON>`` per
+        stream, as Tinytown writes them: the town stream (~1000 kept), the
+        stream of each distinct agent among ``agent_id``, ``parent_agent_id``
+        and ``child_agent_id`` (``tt:<town>:events:agent:<id>``, ~100 kept),
+        then the mission's (``tt:<town>:events:mission:<id>``, ~500 kept).
+
+        Unlike Tinytown, all of them go in one write inside MULTI/EXEC, so a
+        reader never sees the event in one stream and not yet in another, and
+        an error is raised instead of swallowed: :class:`ReplyError` (e.g.
+        WRONGTYPE when a stream key holds something else; Redis does not roll
+        back a transaction, so the XADDs that succeeded stay written).
+        Raises :class:`InvalidArgumentError` if ``event`` is not a TownEvent.
+        """
+        return self._run(_streams.emit_event(self._keys, event))
+
+    def read_town_events(self, last_id: str = "-",
+                         count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Up to ``count`` events of ``tt:<town>:events`` after the entry
+        ``last_id``, oldest first, as ``(entry_id, TownEvent)`` pairs.
+
+        ``last_id`` is the id of the last entry already seen, or ``"-"`` (or
+        ``"0"``) for the start of the stream. Unlike Tinytown, whose XRANGE
+        start is inclusive so that a follow loop gets its last event again on
+        every read, the entry ``last_id`` itself is not returned: this sends
+        ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
+        are sent as they are). Entries whose ``data`` field is missing or not
+        a TownEvent are skipped (logged as warnings), as Tinytown does.
+        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
+        ``count`` below 1.
+        """
+        return self._run(_streams.read_town_events(self._keys, last_id, count))
+
+    def read_agent_events(self, agent_id: AgentId | Any, last_id: str = "-",
+                          count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the agent's stream
+        ``tt:<town>:events:agent:<agent>``."""
+        return self._run(_streams.read_agent_events(self._keys, agent_id, last_id, count))
+
+    def read_mission_events(self, mission_id: Any, last_id: str = "-",
+                            count: int = 100) -> list[tuple[str, TownEvent]]:
+        """Like :meth:`read_town_events`, on the mission's stream
+        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID)."""
+        return self._run(_streams.read_mission_events(self._keys, mission_id, last_id, count))
+
+    def read_recent_town_events(self, count: int = 100) -> list[tuple[str, TownEvent]]:
+        """The ``count`` newest events of ``tt:<town>:events``, oldest first, as
+        ``(entry_id, TownEvent)`` (``XREVRANGE <key> + - COUNT <count>``);
+        undecodable entries skipped. The last id can start a
+        :meth:`read_town_events` follow loop."""
+        return self._run(_streams.read_recent_town_events(self._keys, count))
+
+    def backlog_push(self, task_id: TaskId | Any) -> None:
+        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``)."""
+        self._run(_streams.backlog_push(self._keys, task_id))
+
+    def backlog_list(self) -> list[TaskId]:
+        """Every task id in the backlog, front first (``LRANGE tt:<town>:backlog 0 -1``);
+        entries that are not task ids are skipped (logged), as Tinytown does."""
+        return self._run(_streams.backlog_list(self._keys))
+
+    def backlog_len(self) -> int:
+        """Number of entries in the backlog (``LLEN``), unreadable ones included."""
+        return self._run(_streams.backlog_len(self._keys))
+
+    def backlog_pop(self) -> TaskId | None:
+        """Take the task id at the front of the backlog (``LPOP``); None if empty.
+
+        An entry that is not a task id is moved to ``tt:<town>:dead:backlog``
+        and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
+        it, spec §9.9); the next call goes on with the following entry. If a
+        signal handler raises (Ctrl-C) the task id just taken goes back to
+        the front of the backlog first: nothing is lost (see :meth:`_run`).
+        """
+        return self._run(_streams.backlog_pop(self._keys))
+
+    def backlog_remove(self, task_id: TaskId | Any) -> bool:
+        """Remove the first occurrence of ``task_id`` from the backlog; True if
+        it was there (``LREM tt:<town>:backlog 1 <task_id>``)."""
+        return self._run(_streams.backlog_remove(self._keys, task_id))
+
+    def docket_ensure_group(self) -> None:
+        """Create the docket stream and its consumer group ``workers`` if missing
+        (``XGROUP CREATE tt:<town>:docket:tasks workers $ MKSTREAM``; the
+        BUSYGROUP error of an existing group is ignored). Entries pushed
+        before the group existed are not delivered to it (``$``), as in Tinytown."""
+        self._run(_streams.docket_ensure_group(self._keys))
+
+    def docket_push(self, task_id: TaskId | Any, description: str, priority: str,
+                    from_: str, to: str) -> str:
+        """Offer a task on the docket; returns the stream entry id.
+
+        ``XADD tt:<town>:docket:tasks * task_id <id> type task_assign message
+        <description> priority <priority> from <from_> to <to> timestamp
+        <now, RFC 3339 with +00:00>``, as Tinytown writes it (never trimmed).
+        The strings are written verbatim (``priority`` may be a
+        :class:`Priority`). Raises :class:`InvalidArgumentError` for a bad
+        task id or a non-str argument.
+        """
+        return self._run(_streams.docket_push(self._keys, task_id, description,
+                                              priority, from_, to))
+
+    def docket_read(self, consumer: str, block_ms: int) -> tuple[str, dict[str, str]] | None:
+        """Wait up to ``block_ms`` milliseconds for a docket entry never
+        delivered to the group; returns ``(entry_id, fields)`` or None.
+
+        ``XREADGROUP GROUP workers <consumer> COUNT 1 BLOCK <block_ms>
+        STREAMS tt:<town>:docket:tasks >``, with the GIL released. The entry
+        stays pending for ``consumer`` until :meth:`docket_ack`. ``fields``
+        maps field names to values (bytes that are not UTF-8 read as U+FFFD).
+        ``block_ms`` must be >= 1: Tinytown's ``0`` would wait forever. If a
+        signal handler raises (Ctrl-C) during the wait, the XREADGROUP is
+        ended (CLIENT UNBLOCK) and an entry it already took stays pending
+        for ``consumer``: :meth:`docket_reclaim` returns it. A missing group
+        raises :class:`ReplyError` (NOGROUP; see :meth:`docket_ensure_group`).
+        """
+        keys = self._keys
+        ms = _streams.docket_block_ms(block_ms)
+        command = _streams.docket_read_command(keys, consumer, ms)
+        conn = self._main()
+        client_id = self._client_id
+        conn.send_command(*command)
+        try:
+            reply = conn.read_reply(ms / 1000 + _BLPOP_GRACE)
+        except TimeoutError:
+            conn.close()
+            raise ConnectionError(
+                f"Redis at {self._address} did not answer XREADGROUP within {ms} ms "
+                f"+ {_BLPOP_GRACE:g} s; connection dropped") from None
+        except ReplyError:
+            raise
+        except BaseException:
+            if not conn.is_closed:
+                self._unblock(conn, client_id)
+            raise
+        return _streams.docket_read_reply(reply)
+
+    def _unblock(self, conn: SyncConnection, client_id: int | None) -> None:
+        """End an interrupted blocking read whose reply needs no hand-back (an
+        entry XREADGROUP delivered stays pending): CLIENT UNBLOCK from a side
+        connection, then read the reply so the connection stays in step."""
+        try:
+            if client_id is None:
+                conn.close()  # without CLIENT, dropping the connection ends the wait
+                return
+            side, _ = self._open_connection()
+            try:
+                side.execute(b"CLIENT", b"UNBLOCK", client_id)
+            finally:
+                side.close()
+            conn.read_reply(_BLPOP_GRACE)
+        except BaseException as exc:
+            log.error("tinytown: an interrupted blocking read could not be ended cleanly (%s)", exc)
+            conn.close()
+
+    def docket_ack(self, entry_id: str) -> bool:
+        """Mark a docket entry as done for the group (``XACK tt:<town>:docket:tasks
+        workers <entry_id>``); True if it was pending (Tinytown returns nothing).
+        Raises :class:`InvalidArgumentError` for a malformed id."""
+        return self._run(_streams.docket_ack(self._keys, entry_id))
+
+    def docket_len(self) -> int:
+        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent)."""
+        return self._run(_streams.docket_len(self._keys))
+
+    def docket_pending_count(self) -> int:
+        """Entries delivered to the group and not yet acked (``XPENDING tt:<town>:docket:tasks
+        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP)."""
+        return self._run(_streams.docket_pending_count(self._keys))
+
+    def docket_group_lag(self) -> int | None:
+        """Entries of the docket not yet delivered to the group (``lag`` of
+        ``XINFO GROUPS``); None when the group is missing or Redis cannot
+        tell (Redis < 7). A missing stream raises :class:`ReplyError`."""
+        return self._run(_streams.docket_group_lag(self._keys))
+
+    def docket_log_event(self, task_id: TaskId | Any, event_type: str, detail: str) -> str:
+        """Append to the docket's event log; returns the entry id (``XADD
+        tt:<town>:docket:events * task_id <id> event <event_type> detail <detail>
+        timestamp <now, +00:00>``, never trimmed)."""
+        return self._run(_streams.docket_log_event(self._keys, task_id, event_type, detail))
+
+    def docket_reclaim(self, consumer: str, min_idle_ms: int,
+                       count: int = 10) -> list[tuple[str, dict[str, str]]]:
+        """Take over docket entries left pending (delivered, never acked) for
+        at least ``min_idle_ms`` milliseconds by any consumer: a crashed
+        worker's, or a :meth:`docket_read` interrupted after delivery. They
+        become pending for ``consumer`` and are returned as ``(entry_id,
+        fields)``, oldest first, at most ``count`` (``XAUTOCLAIM
+        tt:<town>:docket:tasks workers <consumer> <min_idle_ms> <cursor> COUNT
+        <n>``, repeated until Redis's scan wraps or ``count`` came back).
+        Not in Tinytown, which never reclaims; needs Redis >= 6.2.
+        """
+        return self._run(_streams.docket_reclaim(self._keys, consumer, min_idle_ms, count))
 
     # -- raw access and lifetime ------------------------------------------------
 
@@ -442,7 +1005,8 @@ class SyncChannel:
 
 
 class SyncBroadcastSubscription:
-    """Messages published on ``tt:broadcast``, as a blocking iterator.
+    """Messages published on the channel's broadcast channel (``tt:<town>:broadcast``,
+    or ``tt:broadcast`` in the json layout), as a blocking iterator.
 
     ``for message in sub`` waits for each message; :meth:`get` waits at most
     a given time. A message that cannot be decoded raises
@@ -467,7 +1031,7 @@ class SyncBroadcastSubscription:
             return self
         conn, _ = self._channel._open_connection()
         try:
-            conn.send_command(b"SUBSCRIBE", _BROADCAST)
+            conn.send_command(b"SUBSCRIBE", self._channel._broadcast_name)
             conn.read_reply()   # [b"subscribe", b"tt:broadcast", 1]
         except BaseException:
             conn.close()
@@ -531,3 +1095,54 @@ class SyncBroadcastSubscription:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+
+#: SyncChannel._run's mark for "no signal mask saved yet".
+_NOT_HOLDING = object()
+
+
+def _hold_signals() -> set[signal.Signals] | None:
+    """Hold back every signal (pthread_sigmask) for a call that must not be
+    cut between taking something from Redis and returning it; the previous
+    mask, for :func:`_let_signals_through`. None where there is no
+    pthread_sigmask (not POSIX): then nothing is held."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    # Each call changes the mask, then runs the handlers of pending signals,
+    # which may raise: read the mask first, so that it can be put back.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        raise
+    return old
+
+
+def _let_signals_through(held: set[signal.Signals] | None,
+                         undo: Callable[[], Any] | None = None) -> None:
+    """Restore the mask saved by :func:`_hold_signals`, which runs the handlers
+    of the signals held meanwhile. If one raises, ``undo`` (giving back what
+    the call took) runs first, signals held again, then the exception
+    propagates. Called last before ``return``: CPython checks for signals at
+    the end of this C call, inside the try, and not again before the
+    caller has the value."""
+    if held is None:
+        return
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    except BaseException:
+        if undo is not None:
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+            except BaseException:  # noqa: S110 - one interruption is propagating already
+                pass
+            try:
+                undo()
+            except Exception as exc:
+                log.error("tinytown: a call interrupted by a signal could not give back "
+                          "what it took (%s); it may be lost", exc)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        raise

@@ -547,12 +547,17 @@ class Town:
                 reply = exc
 
     # ------------------------------------------------------------ using
-    async def channel(self) -> "Channel":
-        """A connected :class:`~tinytown.Channel` to this town (close it when done)."""
+    async def channel(self, *, layout: str = "hash") -> "Channel":
+        """A connected :class:`~tinytown.Channel` to this town (close it when done).
+
+        ``layout`` is ``"hash"`` (Tinytown 0.7-0.10, the default) or ``"json"``
+        (see :meth:`tinytown.Channel.connect`); another value raises
+        :class:`~tinytown.InvalidArgumentError`.
+        """
         self._check_not_stopped()
         from .channel import Channel
 
-        return await Channel.connect(self.url, town=self._name)
+        return await Channel.connect(self.url, town=self._name, layout=layout)
 
     async def configure_persistence(
         self,

@@ -1,0 +1,379 @@
+"""tinytown's pure-Python blocking transport: the fallback for the extension's SyncConnection.
+
+Same interface and behaviour as :class:`tinytown._transport.SyncConnection`
+(the Cython connection on hiredis's redisContext): one blocking Redis
+connection, commands encoded with the extension's argument rules
+(:func:`tinytown._resp.encode_command`), replies parsed by the ``hiredis``
+package's ``Reader`` (the parser the async Python transport uses), typed
+errors, a ``read_reply`` whose wait is bounded, and ``close`` from any thread.
+
+It also carries TLS (``ssl.SSLSocket``), which the extension cannot: the
+hiredis it is built against may have no TLS (Debian's 0.14 has none).
+
+Signals: Python retries a system call that a signal interrupted after
+running the handlers (PEP 475); if a handler raises (Ctrl-C), the exception
+propagates out of the wait, as in the extension.
+
+Needs the ``hiredis`` package: ``pip install 'tinytown[python]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import hiredis
+
+from ._resp import encode_command
+from .errors import ConcurrentUseError, ConnectionError, InvalidArgumentError, ReplyError
+
+__all__ = ["SyncConnection"]
+
+# is_usable() probes the socket only after this long without a reply.
+_IDLE_PROBE_AFTER = 0.05
+_READ_SIZE = 65536
+
+
+class SyncConnection:
+    """One blocking Redis connection in pure Python (+ hiredis's parser).
+
+    ``SyncConnection()``, then :meth:`connect_unix` or :meth:`connect_tcp`.
+    Calls block the calling thread until Redis answers. If the connection
+    drops, the call raises :class:`tinytown.ConnectionError` and the
+    connection is closed. One thread at a time: a second thread calling in
+    gets :class:`tinytown.ConcurrentUseError`; :meth:`close` may come from
+    any thread and wakes a call blocked in another one.
+    """
+
+    def __init__(self) -> None:
+        self.where: str | None = None
+        self.pending = 0                    # commands sent whose replies are unread
+        self._sock: socket.socket | None = None
+        self._reader = hiredis.Reader(replyError=ReplyError)
+        self._busy = threading.Lock()       # held by the thread inside a call
+        self._closing = False               # close() came while busy
+        self._last_reply_at = 0.0
+
+    # -- opening ----------------------------------------------------------
+
+    def connect_unix(self, path: str, timeout: float = 5.0) -> None:
+        """Connect to a Unix socket, waiting at most ``timeout`` seconds."""
+        self._check_unused(timeout)
+        self.where = f"unix:{path}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._open(sock, path, timeout)
+
+    def connect_tcp(self, host: str, port: int, timeout: float = 5.0, *,
+                    tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
+        """Connect to ``host`` (a name or an address) and ``port``, waiting at
+        most ``timeout`` seconds for the connection (and the TLS handshake).
+
+        With ``tls``, the connection is wrapped in TLS with that context;
+        ``server_hostname`` (default ``host``) is the name the server's
+        certificate is checked against when the context checks hostnames.
+        A failed handshake or certificate check raises ConnectionError.
+        """
+        self._check_unused(timeout)
+        self.where = f"{host}:{port}"
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, OverflowError, UnicodeError) as exc:
+            raise ConnectionError(f"cannot connect to Redis at {self.where}: {exc}") from None
+        # IPv4 first, as hiredis does.
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._open(sock, sockaddr, timeout, tls, server_hostname or host)
+
+    def _check_unused(self, timeout: float) -> None:
+        if self._sock is not None or self.where is not None:
+            raise InvalidArgumentError("a SyncConnection can be connected only once")
+        if not timeout > 0:
+            raise InvalidArgumentError(f"connect timeout must be positive, not {timeout!r}")
+
+    def _open(self, sock: socket.socket, address: Any, timeout: float,
+              tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            if tls is not None:
+                # wrap_socket takes over the socket (sock is detached from it).
+                sock = tls.wrap_socket(sock, server_hostname=server_hostname)
+            # No timeout after the connect: calls wait as long as Redis takes,
+            # and read_reply() bounds its own wait with poll().
+            sock.settimeout(None)
+        except ssl.SSLError as exc:
+            sock.close()
+            raise ConnectionError(
+                f"cannot connect to Redis at {self.where}: TLS handshake failed: "
+                f"{getattr(exc, 'verify_message', None) or exc.reason or exc}") from None
+        except socket.timeout:
+            sock.close()
+            raise ConnectionError(f"cannot connect to Redis at {self.where}: Connection timed out") from None
+        except OSError as exc:
+            sock.close()
+            reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
+            raise ConnectionError(f"cannot connect to Redis at {self.where}: {reason}") from None
+        self._sock = sock
+
+    # -- state --------------------------------------------------------------
+
+    def _enter(self) -> socket.socket:
+        if not self._busy.acquire(blocking=False):
+            raise ConcurrentUseError(
+                "this tinytown connection is in use by another thread: "
+                "give each thread its own SyncChannel")
+        sock = self._sock
+        if sock is None:
+            self._busy.release()
+            raise ConnectionError(
+                "connection to Redis is closed" if self.where is not None
+                else "connection to Redis is not open")
+        return sock
+
+    def _leave(self) -> None:
+        self._busy.release()
+        if self._closing:
+            self._closing = False
+            self._free()
+
+    def _free(self) -> None:
+        sock = self._sock
+        self._sock = None
+        self.pending = 0
+        if sock is not None:
+            sock.close()
+
+    def _lost(self, exc: BaseException | None = None) -> ConnectionError:
+        """The ConnectionError for a failed call; closes the socket."""
+        if self._closing or self._sock is None:
+            error = ConnectionError("connection to Redis closed")
+        elif isinstance(exc, OSError) and (exc.strerror or str(exc)):
+            error = ConnectionError(
+                f"connection to Redis lost ({self.where}): {exc.strerror or exc}")
+        elif exc is not None:
+            error = ConnectionError(f"connection to Redis lost ({self.where}): {exc}")
+        else:
+            error = ConnectionError(f"connection to Redis lost ({self.where}): Server closed the connection")
+        self._closing = False
+        self._free()
+        return error
+
+    # -- I/O ----------------------------------------------------------------
+
+    def _write(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except OSError as exc:
+            raise self._lost(exc) from None
+        if self._closing:
+            raise self._lost()
+
+    def _read(self, sock: socket.socket, deadline: float | None) -> Any:
+        """The next reply (an error reply as a ReplyError instance);
+        TimeoutError at ``deadline`` (monotonic seconds; None: none)."""
+        reader = self._reader
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                raise self._lost(ValueError(f"protocol error: {exc}")) from None
+            if reply is not False:
+                break
+            if self._closing:
+                raise self._lost()
+            if deadline is not None and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._wait_readable(sock, left):
+                    raise TimeoutError("no reply from Redis in time")
+            try:
+                data = sock.recv(_READ_SIZE)
+            except OSError as exc:   # ssl.SSLError is one
+                raise self._lost(exc) from None
+            if not data:
+                raise self._lost()
+            reader.feed(data)
+        if self.pending:            # pub/sub messages answer no command
+            self.pending -= 1
+        self._last_reply_at = time.monotonic()
+        return reply
+
+    @staticmethod
+    def _wait_readable(sock: socket.socket, seconds: float) -> bool:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        # Retried after a signal with the time left (PEP 475).
+        return bool(poller.poll(seconds * 1000.0 + 1))
+
+    # -- commands ---------------------------------------------------------
+
+    def execute(self, *args: Any) -> Any:
+        """Send one command and wait for its reply.
+
+        Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
+        list; an error reply raises :class:`tinytown.ReplyError`. If a signal
+        handler raises (Ctrl-C), the connection is closed (its reply would
+        arrive out of step) and the exception propagates.
+        """
+        sock = self._enter()
+        try:
+            if self.pending:
+                raise InvalidArgumentError(
+                    f"{self.pending} replies are still unread on this connection (read_reply)")
+            data = encode_command(args)
+            self.pending += 1
+            try:
+                self._write(sock, data)
+                value = self._read(sock, None)
+            except BaseException:
+                if self._sock is not None and self.pending:
+                    self._free()
+                raise
+        finally:
+            self._leave()
+        if type(value) is ReplyError:
+            raise value
+        return value
+
+    def execute_many(self, commands: Iterable[Sequence[Any]], replies: bool = True) -> list[Any] | None:
+        """Send many commands in one write, then read every reply.
+
+        Returns the list of replies (error replies included as ReplyError
+        instances) or, with ``replies=False``, None; if any reply is an
+        error, raises the first one once every reply is in. An argument that
+        cannot be sent raises before anything is written.
+        """
+        sock = self._enter()
+        results: list[Any] | None = [] if replies else None
+        error: ReplyError | None = None
+        try:
+            if self.pending:
+                raise InvalidArgumentError(
+                    f"{self.pending} replies are still unread on this connection (read_reply)")
+            encoded = [encode_command(command if isinstance(command, (tuple, list)) else tuple(command))
+                       for command in commands]
+            if encoded:
+                self.pending = len(encoded)
+                try:
+                    self._write(sock, b"".join(encoded))
+                    while self.pending:
+                        value = self._read(sock, None)
+                        if type(value) is ReplyError and error is None:
+                            error = value
+                        if results is not None:
+                            results.append(value)
+                except BaseException:
+                    if self._sock is not None and self.pending:
+                        self._free()
+                    raise
+        finally:
+            self._leave()
+        if error is not None:
+            raise error
+        return results
+
+    def send_command(self, *args: Any) -> None:
+        """Send one command without reading its reply (see :meth:`read_reply`).
+
+        For blocking and subscribing commands (BLPOP, SUBSCRIBE, MONITOR),
+        whose reply the caller wants to wait for in an interruptible way.
+        """
+        sock = self._enter()
+        try:
+            data = encode_command(args)
+            self.pending += 1
+            try:
+                self._write(sock, data)
+            except BaseException:
+                if self._sock is not None:
+                    self._free()
+                raise
+        finally:
+            self._leave()
+
+    def read_reply(self, timeout: float | None = None) -> Any:
+        """Wait for the next reply (or pub/sub message, or MONITOR line).
+
+        ``timeout`` is in seconds (None waits forever); when it passes,
+        :class:`TimeoutError` is raised and the connection stays usable. An
+        error reply raises :class:`tinytown.ReplyError`. If a signal handler
+        raises (Ctrl-C), the exception propagates and the connection is left
+        as it was: the reply can still be read.
+        """
+        deadline = None
+        if timeout is not None:
+            if not timeout >= 0:
+                raise InvalidArgumentError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
+            deadline = time.monotonic() + float(timeout)
+        sock = self._enter()
+        try:
+            value = self._read(sock, deadline)
+        finally:
+            self._leave()
+        if type(value) is ReplyError:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Close the connection. Safe from any thread: a call blocked in
+        another thread wakes up with ConnectionError."""
+        sock = self._sock
+        if sock is None:
+            return
+        if self._busy.locked():
+            # The thread inside the call closes the socket when it leaves;
+            # shutting the socket down wakes it. socket.socket's own
+            # shutdown, not SSLSocket's (which would unwrap TLS under the
+            # reading thread's feet).
+            self._closing = True
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        else:
+            self._free()
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is closed or lost."""
+        return self._sock is None
+
+    def is_usable(self) -> bool:
+        """False if the connection is closed, or was closed by the server while idle.
+
+        An idle connection has nothing to read: if the socket is readable,
+        the server closed it (or it broke), so it is closed here and False
+        is returned. Probed only when the last reply is more than 50 ms old.
+        """
+        sock = self._sock
+        if sock is None:
+            return False
+        if self._busy.locked() or self.pending \
+                or time.monotonic() - self._last_reply_at < _IDLE_PROBE_AFTER:
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        if poller.poll(0):
+            self._free()
+            return False
+        return True
+
+    @property
+    def pending_replies(self) -> int:
+        """Number of commands sent whose replies have not been read."""
+        return self.pending
+
+    def fileno(self) -> int:
+        sock = self._sock
+        return sock.fileno() if sock is not None else -1
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else "open"
+        return f"<tinytown python SyncConnection {self.where} {state} pending={self.pending}>"

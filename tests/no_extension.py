@@ -1,0 +1,66 @@
+"""Run pytest with the compiled extension unimportable, as on a machine
+where it failed to build or load (``python tests/no_extension.py ARGS...``).
+
+A meta-path finder refusing ``tinytown._transport`` is installed before
+anything imports tinytown; then the checks below, then ``pytest ARGS``.
+Used by tests/test_no_extension.py.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import logging
+import sys
+from typing import Any
+
+BLOCKED = "tinytown._transport"
+
+
+class RefuseExtension(importlib.abc.MetaPathFinder):
+    """Makes ``import tinytown._transport`` fail as a missing .so would."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname == BLOCKED:
+            raise ImportError(f"No module named {BLOCKED!r} (blocked by tests/no_extension.py)",
+                              name=fullname)
+        return None
+
+
+class Count(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "using the pure-Python transport" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
+def main(args: list[str]) -> int:
+    assert BLOCKED not in sys.modules and "tinytown" not in sys.modules
+    sys.meta_path.insert(0, RefuseExtension())
+    warnings = Count()
+    logging.getLogger("tinytown").addHandler(warnings)
+
+    import tinytown
+    from tinytown import _pysync, _pytransport, _transports
+
+    assert BLOCKED not in sys.modules, "the extension was imported"
+    assert _transports.connection_class() is _pytransport.Connection
+    assert _transports.sync_connection_class() is _pysync.SyncConnection
+    print(f"no_extension: tinytown {tinytown.__version__} imported from {tinytown.__file__} "
+          f"without {BLOCKED}", flush=True)
+
+    import pytest
+
+    status = int(pytest.main(args))
+    assert BLOCKED not in sys.modules, "the extension was imported"
+    print(f"no_extension: {len(warnings.messages)} fallback warning(s): {warnings.messages}")
+    if len(warnings.messages) != 1:
+        print("no_extension: FAILED: expected exactly one logged fallback warning", flush=True)
+        return status or 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
