@@ -540,11 +540,9 @@ class Context:
     def connect(self, *, check_town: bool = True) -> SyncChannel:
         """A SyncChannel on the town, or Failure saying how to get a server."""
         from .sync_channel import SyncChannel
-        kwargs: dict[str, Any] = {}
-        if _accepts_layout(SyncChannel.connect):
-            kwargs["layout"] = self.layout
         try:
-            channel = SyncChannel.connect(self.url, town=self.town, connect_timeout=5.0, **kwargs)
+            channel = SyncChannel.connect(self.url, town=self.town, connect_timeout=5.0,
+                                          layout=self.layout)
         except ConnectionError as exc:
             raise Failure(self.unreachable(exc)) from None
         if check_town:
@@ -593,17 +591,8 @@ class Context:
 
     def agents(self, channel: SyncChannel) -> AgentBook:
         if self._agents is None:
-            self._agents = AgentBook(channel, self.layout)
+            self._agents = AgentBook(channel)
         return self._agents
-
-
-def _accepts_layout(connect: Callable[..., Any]) -> bool:
-    # TODO: drop once SyncChannel.connect(layout=...) (issue 9, helper H2) is in main.
-    import inspect
-    try:
-        return "layout" in inspect.signature(connect).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # ------------------------------------------------------------------ towns and keys
@@ -686,13 +675,12 @@ def _pipeline(channel: SyncChannel, commands: list[tuple[Any, ...]]) -> list[Any
     return out
 
 
-def _read_states(channel: SyncChannel, keys: list[str], layout: str = "hash") -> list[Any]:
+def _read_states(channel: SyncChannel, keys: list[str]) -> list[Any]:
     """Each key's raw state (bytes for JSON, a flat list for a Hash, None if gone).
 
     Two pipelined round trips per ``BATCH`` keys, whatever their number:
     TYPE of each, then GET (JSON layout) or HGETALL (hash layout) as the
-    type says; a ReplyError for a key that holds neither. ``layout`` is
-    accepted for symmetry with the channel: reads take both layouts.
+    type says (both layouts are read); a ReplyError for a key that holds neither.
     """
     out: list[Any] = []
     for i in range(0, len(keys), BATCH):
@@ -712,59 +700,31 @@ def _read_states(channel: SyncChannel, keys: list[str], layout: str = "hash") ->
     return out
 
 
-def _decode_states(kind: str, keys: list[str], raws: list[Any]) -> list[Any]:
-    """Decoded agents or tasks; unreadable ones are skipped with one warning."""
-    from ._commands import decode_agent, decode_task
-    decode = decode_agent if kind == "agent" else decode_task
-    out, bad = [], []
-    for key, raw in zip(keys, raws):
-        if raw is None:
-            continue
-        try:
-            if isinstance(raw, ReplyError):
-                raise raw
-            out.append(decode(raw))
-        except (TinytownError, ValueError):
-            bad.append(key)
-    if bad:
-        _warn(f"{len(bad)} {kind} key(s) could not be read and are left out, e.g. {bad[0]}")
-    return out
+def load_agents(channel: SyncChannel) -> list[Agent]:
+    """Every agent stored in the town, sorted by name.
+
+    SyncChannel.list_agents: SCAN, then the states in one pipeline (not one
+    round trip per agent); a key it cannot read is skipped with a logged warning.
+    """
+    return sorted(channel.list_agents(), key=lambda a: (a.name, str(a.id)))
 
 
-def load_agents(channel: SyncChannel, layout: str = "hash") -> list[Agent]:
-    """Every agent stored in the town (SCAN, then pipelined reads), sorted by name."""
-    if hasattr(channel, "list_agents"):
-        agents = list(channel.list_agents())     # SCAN + one pipeline; stray keys logged
-    else:
-        # TODO: use SyncChannel.list_agents (issue 9, helper H2) once in main.
-        keys = _scan(channel, _glob_escape(channel.keys.agent_prefix) + "*")
-        agents = _decode_states("agent", keys, _read_states(channel, keys, layout))
-    return sorted(agents, key=lambda a: (a.name, str(a.id)))
-
-
-def load_tasks(channel: SyncChannel, layout: str = "hash") -> list[Task]:
-    """Every task stored in the town, oldest first."""
-    if hasattr(channel, "list_tasks"):
-        tasks = list(channel.list_tasks())
-    else:
-        # TODO: use SyncChannel.list_tasks (issue 9, helper H2) once in main.
-        keys = _scan(channel, _glob_escape(channel.keys.task_prefix) + "*")
-        tasks = _decode_states("task", keys, _read_states(channel, keys, layout))
-    return sorted(tasks, key=lambda t: (t.created_at, str(t.id)))
+def load_tasks(channel: SyncChannel) -> list[Task]:
+    """Every task stored in the town, oldest first (SyncChannel.list_tasks)."""
+    return sorted(channel.list_tasks(), key=lambda t: (t.created_at, str(t.id)))
 
 
 class AgentBook:
     """The town's agents, read once per command: names for ids, ids for names."""
 
-    def __init__(self, channel: SyncChannel, layout: str) -> None:
+    def __init__(self, channel: SyncChannel) -> None:
         self.channel = channel
-        self.layout = layout
         self._all: list[Agent] | None = None
         self._by_id: dict[str, Agent] = {}
 
     def all(self) -> list[Agent]:
         if self._all is None:
-            self._all = load_agents(self.channel, self.layout)
+            self._all = load_agents(self.channel)
             self._by_id = {str(a.id): a for a in self._all}
         return self._all
 
@@ -803,7 +763,7 @@ class AgentBook:
 
 def resolve_agent(channel: SyncChannel, text: str) -> AgentId:
     """An agent id from a UUID, 'supervisor', or the name of an agent stored in the town."""
-    return AgentBook(channel, "hash").resolve(text)
+    return AgentBook(channel).resolve(text)
 
 
 def resolve_task(channel: SyncChannel, text: str) -> TaskId:
@@ -1135,13 +1095,9 @@ def _build_message(args: argparse.Namespace, to: AgentId, sender: AgentId,
 
 
 def _send_urgent(channel: SyncChannel, message: Message) -> int:
-    """The message into the urgent inbox; returns that inbox's length."""
-    if hasattr(channel, "send_urgent") and hasattr(channel, "urgent_len"):
-        channel.send_urgent(message)
-        return int(channel.urgent_len(message.to))
-    # TODO: use SyncChannel.send_urgent (issue 9, helper H2) once it is in main;
-    # this is its wire form (spec 5.3): LPUSH T:urgent:<to> <json>.
-    return int(channel.execute(b"LPUSH", channel.keys.urgent(message.to), message.to_json()))
+    """The message into the urgent inbox (LPUSH); returns that inbox's length."""
+    channel.send_urgent(message)
+    return int(channel.urgent_len(message.to))
 
 
 def cmd_send(ctx: Context) -> int:
@@ -1280,7 +1236,7 @@ def cmd_state(ctx: Context) -> int:
 def cmd_tasks(ctx: Context) -> int:
     import json
     with ctx.channel() as channel:
-        tasks = load_tasks(channel, ctx.layout)
+        tasks = load_tasks(channel)
         book = ctx.agents(channel)
         if tasks and not ctx.args.json:
             book.all()
@@ -1298,17 +1254,9 @@ def cmd_tasks(ctx: Context) -> int:
 
 def cmd_backlog(ctx: Context) -> int:
     from ._commands import decode_task
-    from .ids import _normalize
     with ctx.channel() as channel:
-        if hasattr(channel, "backlog_list"):
-            ids = [str(i) for i in channel.backlog_list()]
-        else:
-            # TODO: use SyncChannel.backlog_list (issue 9, helper H7) once in
-            # main. Spec 5.9: LRANGE T:backlog 0 -1, non-UUID entries skipped.
-            raws = channel.execute(b"LRANGE", channel.keys.backlog, 0, -1)
-            found = [_normalize(r.decode(errors="replace")) for r in raws]
-            ids = [i for i in found if i is not None]
-        states = _read_states(channel, [channel.keys.task(i) for i in ids], ctx.layout)
+        ids = [str(i) for i in channel.backlog_list()]     # non-UUID entries skipped, logged
+        states = _read_states(channel, [channel.keys.task(i) for i in ids])
     tasks: list[Task | None] = []
     for raw in states:
         try:
@@ -1347,14 +1295,7 @@ def _decode_events(entries: Any) -> list[tuple[str, TownEvent]]:
 
 def _recent_events(channel: SyncChannel, count: int) -> list[tuple[str, TownEvent]]:
     """The last ``count`` events of the town, oldest first."""
-    if count == 0:
-        return []
-    if hasattr(channel, "read_recent_town_events"):
-        return list(channel.read_recent_town_events(count))
-    # TODO: use SyncChannel.read_recent_town_events (issue 9, helper H7) once
-    # it is in main. Spec 5.8: XREVRANGE T:events + - COUNT n, then reversed.
-    entries = channel.execute(b"XREVRANGE", channel.keys.events, b"+", b"-", b"COUNT", count)
-    return _decode_events(list(reversed(entries or [])))
+    return list(channel.read_recent_town_events(count)) if count else []
 
 
 def _print_event(ctx: Context, book: AgentBook, entry_id: str, event: TownEvent) -> None:
