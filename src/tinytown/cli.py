@@ -652,9 +652,10 @@ def _warn_if_town_is_empty(ctx: Context, channel: SyncChannel) -> None:
 def _pipeline(channel: SyncChannel, commands: list[tuple[Any, ...]]) -> list[Any]:
     """Several commands in one round trip; returns their replies.
 
-    An error reply (a key of another type under a town's prefix, say) comes
-    back as a ReplyError value: the batch is then run again one command at a
-    time, which only happens when such a key exists.
+    When a reply is an error (a key of another type under the town's
+    prefix, say), the pipeline raises it: the batch is then run again one
+    command at a time so that each error stays with its command, as a
+    ReplyError value. That only happens when such a key exists.
     """
     if not commands:
         return []
