@@ -567,3 +567,19 @@ def test_register_writes_the_chosen_layout(tt, redis_server):
     agents = {a["name"]: a["id"] for a in json.loads(tt("agents", "--json").stdout)["agents"]}
     types = {name: redis_server.command("TYPE", f"tt:cli:agent:{i}") for name, i in agents.items()}
     assert types == {"hashed": "hash", "jsoned": "string", "envd": "string"}
+
+
+def test_names_resolve_as_tinytowns_tt_does_after_an_exact_match(tt, redis_server):
+    with SyncChannel.connect(redis_server.url, town="cli") as channel:
+        upper = Agent.new("Worker-One", "claude")
+        channel.set_agent_state(upper)
+        lower = Agent.new("worker-one", "codex")
+    sent = tt("send", "--to", "WORKER-ONE", "--type", "ping")       # ASCII case ignored
+    assert sent.returncode == 0, sent.stderr
+    assert f"to Worker-One ({upper.id})" in sent.stdout
+    with SyncChannel.connect(redis_server.url, town="cli") as channel:
+        channel.set_agent_state(lower)
+    exact = tt("inbox", "worker-one", "--json")                        # an exact name wins
+    assert json.loads(exact.stdout)["agent"] == lower.id
+    both = tt("inbox", "WORKER-ONE")
+    assert both.returncode == 1 and "2 agents are named 'WORKER-ONE'" in one_line_error(both)

@@ -742,8 +742,11 @@ class AgentBook:
         return self.name(agent_id) or agent_id
 
     def resolve(self, text: str) -> AgentId:
-        """An agent id from a UUID, 'supervisor', a registered agent's name or
-        nickname, or a unique prefix of a registered agent's id."""
+        """An agent id from a UUID, 'supervisor', a registered agent's exact
+        name or nickname, a unique prefix (4+ hex digits) of a registered
+        agent's id, else as Tinytown's ``tt`` does (SyncChannel.resolve_agent_ref:
+        name, display name or label ignoring ASCII case, 4-character short id)."""
+        from .errors import AmbiguousAgentRefError
         from .ids import AgentId, _normalize
         if text == "supervisor":
             return AgentId.supervisor()
@@ -752,6 +755,13 @@ class AgentBook:
         matches = [a.id for a in self.all() if text in (a.name, a.nickname)]
         if not matches and len(text) >= 4:
             matches = [a.id for a in self.all() if str(a.id).startswith(text.lower())]
+        if not matches:
+            try:
+                found = self.channel.resolve_agent_ref(text)
+            except AmbiguousAgentRefError as exc:
+                matches = [a.id for a in exc.matches]  # type: ignore[attr-defined]
+            else:
+                matches = [found.id] if found is not None else []
         town = self.channel.town
         if not matches:
             raise Failure(f"no agent named {text!r} in town {town!r} (nor an id): "
