@@ -154,8 +154,9 @@ def test_register_agents_stop_and_names_everywhere(tt, redis_server):
 
     listing = tt("agents")
     header, row, *rest = listing.stdout.splitlines()
-    assert header.split() == ["NAME", "ID", "STATE", "INBOX", "URGENT", "STOP"]
-    assert row.split() == ["worker-1", worker["id"], "starting", "1", "0", "requested"]
+    assert header.split() == ["NAME", "ID", "STATE", "INBOX", "URGENT", "STOP", "HEARTBEAT"]
+    assert row.split()[:6] == ["worker-1", worker["id"], "starting", "1", "0", "requested"]
+    assert re.fullmatch(r"\d+[smhd] ago", " ".join(row.split()[6:]))
     assert "1 inbox(es) of unregistered agents" in rest[0]   # the supervisor's
     data = json.loads(tt("agents", "--json").stdout)
     assert [(a["name"], a["id"], a["inbox"], a["urgent"], a["stop_requested"]) for a in data["agents"]] \
@@ -583,3 +584,8 @@ def test_names_resolve_as_tinytowns_tt_does_after_an_exact_match(tt, redis_serve
     assert json.loads(exact.stdout)["agent"] == lower.id
     both = tt("inbox", "WORKER-ONE")
     assert both.returncode == 1 and "2 agents are named 'WORKER-ONE'" in one_line_error(both)
+
+
+def test_heartbeat_ages_read_at_a_glance():
+    ages = [cli._age(s) for s in (0, 59.9, 60, 3599, 3600, 3 * 86400, -5)]
+    assert ages == ["0s ago", "59s ago", "1m ago", "59m ago", "1h ago", "3d ago", "in 5s"]

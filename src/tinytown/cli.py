@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     agents = _command(sub, "agents", "list the town's agents: name, id, state, inbox lengths",
                       "Every agent registered in the town (SCAN tt:<town>:agent:*, states read "
                       "in pipelined batches), with its state, the length of its inbox and "
-                      "urgent inbox, and whether a stop was requested. Inboxes of agents that "
+                      "urgent inbox, whether a stop was requested and how long ago its last "
+                      "heartbeat was. Inboxes of agents that "
                       "are not registered are counted at the end ('tinytown inbox' lists them).")
     agents.add_argument("--json", action="store_true", help="print JSON")
     agents.set_defaults(func=cmd_agents)
@@ -993,6 +994,18 @@ def _agent_rows(channel: SyncChannel, agents: list[Agent]) -> list[tuple[int, in
     return out
 
 
+def _age(seconds: float) -> str:
+    """``12s ago``, ``3m ago``, ``2h ago``, ``4d ago`` (``in 5s`` for a clock ahead of ours)."""
+    ahead, seconds = seconds < 0, abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            text = f"{int(seconds // size)}{unit}"
+            break
+    else:
+        text = f"{int(seconds)}s"
+    return f"in {text}" if ahead else f"{text} ago"
+
+
 def cmd_agents(ctx: Context) -> int:
     import json
     with ctx.channel() as channel:
@@ -1010,8 +1023,11 @@ def cmd_agents(ctx: Context) -> int:
     if not agents:
         _out(f"no agents registered in town {ctx.town!r}; '{PROG} register NAME' adds one")
     else:
-        _table(s, ["NAME", "ID", "STATE", "INBOX", "URGENT", "STOP"],
-               [[a.name, str(a.id), str(a.state), str(n), str(u), "requested" if stop else "-"]
+        import time
+        now = time.time()
+        _table(s, ["NAME", "ID", "STATE", "INBOX", "URGENT", "STOP", "HEARTBEAT"],
+               [[a.name, str(a.id), str(a.state), str(n), str(u), "requested" if stop else "-",
+                 _age(now - a.last_heartbeat.timestamp())]
                 for a, (n, u, stop) in zip(agents, rows)])
     if others:
         waiting = sum(n + u for _, n, u in others)
