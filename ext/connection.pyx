@@ -17,36 +17,112 @@ cdef enum:
     STACK_ARGS = 8
 
 
-cdef list _fill_argv(tuple args, const char **ptrs, size_t *lens):
-    """Point ptrs/lens at the arguments' buffers (UTF-8 for str, no copy).
+cdef extern from "tt_misuse.h" nogil:
+    size_t TT_MAX_COMMAND_BYTES
+    const char *tt_refused(int argc, const char **argv, const size_t *lens)
+    size_t tt_wire_size(int argc, const size_t *lens)
+    unsigned long tt_fork_generation
+    int tt_watch_forks()
+    int tt_track_fd(int fd)
+    void tt_untrack_fd(int fd)
 
-    Returns the converted arguments whose buffers are borrowed (keep them
-    alive until hiredis has formatted the command), or None.
-    """
+if tt_watch_forks() != 0:
+    raise ImportError("tinytown: pthread_atfork failed")
+
+import asyncio as _asyncio_mod
+cdef object _get_running_loop = _asyncio_mod._get_running_loop
+from tinytown.errors import EventLoopError
+
+
+# Event loops that connections were opened on, with the fork generation then:
+# a loop inherited across fork() shares its epoll set with the parent's, so a
+# child may not open connections on it (they would be watched by the parent).
+import weakref as _weakref
+cdef object _loop_generations = _weakref.WeakKeyDictionary()
+
+
+cdef int _check_loop(object loop, unsigned long generation) except -1:
+    running = _get_running_loop()
+    if running is not None and running is not loop:
+        raise EventLoopError(
+            "this tinytown connection belongs to another event loop: use a Channel only "
+            "from the loop it was connected on")
+    try:
+        seen = _loop_generations.get(loop)
+        if seen is None:
+            _loop_generations[loop] = generation
+            return 0
+    except TypeError:       # a loop that takes no weak reference: not tracked
+        return 0
+    if seen != generation:
+        raise EventLoopError(
+            "this event loop was inherited across fork(): its epoll set is shared with the "
+            "parent process, so a child may not connect on it; run the child's code in a new "
+            "event loop (asyncio.run) with a new Channel")
+    return 0
+
+
+cdef tuple _converted(tuple args):
+    """``args`` with every argument bytes or str: other types are converted
+    once, by coerce_arg. That is the only place where Python code can run for
+    an argument (a bytes subclass's ``__bytes__``), so callers convert every
+    argument before they touch hiredis, and check the connection again after.
+    Returns ``args`` itself when nothing needs converting (the fast path)."""
+    cdef Py_ssize_t i, n = len(args)
+    cdef object arg
+    for i in range(n):
+        arg = args[i]
+        if not PyBytes_CheckExact(arg) and not PyUnicode_CheckExact(arg):
+            break
+    else:
+        return args
+    cdef list out = list(args)
+    for i in range(i, n):
+        arg = out[i]
+        if not PyBytes_CheckExact(arg) and not isinstance(arg, str):
+            out[i] = coerce_arg(arg)
+    return tuple(out)
+
+
+cdef int _fill_argv(tuple args, const char **ptrs, size_t *lens, bint refuse=True) except -1:
+    """Point ptrs/lens at the buffers of ``args`` (bytes or str only: see
+    _converted; UTF-8 for str, no copy, no Python code). Then refuse what
+    hiredis must not see: a command that changes the connection's protocol
+    state (tt_misuse.h; unless ``refuse`` is false: SyncConnection.send_command
+    is how subscriptions and MONITOR are made) or one of 2 GiB or more."""
     cdef Py_ssize_t i, n
     cdef object arg
     cdef const char *text
-    cdef list keep = None
+    cdef const char *refused
     for i in range(len(args)):
         arg = args[i]
         if PyBytes_CheckExact(arg):
             ptrs[i] = PyBytes_AS_STRING(arg)
             lens[i] = <size_t>PyBytes_GET_SIZE(arg)
-        elif isinstance(arg, str):
+        else:
             try:
                 text = PyUnicode_AsUTF8AndSize(arg, &n)
             except UnicodeEncodeError as exc:
                 raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
             ptrs[i] = text
             lens[i] = <size_t>n
-        else:
-            arg = coerce_arg(arg)
-            if keep is None:
-                keep = []
-            keep.append(arg)
-            ptrs[i] = PyBytes_AS_STRING(arg)
-            lens[i] = <size_t>PyBytes_GET_SIZE(arg)
-    return keep
+    n = len(args)
+    refused = tt_refused(<int>n, ptrs, lens) if refuse else NULL
+    if refused != NULL:
+        raise InvalidArgumentError(_refusal((<bytes>refused).decode()))
+    if tt_wire_size(<int>n, lens) >= TT_MAX_COMMAND_BYTES:
+        raise InvalidArgumentError(
+            f"this Redis command would be {TT_MAX_COMMAND_BYTES} bytes or more on the wire "
+            "(2 GiB - 64 KiB, the most a command may take); nothing was sent: split it "
+            "(e.g. fewer messages per send_many)")
+    return 0
+
+
+cdef str _refusal(str what):
+    return (f"{what} cannot be sent on a tinytown connection: it changes the connection's "
+            "protocol state (pub/sub or MONITOR mode, RESP3, replies off, reset, quit), "
+            "which would desynchronise or crash it. Use Channel.broadcasts() to "
+            "subscribe, close() to disconnect, `tinytown monitor` to watch commands.")
 
 
 cdef struct _ArgvBuf:
@@ -93,18 +169,16 @@ cdef inline void _argv_close(_ArgvBuf *buf) noexcept:
 cdef tuple _checked_command(object command):
     """``command`` as a tuple whose arguments hiredis takes as they are
     (bytes or str; str checked for UTF-8, which CPython then keeps cached);
-    raises InvalidArgumentError/EncodeError otherwise."""
+    raises InvalidArgumentError/EncodeError otherwise, and for a command
+    refused by _fill_argv."""
     cdef _ArgvBuf argv
     cdef tuple args = _argv_init(&argv, command)
-    cdef list keep
     try:
-        keep = _fill_argv(args, argv.ptrs, argv.lens)
+        args = _converted(args)
+        _fill_argv(args, argv.ptrs, argv.lens)
     finally:
         _argv_close(&argv)
-    if keep is None:
-        return args
-    return tuple([a if PyBytes_CheckExact(a) or isinstance(a, str) else coerce_arg(a)
-                  for a in args])
+    return args
 
 
 cdef class _Batch:
@@ -204,6 +278,26 @@ cdef void _on_batch_reply(redisAsyncContext *ac, void *reply, void *privdata) no
             _resolve(conn, batch.future, batch.results, False)
 
 
+cdef void _report(object loop, str message, object exc, object where) noexcept:
+    """An exception of a handler called from inside hiredis, given to the
+    loop's exception handler (as asyncio does for callbacks)."""
+    try:
+        loop.call_exception_handler({"message": message, "exception": exc, "connection": where})
+    except BaseException as exc2:  # a broken exception handler: last resort
+        PyErr_WriteUnraisable(exc2)
+
+
+cdef void _call_push_handler(Connection conn, object handler, object item) noexcept:
+    try:
+        handler(item)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # Cannot propagate through hiredis: raised again once the read is over.
+        if conn.deferred is None:
+            conn.deferred = exc
+    except BaseException as exc:
+        _report(conn.loop, "tinytown: exception in a pub/sub handler", exc, conn)
+
+
 cdef void _on_push(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
     # Pub/sub replies; the handler lives on the Connection, so no reference
     # is held in privdata (hiredis keeps this callback for the whole session).
@@ -213,9 +307,10 @@ cdef void _on_push(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
     if conn.push_handler is None:
         return
     try:
-        conn.push_handler(reply_to_py(<redisReply *>reply))
+        item = reply_to_py(<redisReply *>reply)
     except BaseException as exc:
-        PyErr_WriteUnraisable(exc)
+        item = exc
+    _call_push_handler(conn, conn.push_handler, item)
 
 
 cdef void _on_connect(const redisAsyncContext *ac, int status) noexcept:
@@ -283,10 +378,25 @@ cdef class Connection:
     cdef object _write_cb
     cdef object _flush_cb
     cdef tt_guard guard        # refuses replies nobody waits for (tt_reply_guard.h)
+    cdef tuple sub_names       # the channels of subscribe(), whose buffers the guard reads
+    cdef const char **sub_ptrs
+    cdef size_t *sub_lens
+    cdef object deferred       # SystemExit/KeyboardInterrupt of a handler, raised after the read
+    cdef unsigned long fork_gen  # tt_fork_generation when connected (tt_misuse.h)
+    cdef int tracked_fd        # the socket, in tt_misuse.h's list of open ones (or -1)
+    cdef unsigned long loop_thread  # the thread last seen running the loop (_check_open)
+    cdef object _loop_is_running
+    cdef dict loop_vars            # an asyncio.BaseEventLoop's __dict__ (see _in_own_loop)
 
     def __cinit__(self, loop):
         self.loop = loop
         self.fd = -1
+        self.tracked_fd = -1
+        self.fork_gen = tt_fork_generation
+        self._loop_is_running = loop.is_running
+        if isinstance(loop, _asyncio_mod.BaseEventLoop) and type(getattr(loop, "__dict__", None)) is dict \
+                and "_thread_id" in loop.__dict__:
+            self.loop_vars = loop.__dict__
         self._create_future = loop.create_future
         self._call_soon = loop.call_soon
         self._read_cb = self._on_readable
@@ -295,8 +405,14 @@ cdef class Connection:
         self.wakeups = []
         self.guard.pending = &self.pending
 
+    cdef inline void _untrack(self) noexcept:
+        if self.tracked_fd >= 0:
+            tt_untrack_fd(self.tracked_fd)
+            self.tracked_fd = -1
+
     def __dealloc__(self):
         cdef redisAsyncContext *ac = self.ac
+        self._untrack()
         if ac != NULL:
             # The object is going away: detach it so that hiredis's final
             # callbacks (run by redisAsyncFree) do not touch it.
@@ -305,6 +421,8 @@ cdef class Connection:
             ac.ev.data = NULL
             tt_guard_remove(ac)
             redisAsyncFree(ac)
+        PyMem_Free(self.sub_ptrs)
+        PyMem_Free(self.sub_lens)
 
     # -- opening ----------------------------------------------------------
 
@@ -327,12 +445,23 @@ cdef class Connection:
             if ac != NULL:
                 redisAsyncFree(ac)
             raise InvalidArgumentError("a Connection can be connected only once")
+        try:
+            _check_loop(self.loop, tt_fork_generation)
+        except BaseException:
+            if ac != NULL:
+                redisAsyncFree(ac)
+            raise
+        self.fork_gen = tt_fork_generation
         if ac == NULL:
             raise MemoryError()
         if ac.err:
             message = (<bytes>ac.errstr).decode("utf-8", "replace")
             redisAsyncFree(ac)
             raise ConnectionError(f"cannot connect to Redis at {where}: {message}")
+        if tt_track_fd(ac.c.fd) != 0:
+            redisAsyncFree(ac)
+            raise MemoryError()
+        self.tracked_fd = ac.c.fd
         self.where = where
         self.ac = ac
         self.fd = ac.c.fd
@@ -360,6 +489,7 @@ cdef class Connection:
                 _settle(waiter, self, False)
             return
         # hiredis frees the context right after this callback returns.
+        self._untrack()
         error = ConnectionError(
             f"cannot connect to Redis at {self.where}: "
             f"{(<bytes>self.ac.errstr).decode('utf-8', 'replace')}")
@@ -369,15 +499,14 @@ cdef class Connection:
             _settle(waiter, error, True)
 
     cdef void _disconnected(self, object error) noexcept:
+        self._untrack()         # hiredis closes the socket after this callback
         self.ac = NULL
         self.closed = True
         self.connected = False
         handler = self.push_handler
         if handler is not None:
-            try:
-                handler(error if error is not None else ConnectionError("connection to Redis closed"))
-            except BaseException as exc:
-                PyErr_WriteUnraisable(exc)
+            _call_push_handler(self, handler,
+                               error if error is not None else ConnectionError("connection to Redis closed"))
 
     # -- event loop hooks -------------------------------------------------
 
@@ -413,7 +542,11 @@ cdef class Connection:
 
     def _on_readable(self):
         cdef list woken
+        cdef Py_ssize_t i = 0
         if self.ac == NULL:
+            return
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()     # an inherited loop in a forked child: not ours to read
             return
         self.in_read = True
         try:
@@ -422,17 +555,43 @@ cdef class Connection:
             self.in_read = False
         if self.wakeups:
             woken, self.wakeups = self.wakeups, []
-            for fut in woken:
-                (<ReplyFuture>fut)._run_callbacks()
+            try:
+                for i in range(len(woken)):
+                    (<ReplyFuture>woken[i])._run_callbacks()
+            except BaseException:
+                # SystemExit or KeyboardInterrupt out of a woken task (the
+                # rest is caught in _run_one): the other futures settled by
+                # this read still wake, through call_soon, or whoever awaits
+                # them (asyncio.run's shutdown, say) would wait forever.
+                for i in range(i + 1, len(woken)):
+                    (<ReplyFuture>woken[i])._schedule_callbacks()
+                raise
+        self._raise_deferred()
 
     def _on_writable(self):
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
+            return
         if self.ac != NULL:
             redisAsyncHandleWrite(self.ac)
+        self._raise_deferred()
+
+    cdef int _raise_deferred(self) except -1:
+        # SystemExit/KeyboardInterrupt of a push handler called from inside
+        # hiredis (a read, or a write error that disconnects): raised now.
+        if self.deferred is not None:
+            exc, self.deferred = self.deferred, None
+            raise exc
+        return 0
 
     def _flush(self):
         self.flush_scheduled = False
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
+            return
         if self.ac != NULL and self.needs_flush and not self.writing:
             redisAsyncHandleWrite(self.ac)
+            self._raise_deferred()
 
     cdef inline void _after_issue(self, bint was_idle) noexcept:
         if not self.needs_flush or self.writing or self.flush_scheduled or self.ac == NULL:
@@ -450,18 +609,69 @@ cdef class Connection:
     # -- commands ---------------------------------------------------------
 
     cdef int _check_open(self) except -1:
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
         if self.ac == NULL or not self.connected:
+            if self.fork_gen != tt_fork_generation:
+                raise ConnectionError(
+                    "this connection to Redis was inherited across fork(): the child may not "
+                    "use it (its socket belongs to the parent); open a new one")
             raise ConnectionError(
                 "connection to Redis is closed" if self.closed else "connection to Redis is not open")
+        # The caller is in this connection's loop when that loop is running
+        # in this thread (a thread runs one loop at a time). Else, the exact
+        # test: asyncio._get_running_loop() costs a getpid() system call
+        # (Python 3.11), too much for every command.
+        if not self._in_own_loop():
+            running = _get_running_loop()
+            if running is not None:
+                if running is not self.loop:
+                    raise EventLoopError(
+                        "this tinytown connection belongs to another event loop: use a "
+                        "Channel only from the loop it was connected on (nothing was sent)")
+                self.loop_thread = PyThread_get_thread_ident()
         return 0
+
+    cdef inline bint _in_own_loop(self) except -1:
+        cdef unsigned long me = PyThread_get_thread_ident()
+        cdef PyObject *tid
+        if self.loop_vars is not None:
+            # asyncio's loops keep the thread running them in _thread_id
+            # (None when idle): read from the loop's __dict__, it is cheaper
+            # than calling the Python method is_running().
+            tid = PyDict_GetItem(self.loop_vars, "_thread_id")
+            return tid != NULL and PyLong_CheckExact(<object>tid) and PyLong_AsUnsignedLong(<object>tid) == me
+        return me == self.loop_thread and self._loop_is_running()
+
+    cdef void _drop_forked(self) noexcept:
+        """In the child of a fork: let go of the inherited context without a
+        word to the event loop (its epoll set is shared with the parent:
+        unregistering the socket would unregister the parent's) and without
+        writing. redisAsyncFree only closes this process's copy of the
+        socket; pending calls fail with ConnectionError."""
+        cdef redisAsyncContext *ac = self.ac
+        self.push_handler = None
+        self.reading = self.writing = False
+        if ac == NULL:
+            return
+        ac.ev.data = NULL           # the ev hooks do nothing from now on
+        self._untrack()
+        self.ac = NULL
+        self.closed = True
+        self.connected = False
+        redisAsyncFree(ac)
 
     cdef int _issue(self, object args, redisCallbackFn *fn, void *privdata) except -1:
         cdef _ArgvBuf argv
         cdef int rc
-        cdef list keep
-        args = _argv_init(&argv, args)
+        cdef tuple targs = _argv_init(&argv, args)
         try:
-            keep = _fill_argv(args, argv.ptrs, argv.lens)
+            # Python code may run while converting (and close this
+            # connection): convert everything first, then look again.
+            targs = _converted(targs)
+            _fill_argv(targs, argv.ptrs, argv.lens)
+            if self.ac == NULL or not self.connected:
+                raise ConnectionError("connection to Redis closed while the command was prepared")
             self.in_command = True
             rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
         finally:
@@ -478,6 +688,8 @@ cdef class Connection:
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
         self._check_open()
+        if self.guard.subscribed:
+            raise InvalidArgumentError("this connection is subscribed: it takes no other command")
         cdef bint was_idle = self.pending == 0
         cdef ReplyFuture fut = ReplyFuture.__new__(ReplyFuture, self.loop)
         self._issue(args, _on_reply, <void *>fut)
@@ -495,11 +707,14 @@ cdef class Connection:
         reply is in. Commands are sent in order.
         """
         self._check_open()
+        if self.guard.subscribed:
+            raise InvalidArgumentError("this connection is subscribed: it takes no other command")
         cdef _Batch batch = _Batch.__new__(_Batch)
-        cdef bint was_idle = self.pending == 0
         # Check every command before queueing any: a bad argument in the
         # middle must not leave the commands before it in hiredis's buffer.
         cdef list checked = [_checked_command(command) for command in commands]
+        self._check_open()      # converting ran Python code, which may have closed it
+        cdef bint was_idle = self.pending == 0
         batch.future = ReplyFuture.__new__(ReplyFuture, self.loop)
         batch.results = [] if replies else None
         for command in checked:
@@ -521,23 +736,73 @@ cdef class Connection:
         receives the ConnectionError instead. No other command may be sent
         on a subscribed connection.
         """
+        cdef Py_ssize_t i, n = len(channels)
         self._check_open()
         if not channels:
             raise InvalidArgumentError("subscribe needs at least one channel")
+        if self.guard.subscribed:
+            raise InvalidArgumentError("subscribe: this connection is subscribed already")
+        try:
+            names = tuple([a if PyBytes_CheckExact(a) else (<str>a).encode() if isinstance(a, str)
+                           else coerce_arg(a) for a in channels])
+        except UnicodeEncodeError as exc:
+            raise EncodeError(f"a channel name is not encodable as UTF-8: {exc}") from None
+        self._check_open()
+        # The guard lets through subscribe confirmations for these channels
+        # only (hiredis 1.x aborts on any other).
+        self.sub_ptrs = <const char **>PyMem_Malloc(n * sizeof(char *))
+        self.sub_lens = <size_t *>PyMem_Malloc(n * sizeof(size_t))
+        if self.sub_ptrs == NULL or self.sub_lens == NULL:
+            raise MemoryError()
+        self.sub_names = names
+        for i in range(n):
+            self.sub_ptrs[i] = PyBytes_AS_STRING(names[i])
+            self.sub_lens[i] = <size_t>PyBytes_GET_SIZE(names[i])
+        self.guard.sub_names = self.sub_ptrs
+        self.guard.sub_lens = self.sub_lens
+        self.guard.sub_count = <int>n
         self.push_handler = handler
         self.guard.subscribed = 1
-        self._issue((b"SUBSCRIBE",) + channels, _on_push, NULL)
+        try:
+            self._issue_subscribe((b"SUBSCRIBE",) + names)
+        except BaseException:
+            self.guard.subscribed = 0
+            self.push_handler = None
+            raise
         self._after_issue(True)
+
+    cdef int _issue_subscribe(self, tuple args) except -1:
+        # _issue without the refusal of SUBSCRIBE (the arguments are bytes)
+        cdef _ArgvBuf argv
+        cdef int rc
+        cdef Py_ssize_t i
+        args = _argv_init(&argv, args)
+        try:
+            for i in range(argv.argc):
+                argv.ptrs[i] = PyBytes_AS_STRING(args[i])
+                argv.lens[i] = <size_t>PyBytes_GET_SIZE(args[i])
+            self.in_command = True
+            rc = redisAsyncCommandArgv(self.ac, _on_push, NULL, argv.argc, argv.ptrs, argv.lens)
+        finally:
+            self.in_command = False
+            _argv_close(&argv)
+        if rc != REDIS_OK:
+            raise ConnectionError("connection to Redis is closing; command not sent")
+        return 0
 
     def close(self):
         """Close now; every pending call fails with ConnectionError."""
         cdef redisAsyncContext *ac = self.ac
         self.push_handler = None
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
+            return
         if ac == NULL:
             return
         waiter = self.connect_waiter
         self.connect_waiter = None
         self.closed = True
+        self._untrack()
         # redisAsyncFree runs every pending callback with a NULL reply, then
         # the cleanup hook and the disconnect callback, then frees.
         redisAsyncFree(ac)
@@ -548,7 +813,10 @@ cdef class Connection:
 
     @property
     def is_closed(self):
-        """True once the connection is closed or lost."""
+        """True once the connection is closed or lost, or in the child of a
+        fork() (the inherited connection is dropped there, untouched)."""
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
         return self.closed or self.ac == NULL
 
     @property

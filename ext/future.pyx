@@ -143,7 +143,8 @@ cdef class ReplyFuture:
                 try:
                     handler(value)
                 except BaseException as exc:
-                    PyErr_WriteUnraisable(exc)
+                    _report(self._loop, "tinytown: exception in the orphan handler of a "
+                            "cancelled command", exc, None)
             return False
         self._state = FAILED if failed else FINISHED
         self._value = value
@@ -178,11 +179,25 @@ cdef class ReplyFuture:
         cdef list more = self._callbacks
         if fn is None:
             return 0
+        cdef Py_ssize_t i, left = 0     # the callbacks of ``more`` run or started
         self._fn0 = self._ctx0 = self._callbacks = None
-        self._run_one(fn, context)
-        if more is not None:
-            for fn, context in more:
-                self._run_one(fn, context)
+        try:
+            self._run_one(fn, context)
+            if more is not None:
+                for i in range(len(more)):
+                    left = i + 1
+                    fn, context = more[i]
+                    self._run_one(fn, context)
+        except BaseException:
+            # SystemExit/KeyboardInterrupt (see _run_one): the callbacks not
+            # run yet are not dropped, they run through call_soon.
+            if more is not None and left < len(more):
+                try:
+                    for fn, context in more[left:]:
+                        self._loop.call_soon(fn, self, context=context)
+                except BaseException as exc:
+                    PyErr_WriteUnraisable(exc)
+            raise
         return 0
 
     cdef int _run_one(self, object fn, object context) except -1:

@@ -146,9 +146,11 @@ cdef class SyncConnection:
     cdef bint busy                       # a thread is inside a call
     cdef bint closing                    # close() came while busy
     cdef double last_reply_at            # coarse monotonic time of the last reply
+    cdef unsigned long fork_gen          # tt_fork_generation when connected (tt_misuse.h)
 
     def __dealloc__(self):
         if self.c != NULL:
+            tt_untrack_fd(self.c.fd)
             redisFree(self.c)
             self.c = NULL
 
@@ -196,12 +198,21 @@ cdef class SyncConnection:
         # connect timeout there): calls wait as long as Redis takes, and
         # read_reply() bounds its own wait with poll().
         redisSetTimeout(c, _timeval(0.0))
+        if tt_track_fd(c.fd) != 0:
+            redisFree(c)
+            raise MemoryError()
         self.c = c
+        self.fork_gen = tt_fork_generation
         return 0
 
     # -- state --------------------------------------------------------------
 
     cdef inline int _enter(self) except -1:
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
+            raise ConnectionError(
+                "this connection to Redis was inherited across fork(): the child may not "
+                "use it (the parent's replies would be read here); open a new one")
         if self.busy:
             raise ConcurrentUseError(
                 "this tinytown connection is in use by another thread: "
@@ -219,11 +230,19 @@ cdef class SyncConnection:
             self.closing = False
             self._free()
 
+    cdef void _drop_forked(self) noexcept:
+        """In the child of a fork: close this process's copy of the socket,
+        nothing else (never shutdown(2), which would cut the parent's)."""
+        self.busy = False
+        self.closing = False
+        self._free()
+
     cdef void _free(self) noexcept:
         cdef redisContext *c = self.c
         self.c = NULL
         self.pending = 0
         if c != NULL:
+            tt_untrack_fd(c.fd)
             redisFree(c)
 
     cdef object _lost(self):
@@ -243,14 +262,18 @@ cdef class SyncConnection:
 
     # -- commands ---------------------------------------------------------
 
-    cdef int _append(self, object args) except -1:
+    cdef int _append(self, object args, bint refuse=True) except -1:
         """Format one command into hiredis's output buffer (nothing is written yet)."""
         cdef _ArgvBuf argv
         cdef int rc
-        cdef list keep      # converted arguments: alive until hiredis formatted the command
-        args = _argv_init(&argv, args)
+        cdef tuple targs = _argv_init(&argv, args)
         try:
-            keep = _fill_argv(args, argv.ptrs, argv.lens)
+            # Python code may run while converting (a close() from it only
+            # marks the connection: it is busy): convert first, then look.
+            targs = _converted(targs)
+            _fill_argv(targs, argv.ptrs, argv.lens, refuse)
+            if self.closing or self.c == NULL:
+                raise self._lost()
             rc = redisAppendCommandArgv(self.c, argv.argc, argv.ptrs, argv.lens)
         finally:
             _argv_close(&argv)
@@ -298,6 +321,9 @@ cdef class SyncConnection:
         self.last_reply_at = tt_coarse_now()
         try:
             return reply_to_py(<redisReply *>reply)
+        except ConnectionError:     # a RESP3 reply: the stream cannot be trusted
+            self._free()
+            raise
         finally:
             freeReplyObject(reply)
 
@@ -380,11 +406,13 @@ cdef class SyncConnection:
         """Send one command without reading its reply (see :meth:`read_reply`).
 
         For blocking and subscribing commands (BLPOP, SUBSCRIBE, MONITOR),
-        whose reply the caller wants to wait for in an interruptible way.
+        whose reply the caller wants to wait for in an interruptible way:
+        unlike :meth:`execute`, it does send the commands that change the
+        connection's protocol state (the caller then owns that state).
         """
         self._enter()
         try:
-            self._append(args)
+            self._append(args, False)
             try:
                 self._flush()
             except BaseException:
@@ -420,8 +448,12 @@ cdef class SyncConnection:
 
     def close(self):
         """Close the connection. Safe from any thread: a call blocked in
-        another thread wakes up with ConnectionError."""
+        another thread wakes up with ConnectionError. In the child of a
+        fork(), only the child's copy of the socket is closed."""
         if self.c == NULL:
+            return
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
             return
         if self.busy:
             # The thread inside hiredis frees the context when it leaves.
@@ -432,7 +464,9 @@ cdef class SyncConnection:
 
     @property
     def is_closed(self):
-        """True once the connection is closed or lost."""
+        """True once the connection is closed or lost (or inherited across fork())."""
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()
         return self.c == NULL
 
     def is_usable(self):
@@ -446,6 +480,8 @@ cdef class SyncConnection:
         calls; a server that died in between fails one call instead.
         """
         cdef pollfd pfd
+        if self.fork_gen != tt_fork_generation:
+            self._drop_forked()     # inherited across fork(): the parent's, not ours
         if self.c == NULL:
             return False
         if self.busy or self.pending or tt_coarse_now() - self.last_reply_at < IDLE_PROBE_AFTER:

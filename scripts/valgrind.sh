@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run a slice of the test suite under valgrind's memcheck: the transport tests,
 # the reply-path fuzz (a fake RESP server sending valid, nested, truncated and
-# garbage replies, and replies nobody asked for) and the channel tests that
+# garbage replies, and replies nobody asked for), the misuse tests (their
+# child interpreters run outside valgrind) and the channel tests that
 # drop connections (server killed, subscriptions re-subscribing).
 #
 #   scripts/valgrind.sh                 # the slice; exit status 0 if memcheck found nothing
@@ -20,7 +21,7 @@ command -v valgrind >/dev/null 2>&1 || { echo "valgrind.sh: install valgrind (ap
 scripts/bootstrap.sh
 
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_transport.py tests/test_reply_fuzz.py \
+    set -- tests/test_transport.py tests/test_reply_fuzz.py tests/test_misuse.py \
         tests/test_channel.py::test_pending_calls_fail_and_next_call_reconnects \
         tests/test_channel.py::test_cancelled_receive_loses_nothing \
         tests/test_channel.py::test_broadcast_async_for_and_bad_payload \

@@ -12,9 +12,10 @@ Fixtures (all synchronous; async tests open their own channels):
                            of 127.0.0.1 (``.url`` is ``redis://127.0.0.1:N``).
 ``redis_server_factory``   function-scoped ``factory(*extra_args, tcp=False)``
                            starting more servers; all closed at test end.
-``redis_cluster``          session-scoped three-master :class:`servers.RedisCluster`
-                           on 127.0.0.1 (started on first use).
-``cluster_url``            function-scoped: FLUSHALL on every node, then
+``redis_cluster``          session-scoped :class:`servers.RedisCluster` on 127.0.0.1:
+                           three masters with a replica each (started on first use).
+``cluster_url``            function-scoped: the cluster healed (killed nodes
+                           restarted), FLUSHALL on every master, then
                            ``redis+cluster://127.0.0.1:P1,...``.
 ``loop_kind``              ``"asyncio"`` or ``"uvloop"`` for async tests.
 
@@ -35,6 +36,9 @@ import pytest
 from servers import RedisCluster, RedisProcess
 
 LOOP_KINDS = ("asyncio", "uvloop")
+# cluster-node-timeout of the shared cluster: long enough that a busy 2-core
+# machine does not fail a master over by accident, short enough for the tests.
+CLUSTER_NODE_TIMEOUT_MS = 2000
 DEFAULT_ASYNC_TIMEOUT = 60.0
 
 
@@ -203,8 +207,10 @@ def redis_server_factory() -> Iterator[Callable[..., RedisProcess]]:
 
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
-    """A three-master Redis Cluster shared by the session (started on first use)."""
-    cluster = RedisCluster(masters=3)
+    """A Redis Cluster of three masters and three replicas, shared by the
+    session (started on first use). A short node timeout keeps the failover
+    tests short: a killed master is replaced in about 3 s."""
+    cluster = RedisCluster(masters=3, replicas=1, node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS)
     try:
         yield cluster.start()
     finally:
@@ -213,6 +219,9 @@ def redis_cluster() -> Iterator[RedisCluster]:
 
 @pytest.fixture
 def cluster_url(redis_cluster: RedisCluster) -> str:
-    """URL of the shared cluster, every node FLUSHALLed just before the test."""
+    """URL of the shared cluster, whole again and every master FLUSHALLed
+    just before the test."""
+    if not redis_cluster.ready():  # a failover test left a node down or a replica syncing
+        redis_cluster.heal()
     redis_cluster.flushall()
     return redis_cluster.url

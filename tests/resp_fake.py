@@ -93,14 +93,23 @@ class FakeRedis:
 
 @dataclass
 class RespValue:
-    """One RESP2 reply: its bytes, the Python value the extension must make
-    of it, and ``depth``: the most ``*`` headers (arrays, nil arrays) on one
-    path from the top, which is what hiredis limits."""
+    """One reply: its bytes, the Python value the extension must make of it,
+    and ``depth``: the most ``*`` headers (arrays, nil arrays) on one path
+    from the top, which is what hiredis limits.
+
+    With RESP3 types (``random_value(..., resp3=True)``): ``strict3`` marks a
+    reply holding a double, boolean, map or push, which a RESP2 connection
+    never gets and both transports refuse (the connection is dropped);
+    ``resp3`` marks one holding any RESP3 type (sets, big numbers, verbatim
+    strings and the null ``_`` convert to RESP2 shapes where the parser knows
+    them: hiredis 1.x and hiredis-py; hiredis 0.14 refuses them all)."""
 
     wire: bytes
     value: Any
     depth: int = 0
     children: list["RespValue"] = field(default_factory=list)
+    strict3: bool = False
+    resp3: bool = False
 
 
 _LINE_CHARS = "abcdefghijklmnopqrstuvwxyzABC 0123456789_:-éß\t"
@@ -110,12 +119,22 @@ def _line(rng: random.Random) -> str:
     return "".join(rng.choice(_LINE_CHARS) for _ in range(rng.randrange(0, 12)))
 
 
-def random_value(rng: random.Random, depth: int = 0, *, big: bool = False) -> RespValue:
-    """A random well-formed RESP2 reply (arrays up to 10 levels deep)."""
+_RESP3_SCALARS = ["double", "bool", "bignum", "verbatim", "null"]
+_RESP3_AGGREGATES = ["map", "set", "push"]
+
+
+def random_value(rng: random.Random, depth: int = 0, *, big: bool = False,
+                 resp3: bool = False) -> RespValue:
+    """A random well-formed RESP2 reply (arrays up to 10 levels deep); with
+    ``resp3``, RESP3 types too."""
     kinds = ["status", "error", "int", "bulk", "nil", "nil_array"]
     if depth < 10:
         kinds += ["array"] * 2
+    if resp3:
+        kinds += _RESP3_SCALARS + (_RESP3_AGGREGATES if depth < 10 else [])
     kind = rng.choice(kinds)
+    if kind in _RESP3_SCALARS or kind in _RESP3_AGGREGATES:
+        return _resp3_value(rng, kind, depth, big)
     if kind == "status":
         text = _line(rng)
         return RespValue(b"+" + text.encode() + b"\r\n", text.encode())
@@ -133,10 +152,33 @@ def random_value(rng: random.Random, depth: int = 0, *, big: bool = False) -> Re
         return RespValue(b"$-1\r\n", None)
     if kind == "nil_array":
         return RespValue(b"*-1\r\n", None, 1)
-    items = [random_value(rng, depth + 1, big=big) for _ in range(rng.randrange(0, 4))]
+    items = [random_value(rng, depth + 1, big=big, resp3=resp3) for _ in range(rng.randrange(0, 4))]
     wire = b"*%d\r\n" % len(items) + b"".join(i.wire for i in items)
     return RespValue(wire, [i.value for i in items], 1 + max((i.depth for i in items), default=0),
-                     items)
+                     items, any(i.strict3 for i in items), any(i.resp3 for i in items))
+
+
+def _resp3_value(rng: random.Random, kind: str, depth: int, big: bool) -> RespValue:
+    if kind == "double":
+        text = rng.choice([b"1.5", b"-0.25", b"3", b"inf", b"-inf", b"1e300"])
+        return RespValue(b"," + text + b"\r\n", None, strict3=True, resp3=True)
+    if kind == "bool":
+        return RespValue(rng.choice([b"#t\r\n", b"#f\r\n"]), None, strict3=True, resp3=True)
+    if kind == "bignum":
+        digits = str(rng.randrange(10**19, 10**30)).encode()
+        return RespValue(b"(" + digits + b"\r\n", digits, resp3=True)
+    if kind == "verbatim":
+        text = rng.randbytes(rng.choice([0, 1, 5, 40]))
+        return RespValue(b"=%d\r\ntxt:%s\r\n" % (len(text) + 4, text), text, resp3=True)
+    if kind == "null":
+        return RespValue(b"_\r\n", None, resp3=True)
+    count = rng.randrange(0, 3)
+    items = [random_value(rng, depth + 1, big=big, resp3=True)
+             for _ in range(count * 2 if kind == "map" else count)]
+    marker = {"map": b"%", "set": b"~", "push": b">"}[kind]
+    wire = marker + b"%d\r\n" % count + b"".join(i.wire for i in items)
+    return RespValue(wire, [i.value for i in items], 1 + max((i.depth for i in items), default=0),
+                     items, kind != "set" or any(i.strict3 for i in items), True)
 
 
 _GARBAGE_ALPHABET = b"+-:$*\r\n0123456789-abc\x00\xff"
@@ -148,21 +190,23 @@ def _garbage(rng: random.Random) -> bytes:
     return bytes(rng.choice(_GARBAGE_ALPHABET) for _ in range(rng.randrange(1, 48)))
 
 
-def random_stream(rng: random.Random, *, big: bool = False) -> tuple[str, RespValue, bytes]:
+def random_stream(rng: random.Random, *, big: bool = False,
+                  resp3: bool = False) -> tuple[str, RespValue, bytes]:
     """``(mode, first_reply, stream)``: what the fake server sends for one command.
 
     Modes: ``valid`` (exactly one reply), ``truncated`` (a reply cut short),
     ``extra`` (one reply, then more bytes: another reply or garbage),
     ``mutated`` (a reply with a few bytes changed), ``garbage`` (random bytes).
     """
-    first = random_value(rng, big=big)
+    first = random_value(rng, big=big, resp3=resp3)
     mode = rng.choice(["valid", "valid", "truncated", "extra", "mutated", "garbage"])
     if mode == "valid":
         stream = first.wire
     elif mode == "truncated":
         stream = first.wire[: rng.randrange(0, len(first.wire))]
     elif mode == "extra":
-        stream = first.wire + (random_value(rng).wire if rng.random() < 0.6 else _garbage(rng))
+        stream = first.wire + (random_value(rng, resp3=resp3).wire if rng.random() < 0.6
+                               else _garbage(rng))
     elif mode == "mutated":
         data = bytearray(first.wire)
         for _ in range(rng.randrange(1, 4)):

@@ -27,6 +27,7 @@ from typing import Iterable
 
 __all__ = [
     "RedisProcess",
+    "RespConnection",
     "RespError",
     "find_server_binary",
     "free_tcp_port",
@@ -174,6 +175,37 @@ def resp_command(
     if isinstance(reply, RespError):
         raise reply
     return reply
+
+
+class RespConnection:
+    """One long-lived raw RESP connection (for probes that must not add a
+    connection per command to the counts a test measures)."""
+
+    def __init__(self, address: str | tuple[str, int], timeout: float = 5.0) -> None:
+        self._sock = _connect(address, timeout)
+        self._reader = _Reader(self._sock)
+
+    def command(self, *args: object) -> object:
+        """Send one command and return its reply (an error reply raises RespError)."""
+        self._sock.sendall(_encode(args))
+        reply = self._reader.reply()
+        if isinstance(reply, RespError):
+            raise reply
+        return reply
+
+    def info(self, section: str) -> dict[str, str]:
+        """``INFO section`` as a dict of its ``name:value`` lines."""
+        text = self.command("INFO", section).decode()  # type: ignore[union-attr]
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "RespConnection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------
@@ -500,26 +532,36 @@ def find_cli_binary(server_binary: str) -> str:
 
 
 class RedisCluster:
-    """A real Redis Cluster of ``masters`` redis-server processes on 127.0.0.1.
+    """A real Redis Cluster of redis-server processes on 127.0.0.1.
 
-    Each node runs with ``--cluster-enabled yes`` on its own TCP port (the
-    cluster bus on port + 10000); ``redis-cli --cluster create`` assigns the
-    16384 slots and :meth:`start` waits until every node reports
-    ``cluster_state:ok`` and knows the whole map.
+    ``masters`` masters with ``replicas`` replicas each. Each node runs with
+    ``--cluster-enabled yes`` on its own TCP port (the cluster bus on port +
+    10000); ``redis-cli --cluster create`` assigns the 16384 slots and
+    :meth:`start` waits until every node reports ``cluster_state:ok`` and
+    knows the whole map. Roles change when a test fails a master over, so
+    :meth:`masters` and :meth:`node_for` ask the cluster each time;
+    :meth:`heal` restarts killed nodes and waits until the cluster is whole
+    again.
     """
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 5000) -> None:
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 5000, replicas: int = 0) -> None:
         self.nodes: list[RedisProcess] = []
         self._masters = masters
+        self._replicas = replicas
         self._node_timeout_ms = node_timeout_ms
 
     @property
     def url(self) -> str:
-        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...``"""
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...`` (every node is a seed)."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
+    @property
+    def node_timeout(self) -> float:
+        """``cluster-node-timeout`` in seconds."""
+        return self._node_timeout_ms / 1000
+
     def start(self, timeout: float = 30.0) -> "RedisCluster":
-        for _ in range(self._masters):
+        for _ in range(self._masters * (1 + self._replicas)):
             node = RedisProcess(
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
@@ -530,41 +572,133 @@ class RedisCluster:
         cli = find_cli_binary(self.nodes[0].binary)
         argv = [cli, "--cluster", "create"]
         argv += [f"127.0.0.1:{n.port}" for n in self.nodes]
-        argv += ["--cluster-replicas", "0", "--cluster-yes"]
+        argv += ["--cluster-replicas", str(self._replicas), "--cluster-yes"]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{done.stdout}\n{done.stderr}")
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until :meth:`ready`."""
         deadline = time.monotonic() + timeout
         while not self.ready():
             if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not reach cluster_state:ok")
+                raise RuntimeError("the cluster did not reach cluster_state:ok:\n" + self.describe())
             time.sleep(0.05)
-        return self
 
     def ready(self) -> bool:
-        """True when every node says cluster_state:ok and maps all 16384 slots alike."""
+        """True when every node runs, says cluster_state:ok and maps all 16384
+        slots alike, every master has its replicas, and every replica is in sync."""
         maps = []
         for node in self.nodes:
-            info = node.command("CLUSTER", "INFO")
-            if b"cluster_state:ok" not in info:  # type: ignore[operator]
+            try:
+                info = node.command("CLUSTER", "INFO")
+                if b"cluster_state:ok" not in info:  # type: ignore[operator]
+                    return False
+                maps.append(sorted((s[0], s[1], s[2][1], len(s) - 3)
+                                   for s in node.command("CLUSTER", "SLOTS")))  # type: ignore[union-attr]
+                role = node.command("ROLE")
+                if role[0] == b"slave" and role[3] != b"connected":  # type: ignore[index]
+                    return False
+            except (OSError, RespError):
                 return False
-            maps.append(sorted((s[0], s[1], s[2][1]) for s in node.command("CLUSTER", "SLOTS")))  # type: ignore[union-attr]
-        return all(m == maps[0] for m in maps) and sum(e - b + 1 for b, e, _ in maps[0]) == 16384
+        if not all(m == maps[0] for m in maps) or sum(e - b + 1 for b, e, _, _ in maps[0]) != 16384:
+            return False
+        return all(r >= self._replicas for _, _, _, r in maps[0])
 
-    def node_for(self, key: str | bytes) -> RedisProcess:
-        """The node that owns ``key``'s slot, as the cluster itself says."""
-        slot = self.nodes[0].command("CLUSTER", "KEYSLOT", key)
-        for entry in self.nodes[0].command("CLUSTER", "SLOTS"):  # type: ignore[union-attr]
+    def ready_without(self, dead: RedisProcess) -> bool:
+        """True when the nodes other than ``dead`` say cluster_state:ok, agree
+        on a map of all 16384 slots and ``dead`` serves none of them (a
+        replica took its place)."""
+        maps = []
+        for node in self.nodes:
+            if node is dead or not node.running:
+                continue
+            try:
+                if self.state(node) != "ok":
+                    return False
+                maps.append(sorted((s[0], s[1], s[2][1])
+                                   for s in node.command("CLUSTER", "SLOTS")))  # type: ignore[union-attr]
+            except (OSError, RespError):
+                return False
+        return (bool(maps) and all(m == maps[0] for m in maps)
+                and sum(e - b + 1 for b, e, _ in maps[0]) == 16384
+                and all(port != dead.port for _, _, port in maps[0]))
+
+    def node_for_slot(self, slot: int) -> RedisProcess:
+        """The master that serves ``slot``, as a live node says."""
+        for entry in self._live().command("CLUSTER", "SLOTS"):  # type: ignore[union-attr]
             if entry[0] <= slot <= entry[1]:
                 return next(n for n in self.nodes if n.port == entry[2][1])
         raise RuntimeError(f"no node owns slot {slot}")
 
+    def describe(self) -> str:
+        """CLUSTER NODES as some live node sees it (for error messages)."""
+        for node in self.nodes:
+            try:
+                return node.command("CLUSTER", "NODES").decode()  # type: ignore[union-attr]
+            except (OSError, RespError):
+                continue
+        return "(no node answers)"
+
+    def _live(self) -> RedisProcess:
+        for node in self.nodes:
+            if node.running and node.ping(0.5):
+                return node
+        raise RuntimeError("no node of the cluster answers")
+
+    def masters(self) -> list[RedisProcess]:
+        """The nodes that serve slots now, as a live node sees it."""
+        ports = {s[2][1] for s in self._live().command("CLUSTER", "SLOTS")}  # type: ignore[union-attr]
+        return [n for n in self.nodes if n.port in ports]
+
+    def replica_of(self, master: RedisProcess) -> RedisProcess:
+        """A running replica of ``master``."""
+        for entry in master.command("CLUSTER", "SLOTS"):  # type: ignore[union-attr]
+            if entry[2][1] == master.port:
+                for replica in entry[3:]:
+                    node = next(n for n in self.nodes if n.port == replica[1])
+                    if node.running:
+                        return node
+        raise RuntimeError(f"{master} has no running replica")
+
+    def node_for(self, key: str | bytes) -> RedisProcess:
+        """The master that owns ``key``'s slot, as the cluster itself says."""
+        return self.node_for_slot(self._live().command("CLUSTER", "KEYSLOT", key))  # type: ignore[arg-type]
+
     def node_id(self, node: RedisProcess) -> str:
         return node.command("CLUSTER", "MYID").decode()  # type: ignore[union-attr]
 
-    def flushall(self) -> None:
+    def state(self, node: RedisProcess) -> str:
+        """``ok`` or ``fail``: cluster_state as ``node`` sees it."""
+        info = node.command("CLUSTER", "INFO").decode()  # type: ignore[union-attr]
+        return info.split("cluster_state:", 1)[1].split()[0]
+
+    def failover(self, replica: RedisProcess, timeout: float = 30.0) -> None:
+        """``CLUSTER FAILOVER`` on ``replica`` (a manual, coordinated failover)
+        and wait until it is a master of a healthy cluster."""
+        replica.command("CLUSTER", "FAILOVER")
+        deadline = time.monotonic() + timeout
+        while replica.command("ROLE")[0] != b"master" or not self.ready():  # type: ignore[index]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{replica} did not take over:\n" + self.describe())
+            time.sleep(0.05)
+
+    def heal(self, timeout: float = 60.0) -> None:
+        """Restart every node that is not running and wait until :meth:`ready`
+        (a killed master comes back as a replica of the node that replaced it)."""
         for node in self.nodes:
+            if not node.running:
+                node.restart()
+        self.wait_ready(timeout)
+        for node in self.nodes:  # a test may have forbidden failovers
+            node.command("CONFIG", "SET", "cluster-replica-no-failover", "no")
+
+    def flushall(self) -> None:
+        """FLUSHALL on every master (replicas follow)."""
+        for node in self.masters():
             node.command("FLUSHALL")
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from conftest import LOOP_KINDS, new_event_loop
 from memory import memory_growth
-from resp_fake import FakeRedis, is_reply_value, random_stream, same_reply, split
+from resp_fake import FakeRedis, is_reply_value, random_stream, random_value, same_reply, split
 from tinytown._transports import TRANSPORTS, connection_class
 from tinytown.errors import ConnectionError, ReplyError
 
@@ -107,12 +107,58 @@ def test_any_reply_stream_ends_in_a_value_or_typed_error(loop, transport, fake, 
     _check(mode, first, outcome)
 
 
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.randoms(use_true_random=False))
+@example(random.Random(0))
+def test_any_resp3_reply_stream_ends_in_a_value_or_typed_error(loop, transport, fake, rng: random.Random) -> None:
+    """RESP3 types (which a RESP2 connection never gets: HELLO 3 is refused)
+    from a hostile peer: doubles, booleans, maps and pushes drop the
+    connection on both transports (hiredis 1.x aborted the process on some);
+    sets, big numbers, verbatim strings and nulls convert to RESP2 shapes
+    where the parser knows them (hiredis 0.14 refuses them: a protocol error)."""
+    mode, first, stream = random_stream(rng, resp3=True)
+    outcome = loop.run_until_complete(_one_command(transport, fake, split(rng, stream)))
+    kind, got = outcome
+    if mode in ("valid", "extra") and first.strict3:
+        assert kind == "conn_error", (outcome, first.wire)
+    elif mode in ("valid", "extra") and first.resp3:
+        assert kind == "conn_error" or same_reply(got, first.value), (outcome, first.wire)
+    else:
+        _check(mode, first, outcome)
+
+
+@pytest.mark.parametrize("stream, want", [
+    (b",1.5\r\n", "conn_error"),
+    (b"#t\r\n", "conn_error"),
+    (b"%1\r\n+a\r\n:1\r\n", "conn_error"),
+    (b">2\r\n+a\r\n+b\r\n", "conn_error"),
+    (b"*2\r\n:1\r\n,1.5\r\n", "conn_error"),      # inside a successful array
+    (b"~2\r\n:1\r\n:2\r\n", [1, 2]),
+    (b"(12345678901234567890123\r\n", b"12345678901234567890123"),
+    (b"=8\r\ntxt:abcd\r\n", b"abcd"),
+    (b"_\r\n", None),
+])
+def test_resp3_replies_are_refused_or_converted(loop, transport, fake, stream, want):
+    kind, got = loop.run_until_complete(_one_command(transport, fake, [stream]))
+    if want == "conn_error":
+        assert kind == "conn_error" and "protocol" in str(got).lower(), (kind, got)
+    else:  # (hiredis 0.14 does not parse RESP3 at all: a protocol error)
+        assert (kind == "value" and same_reply(got, want)) or (
+            kind == "conn_error" and "Protocol error" in str(got)), (kind, got)
+
+
 @pytest.mark.parametrize("stream", [
     b"+OK\r\n+EXTRA\r\n",                 # a second reply nobody asked for
     b"+OK\r\n:1\r\n",
     b"+OK\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n",
     b"+OK\r\n$-1\r\n",
     b"+OK\r\n*0\r\n",
+    b"+OK\r\n,1.5\r\n",                   # RESP3: hiredis 1.x aborted on these
+    b"+OK\r\n#t\r\n",
+    b"+OK\r\n%1\r\n+a\r\n:1\r\n",
+    b"+OK\r\n~1\r\n:1\r\n",
+    b"+OK\r\n_\r\n",
+    b"+OK\r\n>3\r\n$7\r\nmessage\r\n$1\r\na\r\n$1\r\nb\r\n",
 ])
 def test_unsolicited_reply_closes_the_connection_instead_of_aborting(loop, transport, fake, stream):
     async def run() -> None:
@@ -140,19 +186,34 @@ def _push(kind: bytes, *rest: bytes) -> bytes:
 SUBSCRIBED = b"*3\r\n$9\r\nsubscribe\r\n$12\r\ntt:broadcast\r\n:1\r\n"
 
 
-@pytest.mark.parametrize("bad", [
-    b"*3\r\n$11\r\nunsubscribe\r\n$12\r\ntt:broadcast\r\n:0\r\n",  # forged unsubscribe
-    b"*3\r\n$12\r\nPUNSUBSCRIBE\r\n$12\r\ntt:broadcast\r\n:0\r\n",
-    b"*3\r\n:1\r\n$12\r\ntt:broadcast\r\n$1\r\nx\r\n",             # kind is not a string
-    b"*3\r\n$7\r\nmessage\r\n*0\r\n$1\r\nx\r\n",                    # channel is not a string
-    b"*1\r\n$7\r\nmessage\r\n",                                     # too short
-    b"+OK\r\n",                                                     # not an array
-    b":5\r\n",
+@pytest.mark.parametrize("bad, python_closes", [
+    (b"*3\r\n$11\r\nunsubscribe\r\n$12\r\ntt:broadcast\r\n:0\r\n", False),  # forged unsubscribe
+    (b"*3\r\n$12\r\nPUNSUBSCRIBE\r\n$12\r\ntt:broadcast\r\n:0\r\n", False),
+    (b"*3\r\n$14\r\nunsubscribe\x00xy\r\n$12\r\ntt:broadcast\r\n:0\r\n", False),  # (C string)
+    (b"*3\r\n:1\r\n$12\r\ntt:broadcast\r\n$1\r\nx\r\n", False),             # kind is not a string
+    (b"*3\r\n$7\r\nmessage\r\n*0\r\n$1\r\nx\r\n", False),                    # channel is not a string
+    (b"*1\r\n$7\r\nmessage\r\n", False),                                     # too short
+    (b"+OK\r\n", False),                                                     # not an array
+    (b":5\r\n", False),
+    # subscribe confirmations for channels never subscribed (hiredis 1.x aborted)
+    (b"*3\r\n$9\r\nsubscribe\r\n$5\r\nother\r\n:2\r\n", False),
+    (b"*3\r\n$9\r\nSUBSCRIBE\r\n$5\r\nother\r\n:2\r\n", False),
+    (b"*3\r\n$13\r\nsubscribe\x00xyz\r\n$5\r\nother\r\n:2\r\n", False),
+    (b"*3\r\n$10\r\npsubscribe\r\n$2\r\nx*\r\n:2\r\n", False),
+    # RESP3 types in a push (hiredis 1.x aborted on a non-string kind)
+    (b"*3\r\n,1.5\r\n$12\r\ntt:broadcast\r\n$1\r\nx\r\n", True),
+    (b"*3\r\n#t\r\n$12\r\ntt:broadcast\r\n$1\r\nx\r\n", True),
+    (b"*3\r\n$7\r\nmessage\r\n#f\r\n$1\r\nx\r\n", True),
+    (b"*3\r\n$7\r\nmessage\r\n$12\r\ntt:broadcast\r\n,2.5\r\n", True),
+    (b">3\r\n$7\r\nmessage\r\n$12\r\ntt:broadcast\r\n$1\r\nx\r\n", True),
+    (b"%1\r\n$7\r\nmessage\r\n$1\r\nx\r\n", True),
+    (b",1.5\r\n", True),
 ])
-def test_malformed_push_closes_or_passes_through(loop, transport, fake, bad):
+def test_malformed_push_closes_or_passes_through(loop, transport, fake, bad, python_closes):
     """hiredis would assert on these: the extension's guard closes the
     connection. The Python transport hands each to the handler as a value
-    (BroadcastSubscription ignores what is not a message) and goes on."""
+    (BroadcastSubscription ignores what is not a message) and goes on,
+    except for RESP3 types, which both transports refuse."""
     extension = transport.__module__ == "tinytown._transport"
     AFTER = [b"message", b"tt:broadcast", b"after"]
 
@@ -175,11 +236,67 @@ def test_malformed_push_closes_or_passes_through(loop, transport, fake, bad):
 
     got = loop.run_until_complete(run())
     assert got[0][0] == b"subscribe"
-    if extension:
-        assert isinstance(got[-1], ConnectionError) and "protocol violation" in str(got[-1])
+    if extension or python_closes:
+        # ("Protocol error": hiredis 0.14 does not parse RESP3 types at all)
+        assert isinstance(got[-1], ConnectionError), got
+        assert "protocol violation" in str(got[-1]) or "Protocol error" in str(got[-1]), got
         assert AFTER not in got
     else:
         assert len(got) == 3 and got[2] == AFTER and not isinstance(got[1], BaseException)
+
+
+@settings(max_examples=max(10, FUZZ_EXAMPLES // 3), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.randoms(use_true_random=False))
+@example(random.Random(0))
+def test_any_traffic_on_a_subscribed_connection_ends_in_items_or_a_typed_error(
+        loop, transport, fake, rng: random.Random) -> None:
+    """Subscribed-mode fuzz: after the subscribe confirmation, a random mix of
+    messages (RESP2 and RESP3 payloads), malformed pushes, forged
+    confirmations, replies and garbage, then the server hangs up. The handler
+    gets RESP2-shaped lists (or other RESP2 values: the Python transport
+    passes them through) and, last, one ConnectionError; never a crash."""
+    pieces = [SUBSCRIBED]
+    for _ in range(rng.randrange(1, 6)):
+        choice = rng.random()
+        if choice < 0.35:
+            pieces.append(_push(b"message", rng.randbytes(rng.randrange(0, 20))))
+        elif choice < 0.5:
+            payload = random_value(rng, 1, resp3=True).wire
+            pieces.append(b"*3\r\n$7\r\nmessage\r\n$12\r\ntt:broadcast\r\n" + payload)
+        elif choice < 0.65:
+            kind = rng.choice([b"subscribe", b"psubscribe", b"unsubscribe", b"message",
+                               b"pmessage", b"ssubscribe", b"smessage", b"Subscribe\x00"])
+            channel = rng.choice([b"tt:broadcast", b"other", b""])
+            pieces.append(b"*3\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n:1\r\n"
+                          % (len(kind), kind, len(channel), channel))
+        elif choice < 0.9:
+            pieces.append(random_value(rng, resp3=rng.random() < 0.5).wire)
+        else:
+            pieces.append(rng.randbytes(rng.randrange(1, 30)))
+
+    async def run() -> list[Any]:
+        got: list[Any] = []
+        done = asyncio.get_running_loop().create_future()
+
+        def handler(item: Any) -> None:
+            got.append(item)
+            if isinstance(item, ConnectionError) and not done.done():
+                done.set_result(None)
+
+        fake.play(*split(rng, b"".join(pieces)))
+        conn = transport(asyncio.get_running_loop())
+        await conn.connect_unix(fake.path)
+        conn.subscribe(handler, b"tt:broadcast")
+        await asyncio.wait_for(done, SAFETY_TIMEOUT)
+        conn.close()
+        return got
+
+    got = loop.run_until_complete(run())
+    assert isinstance(got[-1], ConnectionError), got
+    # (an error reply is a value too: the Python transport passes it through)
+    assert not any(isinstance(item, ConnectionError) for item in got[:-1]), got
+    assert all(is_reply_value(item) for item in got[:-1]), got
 
 
 def test_message_push_with_odd_payload_types_is_delivered_as_a_list(loop, transport, fake):

@@ -7,6 +7,9 @@ cdef extern from "tt_reply_guard.h" nogil:
         const Py_ssize_t *pending
         int subscribed
         int tripped
+        const char **sub_names
+        const size_t *sub_lens
+        int sub_count
 
     int tt_guard_install(redisAsyncContext *ac, tt_guard *g)
     void tt_guard_remove(redisAsyncContext *ac)

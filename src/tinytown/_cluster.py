@@ -15,13 +15,26 @@ each broadcast subscription work as on a single server:
   ``MOVED`` updates the slot map (and refreshes it in the background) and
   retries on the new owner, ``ASK`` retries once on the importing node after
   ``ASKING``, ``TRYAGAIN`` retries after a short pause;
+* what Redis did not run is retried until the call's deadline: a node that
+  cannot be reached, ``CLUSTERDOWN`` (every node answers it while a master
+  is failing over), ``UNBLOCKED`` (a blocked command on a master that became
+  a replica), ``LOADING``. Each retry waits out the channel's Backoff for
+  that node (shared by all the channel's connections: calls failing in the
+  same round count once) and rereads the slot map first (one shared read,
+  at most one per REFRESH_INTERVAL, over a connection kept for it). The
+  deadline is ``reconnect_timeout`` after the first failure; a blocking
+  command keeps its own timeout and is re-sent with the time that remains.
+  What persists ends in ConnectionError; a command in flight when its
+  connection dropped is never retried (it may have run);
 * ``BLPOP`` on a receive runs on the connection to the node owning that
   inbox, so it blocks that node only;
 * ``PUBLISH`` and ``SUBSCRIBE`` go to the node owning the slot of the channel
   name: classic pub/sub is forwarded over the cluster bus to every node, so a
   subscriber anywhere (a Rust agent on another node) gets every broadcast,
   and because tinytown puts publishers and subscribers of ``tt:broadcast`` on
-  one node the count ``PUBLISH`` returns includes all tinytown subscribers.
+  one node the count ``PUBLISH`` returns includes the tinytown subscribers
+  connected there. A subscription follows the slot when its owner changes
+  (see :meth:`ClusterConnection.map_changed`).
 
 Commands to one node keep their order (one pipelined connection per node);
 commands to different nodes are independent. A command with several keys
@@ -34,13 +47,16 @@ import asyncio
 import binascii
 import dataclasses
 import logging
+import math
 import random
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ._resp import encode_command
 from ._transports import ReplyFuture, deliver
 from .address import Address
+from .backoff import LAST_ATTEMPT, Backoff
 from .errors import ConnectionError, InvalidArgumentError, ReplyError
 
 __all__ = ["SLOTS", "ClusterConnection", "ClusterTopology", "key_slot"]
@@ -50,11 +66,25 @@ log = logging.getLogger("tinytown")
 SLOTS = 16384
 MAX_REDIRECTS = 5
 TRYAGAIN_DELAY = 0.05
+# Seconds a moving broadcast subscription stays on its old node after the new
+# one confirmed (messages already on their way over the cluster bus).
+SUBSCRIPTION_OVERLAP = 0.5
+# Least time between two reloads of the slot map (CLUSTER SLOTS): however
+# many calls fail at once, a channel asks at most 1 / REFRESH_INTERVAL times
+# a second.
+REFRESH_INTERVAL = 0.1
 # Commands whose keys follow a key count (the third argument) instead of
 # being the first argument.
 _NUMKEYS_COMMANDS = {b"EVAL", b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO", b"FCALL", b"FCALL_RO"}
+# Blocking commands whose last argument is their timeout in seconds: a retry
+# re-sends them with the time that remains.
+_BLOCKING = {b"BLPOP", b"BRPOP", b"BLMOVE", b"BRPOPLPUSH", b"BZPOPMIN", b"BZPOPMAX"}
+# Error replies that mean "not executed, try again": the cluster is failing
+# over (CLUSTERDOWN), a blocked command was released because its master
+# became a replica (UNBLOCKED), a node is still loading its data (LOADING).
+_TRANSIENT = ("CLUSTERDOWN", "UNBLOCKED", "LOADING", "MASTERDOWN")
 
-OpenNode = Callable[[Address], Awaitable[Any]]
+OpenNode = Callable[[Address, "float | None"], Awaitable[Any]]
 
 
 def key_slot(key: bytes) -> int:
@@ -121,29 +151,95 @@ def _split_node(name: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _is_transient(error: BaseException) -> bool:
+    return type(error) is ReplyError and str(error).startswith(_TRANSIENT)
+
+
+def _is_retryable(error: BaseException) -> bool:
+    """An error reply that says the command was not executed and where (or
+    when) to send it again."""
+    if type(error) is not ReplyError:
+        return False
+    text = str(error)
+    return text.startswith(("MOVED ", "ASK ", "TRYAGAIN")) or text.startswith(_TRANSIENT)
+
+
+def _blocking_timeout(args: Sequence[Any]) -> float | None:
+    """The timeout (seconds, inf for 0) of a blocking command, else None."""
+    if len(args) < 3 or type(args[0]) is not bytes or args[0] not in _BLOCKING:
+        return None
+    try:
+        seconds = float(_as_bytes(args[-1]) or b"")
+    except ValueError:
+        return None
+    return math.inf if seconds == 0 else seconds
+
+
+class _Pacer:
+    """Consecutive failures of one node and when it may be tried again,
+    shared by the connections of a channel: calls that fail in the same
+    round count as one failure, like the channel's ReconnectSchedule."""
+
+    __slots__ = ("failures", "not_before")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+
+    def failed(self, backoff: Backoff, started: float, now: float) -> None:
+        if self.not_before <= started:  # the first failure of this round
+            self.failures += 1
+            self.not_before = now + backoff.delay(self.failures)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.not_before = 0.0
+
+
 class ClusterTopology:
     """The slot map of one cluster, shared by the connections of one channel.
 
-    ``open_node(address)`` opens a logged-in transport connection to one
-    node (Channel's own connection opener, so timeouts and AUTH are the
-    same as for a single server).
+    ``open_node(address, timeout)`` opens a logged-in transport connection
+    to one node (Channel's own connection opener, so timeouts and AUTH are
+    the same as for a single server). ``backoff`` and ``reconnect_timeout``
+    are the channel's: they pace and bound the retries of every call.
+
+    The map is read with ``CLUSTER SLOTS`` over one connection kept for it
+    (reopened to any reachable node when it drops), at most once per
+    REFRESH_INTERVAL, and concurrent requests share one read.
     """
 
-    def __init__(self, address: Address, open_node: OpenNode) -> None:
+    def __init__(self, address: Address, open_node: OpenNode, backoff: Backoff | None = None,
+                 reconnect_timeout: float = 5.0) -> None:
         self.address = address
         self._open_node = open_node
+        self.backoff = backoff if backoff is not None else Backoff()
+        self.reconnect_timeout = reconnect_timeout
         self.slots: list[str | None] = [None] * SLOTS
         self.nodes: list[str] = []
-        self._loading: asyncio.Task[Any] | None = None
-        self._refresh: asyncio.Task[Any] | None = None
+        self._pacers: dict[str, _Pacer] = {}
+        self._control: tuple[str, Any] | None = None  # (node, connection) for CLUSTER SLOTS
+        self._loading: asyncio.Task[None] | None = None
+        self._soon: asyncio.Task[None] | None = None
+        self._tried_at = -math.inf  # loop time the last read started
+        self._read_at = -math.inf   # loop time the last successful read started
+        self._load_failures = 0
+        self._closed = False
+        self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()  # subscribed ClusterConnections
 
     def node_address(self, name: str) -> Address:
         host, port = _split_node(name)
         # The seed address's login and TLS settings, for one node.
         return dataclasses.replace(self.address, host=host, port=port, cluster=())
 
-    async def open_node(self, name: str) -> Any:
-        return await self._open_node(self.node_address(name))
+    async def open_node(self, name: str, timeout: float | None = None) -> Any:
+        return await self._open_node(self.node_address(name), timeout)
+
+    def pacer(self, name: str) -> _Pacer:
+        pacer = self._pacers.get(name)
+        if pacer is None:
+            pacer = self._pacers[name] = _Pacer()
+        return pacer
 
     def route(self, args: Sequence[Any]) -> str | None:
         """The node that owns the command's key, or any known node."""
@@ -163,40 +259,89 @@ class ClusterTopology:
         seeds = [f"{host}:{port}" for host, port in self.address.cluster]
         return seeds + [n for n in self.nodes if n not in seeds]
 
-    async def load(self) -> tuple[str, Any] | None:
-        """Learn the slot map now (concurrent callers share one attempt).
+    async def load(self) -> None:
+        """Learn the slot map now, unless a read that started after this call did."""
+        await self.refresh(asyncio.get_running_loop().time())
 
-        Returns the node connection it used, for the caller to keep, as
-        ``(name, conn)``; None if another caller's attempt did the work.
-        """
-        if self._loading is not None:
-            await asyncio.shield(self._loading)
-            return None
-        self._loading = asyncio.get_running_loop().create_task(self._load())
-        try:
-            return await asyncio.shield(self._loading)
-        finally:
+    async def refresh(self, since: float) -> None:
+        """Make sure the map was read by a ``CLUSTER SLOTS`` sent at or after
+        ``since`` (loop time). Concurrent callers share one read; reads are
+        at least REFRESH_INTERVAL apart. Raises ConnectionError if the read
+        this call waited for failed."""
+        loop = asyncio.get_running_loop()
+        while self._read_at < since:
+            task = self._loading
+            if task is not None and task.done():
+                # Finished (its done callback has not run yet) but read
+                # before ``since``: another read is needed.
+                self._loading = task = None
+            if task is None:
+                wait = self._tried_at + REFRESH_INTERVAL - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                task = self._loading = loop.create_task(self._load())
+                task.add_done_callback(self._load_done)
+            await asyncio.shield(task)
+
+    def _load_done(self, task: asyncio.Task[None]) -> None:
+        if self._loading is task:
             self._loading = None
+        if not task.cancelled() and task.exception() is not None:  # retrieved here, raised to waiters
+            self._load_failures += 1
+            if self._load_failures == 1:
+                log.warning("tinytown: could not read the Redis Cluster slot map: %s", task.exception())
+        else:
+            self._load_failures = 0
 
-    async def _load(self) -> tuple[str, Any]:
+    async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = self._tried_at = loop.time()
         errors: list[str] = []
-        for name in self._candidates():
-            try:
-                conn = await self.open_node(name)
-            except ConnectionError as exc:
-                errors.append(str(exc))
-                continue
+        control = self._control
+        candidates = self._candidates()
+        if control is not None:
+            if control[1].is_closed:
+                self._control = control = None
+            else:  # the connection kept from last time, first
+                candidates = [control[0]] + [n for n in candidates if n != control[0]]
+        for name in candidates:
+            if self._closed:
+                raise ConnectionError("connection to Redis closed")
+            if control is not None and control[0] == name:
+                conn = control[1]
+            else:
+                try:
+                    conn = await self.open_node(name)
+                except ConnectionError as exc:
+                    errors.append(str(exc))
+                    continue
             try:
                 reply = await conn.execute(b"CLUSTER", b"SLOTS")
             except ReplyError as exc:
                 conn.close()
+                if "LOADING" in str(exc):
+                    errors.append(f"{name}: {exc}")
+                    continue
                 raise ConnectionError(
                     f"{self.address}: {name} is not a Redis Cluster node ({exc})") from None
+            except ConnectionError as exc:
+                conn.close()
+                errors.append(str(exc))
+                continue
             except BaseException:
                 conn.close()
                 raise
+            if self._closed:
+                conn.close()
+                raise ConnectionError("connection to Redis closed")
+            if control is None or control[1] is not conn:
+                if self._control is not None:
+                    self._control[1].close()
+                self._control = (name, conn)
             self._apply(reply, _split_node(name)[0])
-            return name, conn
+            self._read_at = started
+            return
         raise ConnectionError(
             f"cannot reach any node of the Redis Cluster {self.address}: " + "; ".join(errors))
 
@@ -212,37 +357,56 @@ class ClusterTopology:
             slots[start:end + 1] = [name] * (end - start + 1)
         if not nodes:
             raise ConnectionError(f"the Redis Cluster {self.address} serves no slots yet")
+        changed = slots != self.slots
         self.slots = slots
         self.nodes = nodes
+        if changed:
+            self._notify()
+
+    def watch(self, conn: Any) -> None:
+        """Call ``conn.map_changed()`` whenever the slot map changes."""
+        self._watchers.add(conn)
+
+    def _notify(self) -> None:
+        for conn in list(self._watchers):
+            conn.map_changed()
 
     def moved(self, slot: int, name: str) -> None:
         """A MOVED reply: the slot has a new owner; refresh the whole map soon."""
         self.slots[slot] = name
         if name not in self.nodes:
             self.nodes.append(name)
+        self._notify()
         self.refresh_soon()
 
     def refresh_soon(self) -> None:
-        """Reload the map in the background (one reload at a time)."""
-        if self._refresh is not None and not self._refresh.done():
+        """Reload the map in the background (shared, at most one per REFRESH_INTERVAL)."""
+        if self._closed or (self._soon is not None and not self._soon.done()):
             return
-        self._refresh = asyncio.get_running_loop().create_task(self._background_refresh())
+        self._soon = asyncio.get_running_loop().create_task(self._background_refresh())
 
     async def _background_refresh(self) -> None:
         try:
-            loaded = await self.load()
-        except Exception as exc:  # the next MOVED or failure tries again
-            log.warning("tinytown: could not refresh the Redis Cluster slot map: %s", exc)
-            return
-        if loaded is not None:
-            loaded[1].close()
+            await self.refresh(asyncio.get_running_loop().time())
+        except Exception:  # logged by _load_done; the next failure tries again
+            pass
+
+    def close(self) -> None:
+        """Close the connection kept for CLUSTER SLOTS and stop reading the map."""
+        self._closed = True
+        for task in (self._loading, self._soon):
+            if task is not None:
+                task.cancel()
+        if self._control is not None:
+            self._control[1].close()
+            self._control = None
 
 
 class ClusterConnection:
     """A connection to a Redis Cluster with the interface of a transport Connection.
 
     Made by :meth:`Channel._open_connection` for ``redis+cluster://`` URLs;
-    see the module docstring for the routing rules.
+    see the module docstring for the routing and retry rules.
     """
 
     def __init__(self, topology: ClusterTopology, loop: asyncio.AbstractEventLoop) -> None:
@@ -251,19 +415,19 @@ class ClusterConnection:
         self._nodes: dict[str, Any] = {}
         self._opening: dict[str, asyncio.Task[Any]] = {}
         self._tasks: dict[asyncio.Task[Any], asyncio.Future[Any]] = {}
+        self._opening_transactions: set[asyncio.Task[None]] = set()
         self._subscriber: Any = None
+        self._subscribing: asyncio.Task[None] | None = None
+        # The subscription (node, handler, channels), its move to a new owner, if any.
+        self._sub: tuple[str, Callable[[Any], None], tuple[Any, ...]] | None = None
+        self._moving: asyncio.Task[None] | None = None
+        self._overlap: _Overlap | None = None
         self._closed = False
 
     async def start(self) -> ClusterConnection:
         """Make sure the slot map is known (the first connection of a channel learns it)."""
         if not self._topology.nodes:
-            loaded = await self._topology.load()
-            if loaded is not None:
-                name, conn = loaded
-                if self._closed or name not in self._topology.nodes:  # e.g. a seed given by name
-                    conn.close()
-                else:
-                    self._nodes[name] = conn
+            await self._topology.load()
         return self
 
     # -- node connections ---------------------------------------------------
@@ -272,22 +436,18 @@ class ClusterConnection:
         conn = self._nodes.get(name) if name is not None else None
         return conn if conn is not None and not conn.is_closed else None
 
-    async def _connection(self, name: str) -> Any:
+    async def _connection(self, name: str, timeout: float | None = None) -> Any:
         conn = self._open_conn(name)
         if conn is not None:
             return conn
         task = self._opening.get(name)
         if task is None:
-            task = self._opening[name] = self._loop.create_task(self._open(name))
+            task = self._opening[name] = self._loop.create_task(self._open(name, timeout))
         return await asyncio.shield(task)
 
-    async def _open(self, name: str) -> Any:
+    async def _open(self, name: str, timeout: float | None) -> Any:
         try:
-            conn = await self._topology.open_node(name)
-        except ConnectionError:
-            # The node may have failed over or left: relearn who owns what.
-            self._topology.refresh_soon()
-            raise
+            conn = await self._topology.open_node(name, timeout)
         finally:
             self._opening.pop(name, None)
         if self._closed:
@@ -308,16 +468,14 @@ class ClusterConnection:
         if self._closed:
             raise ConnectionError("connection to Redis is closed")
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
-        """Run ``coro`` for a caller; close() fails it with ConnectionError."""
-        out = ReplyFuture(loop=self._loop)
+    def _spawn(self, coro: Coroutine[Any, Any, Any], out: asyncio.Future[Any]) -> None:
+        """Run ``coro`` for the caller waiting on ``out``; close() fails it with ConnectionError."""
         task = self._loop.create_task(coro)
         self._tasks[task] = out
         task.add_done_callback(self._task_done)
         # A caller that gives up cancels the work; the node connections drop
         # the replies of cancelled commands, so nothing gets out of step.
         _cancel_with(out, task)
-        return out
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         out = self._tasks.pop(task, None)
@@ -330,19 +488,29 @@ class ClusterConnection:
             deliver(out, error if error is not None else task.result(), error is not None)
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
-        """Send one command to the node owning its key; a future of its reply."""
+        """Send one command to the node owning its key; a future of its reply.
+
+        Redirections and transient errors are retried as the module
+        docstring says; an error that persists past the call's deadline
+        fails the future with ConnectionError.
+        """
         self._check_open()
-        conn = self._open_conn(self._topology.route(args))
+        out = ReplyFuture(loop=self._loop)
+        # Blocking commands keep their own deadline from the moment they are issued.
+        issued = self._loop.time() if args and type(args[0]) is bytes and args[0] in _BLOCKING \
+            else None
+        name = self._topology.route(args)
+        conn = self._open_conn(name)
         if conn is None:
             encode_command(args)  # a bad argument fails now, as on one server
-            return self._spawn(self._run(args, None))
+            self._spawn(self._run(args, out, None, None, issued), out)
+            return out
         inner = conn.execute(*args)
-        out = ReplyFuture(loop=self._loop)
-        inner.add_done_callback(lambda f: self._on_reply(args, out, f))
+        inner.add_done_callback(lambda f: self._on_reply(args, out, f, issued, name))
         return out
 
     def _on_reply(self, args: tuple[Any, ...], out: asyncio.Future[Any],
-                  inner: asyncio.Future[Any]) -> None:
+                  inner: asyncio.Future[Any], issued: float | None, name: str | None) -> None:
         if inner.cancelled():
             if not out.done():
                 out.cancel()
@@ -350,55 +518,155 @@ class ClusterConnection:
         error = inner.exception()
         if error is None:
             deliver(out, inner.result(), False)
+            pacers = self._topology._pacers
+            if pacers and name in pacers:  # the node answers again: start its backoff afresh
+                pacers[name].succeeded()
             return
-        if out.done() and out.orphan is None:
-            return  # the caller gave up and wants nothing: no redirection
-        redirect = _redirection(error)
-        if redirect is None and not str(error).startswith("TRYAGAIN"):
+        if out.done() and getattr(out, "orphan", None) is None:
+            return  # the caller gave up and wants nothing: no retry
+        if not _is_retryable(error):
+            if isinstance(error, ConnectionError):
+                # The node may have died or failed over: relearn who owns what.
+                self._topology.refresh_soon()
             deliver(out, error, True)
             return
-        task_out = self._spawn(self._run(args, error))
-        task_out.add_done_callback(lambda f: _copy(f, out))
-        _cancel_with(out, task_out)
+        self._spawn(self._run(args, out, error, name, issued), out)
 
-    async def _run(self, args: tuple[Any, ...], error: BaseException | None) -> Any:
-        """Send ``args`` where it belongs, following redirections (``error``: the
-        reply that sent us here, if any)."""
-        for _ in range(MAX_REDIRECTS + 1):
-            redirect = _redirection(error) if error is not None else None
-            if error is not None and redirect is None:  # TRYAGAIN: the slot is moving
-                await asyncio.sleep(TRYAGAIN_DELAY)
-            if redirect is None:
-                name = self._topology.route(args) or self._any_node()
-                conn = await self._connection(name)
-                reply = conn.execute(*args)
-            else:
-                kind, slot, name = redirect
-                if name.startswith(":"):  # Redis 7 may leave out the host: the same one
-                    name = _split_node(self._topology.node_of(slot) or self._any_node())[0] + name
-                if kind == "MOVED":
-                    self._topology.moved(slot, name)
-                conn = await self._connection(name)
-                if kind == "ASK":
-                    asking = conn.execute(b"ASKING")
-                    asking.add_done_callback(_retrieve)
-                reply = conn.execute(*args)
+    async def _run(self, args: tuple[Any, ...], out: asyncio.Future[Any],
+                   error: BaseException | None, failed_on: str | None,
+                   issued: float | None) -> Any:
+        """Send ``args`` where it belongs, following redirections and retrying
+        what was not executed, until the call's deadline.
+
+        ``error``: the reply of a first attempt made on ``failed_on``, if
+        any. Only failures that guarantee the command did not run are
+        retried: a node that cannot be reached (the connection is not
+        open), a redirection (MOVED, ASK, TRYAGAIN) or a transient error
+        reply (CLUSTERDOWN, UNBLOCKED, LOADING). A connection lost while the
+        command was in flight is raised at once (it may have run).
+        Transient failures wait out the backoff of the node that failed
+        (shared by the channel's connections) and reread the slot map
+        before the next attempt. The deadline is ``reconnect_timeout``
+        after the first failure, or for a blocking command its own timeout
+        from ``issued``; blocking commands are re-sent with the time that
+        remains, and a blocking command with no time left returns None
+        (nothing popped) after a redirection.
+        """
+        loop = self._loop
+        topology = self._topology
+        blocking = _blocking_timeout(args) if issued is not None else None
+        now = loop.time()
+        deadline = issued + blocking if blocking is not None and issued is not None \
+            else now + topology.reconnect_timeout
+        target: str | None = None  # the node a redirection named
+        asking = False
+        redirects = 0
+        attempts = 1 if error is not None else 0
+        last_error: BaseException | None = error
+        started = now
+        while True:
+            if error is not None:
+                last_error = error
+                redirect = _redirection(error)
+                now = loop.time()
+                if redirect is not None:
+                    redirects += 1
+                    if redirects > MAX_REDIRECTS:
+                        raise ConnectionError(
+                            f"Redis Cluster {topology.address}: still redirected after "
+                            f"{MAX_REDIRECTS} redirections ({error})") from None
+                    kind, slot, target = redirect
+                    if target.startswith(":"):  # Redis 7 may leave out the host: the same one
+                        target = _split_node(topology.node_of(slot) or self._any_node())[0] + target
+                    asking = kind == "ASK"
+                    if not asking:
+                        topology.moved(slot, target)
+                elif str(error).startswith("TRYAGAIN"):  # a multi-key command during a migration
+                    target = None
+                    if now + TRYAGAIN_DELAY >= deadline:
+                        raise self._give_up(args, attempts, now - started, error)
+                    await asyncio.sleep(TRYAGAIN_DELAY)
+                else:  # the node failed or the cluster is failing over
+                    target = None
+                    if failed_on is not None:
+                        topology.pacer(failed_on).failed(topology.backoff, started, now)
+                    try:
+                        await topology.refresh(now)
+                    except ConnectionError:
+                        pass  # the attempt below fails too, and counts
+                error = None
+            if out.done():
+                # The caller stopped waiting, and nothing ran yet: stop here.
+                # (An orphan handler gets None, as for a receive that timed out.)
+                return None
+            name = target or topology.route(args) or self._any_node()
+            pacer = topology.pacer(name)
+            now = loop.time()
+            wait = pacer.not_before - now
+            if wait > 0 and target is None:
+                if now + wait >= deadline - LAST_ATTEMPT:
+                    if attempts and now + LAST_ATTEMPT >= deadline:
+                        raise self._give_up(args, attempts, now - started, last_error)
+                    wait = max(0.0, deadline - now - LAST_ATTEMPT)
+                await asyncio.sleep(wait)
+                if out.done():
+                    return None
+                name = topology.route(args) or self._any_node()  # the map may have changed
+                now = loop.time()
+            elif attempts and now >= deadline:
+                if redirects and blocking is not None:
+                    return None  # redirected with no time left: the receive timed out
+                raise self._give_up(args, attempts, now - started, last_error)
+            started = now
+            attempts += 1
+            command = args
+            if blocking is not None and blocking != math.inf:
+                left = deadline - now
+                if left <= 0.001:
+                    return None
+                command = args[:-1] + (f"{left:.3f}",)
+            failed_on = name
             try:
-                return await reply
+                conn = await self._connection(name, max(deadline - now, LAST_ATTEMPT))
+            except ConnectionError as exc:
+                error = exc
+                continue
+            if asking:
+                conn.execute(b"ASKING").add_done_callback(_retrieve)
+                asking = False
+            try:
+                reply = await conn.execute(*command)
             except ReplyError as exc:
-                if _redirection(exc) is None and not str(exc).startswith("TRYAGAIN"):
+                if not _is_retryable(exc):
                     raise
                 error = exc
-        raise error  # type: ignore[misc]  # still redirected after MAX_REDIRECTS
+                continue
+            except ConnectionError:
+                topology.refresh_soon()
+                raise
+            pacer.succeeded()
+            return reply
+
+    def _give_up(self, args: Sequence[Any], attempts: int, seconds: float,
+                 error: BaseException | None) -> ConnectionError:
+        name = _as_bytes(args[0]) if args else b"?"
+        return ConnectionError(
+            f"Redis Cluster {self._topology.address}: {(name or b'?').decode(errors='replace')} "
+            f"failed {attempts} times in {seconds:.1f} s: {error}")
 
     def execute_many(self, commands: Iterable[Sequence[Any]],
                      replies: bool = True) -> asyncio.Future[list[Any] | None]:
         """Send many commands, each to its node; one future, as on one server.
 
         It resolves to the replies in command order (error replies as
-        ReplyError instances) or, with ``replies=False``, to None; if any
-        reply is an error, it fails with the first one (in command order)
-        once every reply is in. Commands to one node keep their order.
+        ReplyError instances) or, with ``replies=False``, to None, once every
+        reply is in. If a node could not be reached or its connection was
+        lost, it fails with a new ConnectionError whose ``written_commands``
+        is the tuple of indexes of the commands that Redis confirmed (per
+        node, commands keep their order: those confirmed before a
+        connection dropped, and every command to the other nodes); else, if
+        any reply is an error, it fails with the first one (in command
+        order).
         """
         self._check_open()
         commands = list(commands)
@@ -420,9 +688,17 @@ class ClusterConnection:
             for f in futures:
                 values.append(f.exception() or f.result() if not f.cancelled()
                               else ConnectionError("command cancelled"))
-            error = next((v for v in values if isinstance(v, BaseException)), None)
-            if error is not None:
+            lost = next((v for v in values if isinstance(v, ConnectionError)), None)
+            if lost is not None:
+                error: BaseException = ConnectionError(str(lost))
+                error.written_commands = tuple(  # type: ignore[attr-defined]
+                    i for i, v in enumerate(values) if not isinstance(v, BaseException))
+                error.__cause__ = lost
                 out.set_exception(error)
+                return
+            first = next((v for v in values if isinstance(v, BaseException)), None)
+            if first is not None:
+                out.set_exception(first)
             else:
                 out.set_result(values if replies else None)
 
@@ -451,35 +727,62 @@ class ClusterConnection:
         if conn is not None:
             conn.execute_many(commands, replies).add_done_callback(lambda f: _copy(f, out))
         else:
-            opening = self._spawn(run())
+            # Not _spawn: the replies must reach ``out`` (or its orphan
+            # handler) even when its caller has gone away meanwhile.
+            opening = self._loop.create_task(run())
+            self._opening_transactions.add(opening)
+            opening.add_done_callback(self._opening_transactions.discard)
             opening.add_done_callback(
                 lambda f: f.cancelled() or f.exception() is None or _copy(f, out))
         return out
 
     def subscribe(self, handler: Callable[[Any], None], *channels: Any) -> None:
         """Subscribe on the node owning the first channel's slot (pub/sub is
-        cluster-wide); the handler protocol is the transports' one."""
+        cluster-wide); the handler protocol is the transports' one.
+
+        A dedicated connection: if the node cannot be reached, it is retried
+        in the background with the backoff (rereading the slot map, so a
+        failover moves it to the new master) until it works or close();
+        when the subscribed node connection drops, this whole connection
+        closes and ``handler`` gets the ConnectionError, once.
+        """
         self._check_open()
         if not channels:
             raise InvalidArgumentError("subscribe needs at least one channel")
         encode_command((b"SUBSCRIBE",) + channels)
         name = self._topology.route((b"SUBSCRIBE",) + channels) or self._any_node()
-
-        async def subscribe_when_open() -> None:
-            try:
-                conn = await self._connection(name)
-            except BaseException as exc:
-                if not self._closed:
-                    handler(exc if isinstance(exc, ConnectionError)
-                            else ConnectionError(f"cannot subscribe: {exc!r}"))
-                raise
-            self._take_subscriber(name, conn, handler, channels)
-
         conn = self._open_conn(name)
         if conn is not None:
             self._take_subscriber(name, conn, handler, channels)
         else:
-            self._spawn(subscribe_when_open())
+            self._subscribing = self._loop.create_task(self._subscribe_when_open(handler, channels))
+            self._subscribing.add_done_callback(_retrieve)
+
+    async def _subscribe_when_open(self, handler: Callable[[Any], None],
+                                   channels: tuple[Any, ...]) -> None:
+        topology = self._topology
+        loop = self._loop
+        while not self._closed:
+            name = topology.route((b"SUBSCRIBE",) + channels) or self._any_node()
+            pacer = topology.pacer(name)
+            wait = pacer.not_before - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            started = loop.time()
+            try:
+                conn = await self._connection(name)
+            except ConnectionError:
+                now = loop.time()
+                pacer.failed(topology.backoff, started, now)
+                try:
+                    await topology.refresh(now)
+                except ConnectionError:
+                    pass
+                continue
+            pacer.succeeded()
+            self._take_subscriber(name, conn, handler, channels)
+            return
 
     def _take_subscriber(self, name: str, conn: Any, handler: Callable[[Any], None],
                          channels: tuple[Any, ...]) -> None:
@@ -487,7 +790,93 @@ class ClusterConnection:
         if self._nodes.get(name) is conn:
             del self._nodes[name]
         self._subscriber = conn
-        conn.subscribe(handler, *channels)
+        self._sub = (name, handler, channels)
+        self._topology.watch(self)
+
+        def on_push(item: Any) -> None:
+            if conn is not self._subscriber:  # the old node of a finished move
+                return
+            if isinstance(item, BaseException):
+                # The subscription is gone with its node: close everything,
+                # so the subscriber starts afresh on whoever owns the slot now.
+                self._topology.refresh_soon()
+                self.close()
+                handler(item)
+            elif self._overlap is not None and _is_message(item):
+                self._overlap.forward(item, old=True)
+            else:
+                handler(item)
+
+        conn.subscribe(on_push, *channels)
+
+    def map_changed(self) -> None:
+        """The slot map changed: a subscription follows its channel's slot to
+        the new owner, so that PUBLISH (sent there) counts it."""
+        if self._closed or self._subscriber is None or self._moving is not None:
+            return
+        name, handler, channels = self._sub
+        owner = self._topology.route((b"SUBSCRIBE",) + channels)
+        if owner is None or owner == name:
+            return
+        self._moving = self._loop.create_task(self._move_subscription(owner))
+        self._moving.add_done_callback(_retrieve)
+
+    async def _move_subscription(self, owner: str) -> None:
+        """Subscribe on ``owner``, then leave the old node.
+
+        While both are subscribed (SUBSCRIPTION_OVERLAP seconds, for the
+        cluster bus to deliver to the old node what was published before),
+        a message that arrives on both is handed on once; nothing published
+        during the move is lost. If the new node cannot be reached, the
+        subscription stays where it is (a later map change tries again).
+        """
+        assert self._sub is not None
+        name, handler, channels = self._sub
+        new: Any = None
+        moved = False
+        try:
+            new = await self._topology.open_node(owner)
+            confirmed = self._loop.create_future()
+            overlap = _Overlap(handler)
+
+            def on_push(item: Any) -> None:
+                if isinstance(item, BaseException):
+                    if not confirmed.done():
+                        confirmed.set_exception(item)
+                        confirmed.exception()
+                    elif self._subscriber is new:  # the move is over: as any subscriber
+                        self._topology.refresh_soon()
+                        self.close()
+                        handler(item)
+                    else:
+                        self._overlap = None  # the move is abandoned; the old node goes on
+                elif type(item) is list and item and item[0] == b"subscribe":
+                    if not confirmed.done():
+                        confirmed.set_result(None)
+                elif self._subscriber is new or self._overlap is None:
+                    handler(item)
+                elif _is_message(item):
+                    overlap.forward(item, old=False)
+
+            new.subscribe(on_push, *channels)
+            await asyncio.wait_for(confirmed, self._topology.reconnect_timeout)
+            if self._closed:
+                return
+            self._overlap = overlap
+            await asyncio.sleep(SUBSCRIPTION_OVERLAP)
+            if self._closed or self._overlap is not overlap:
+                return
+            old, self._subscriber, self._overlap = self._subscriber, new, None
+            self._sub = (owner, handler, channels)
+            moved = True
+            if old is not None:
+                old.close()
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            log.info("tinytown: a broadcast subscription could not move to %s: %s", owner, exc)
+        finally:
+            self._moving = None
+            if new is not None and not moved:
+                new.close()
 
     def close(self) -> None:
         """Close every node connection; every pending call fails with ConnectionError."""
@@ -500,6 +889,10 @@ class ClusterConnection:
             task.cancel()
         for task in list(self._opening.values()):
             task.cancel()
+        for task in (self._subscribing, self._moving):
+            if task is not None:
+                task.cancel()
+        self._overlap = None
         conns = list(self._nodes.values())
         if self._subscriber is not None:
             conns.append(self._subscriber)
@@ -522,6 +915,30 @@ class ClusterConnection:
         state = "closed" if self._closed else "open"
         return (f"<tinytown ClusterConnection {self._topology.address} {state} "
                 f"nodes={sorted(self._nodes)}>")
+
+
+def _is_message(item: Any) -> bool:
+    return type(item) is list and len(item) >= 3 and item[0] == b"message"
+
+
+class _Overlap:
+    """Hands on each pub/sub message once while two connections (the old and
+    the new node of a subscription) both deliver it: a message is dropped
+    when the same bytes already came from the other connection."""
+
+    def __init__(self, handler: Callable[[Any], None]) -> None:
+        self._handler = handler
+        self._from: dict[bool, dict[bytes, int]] = {True: {}, False: {}}
+
+    def forward(self, item: list[Any], old: bool) -> None:
+        key = item[1] + b"\0" + item[2]
+        other = self._from[not old]
+        if other.get(key):
+            other[key] -= 1
+            return  # its twin from the other node was handed on
+        mine = self._from[old]
+        mine[key] = mine.get(key, 0) + 1
+        self._handler(item)
 
 
 def _cancel_with(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None:
@@ -549,7 +966,7 @@ def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
-    # ASKING's own reply matters to nobody; fetch its error so asyncio does
-    # not report it as never retrieved.
+    # A reply (ASKING's) or a task (a background subscription) that matters
+    # to nobody: fetch its error so asyncio does not report it as never retrieved.
     if not fut.cancelled():
         fut.exception()

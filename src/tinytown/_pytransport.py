@@ -29,17 +29,56 @@ import asyncio
 import os
 import socket
 import ssl
+import weakref
 from collections import deque
+from threading import get_ident
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
 
-from ._resp import encode_command
-from ._transports import ReplyFuture, deliver
-from .errors import ConnectionError, InvalidArgumentError, ReplyError
+from ._resp import PLAIN_NAMES, check_command, encode_command
+from ._transports import FORKS, ReplyFuture, check_loop, deliver
+from .errors import ConnectionError, EventLoopError, InvalidArgumentError, ReplyError
 
 __all__ = ["Connection"]
+
+_get_running_loop = asyncio._get_running_loop
+
+# The sockets of open connections. In the child of a fork each is pointed at
+# /dev/null (dup2 over the same descriptor number), as the extension does:
+# whatever the child does with an inherited connection -- its inherited
+# event loop reading it (that loop's epoll set is shared with the parent's),
+# writing, unregistering it -- cannot reach the parent's socket.
+_open_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    if not _open_sockets:
+        return
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for sock in list(_open_sockets):
+            fd = sock.fileno()
+            if fd >= 0 and fd != null:
+                os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_RESP2_SCALARS = (bytes, int, type(None), ReplyError)
+
+
+def _resp2_shaped(reply: Any) -> bool:
+    """True if ``reply`` has a RESP2 shape (hiredis-py also returns RESP3
+    doubles, booleans, maps and pushes, which a RESP2 connection never gets:
+    the extension's guard refuses them too)."""
+    kind = type(reply)
+    if kind in _RESP2_SCALARS:
+        return True
+    return kind is list and all(_resp2_shaped(item) for item in reply)
 
 class _Batch:
     """One future for many commands: resolved when the last reply is in."""
@@ -97,6 +136,9 @@ class Connection(asyncio.Protocol):
         self._subscribed = False
         self._connected = False
         self._closed = False
+        self._fork_gen = FORKS[0]
+        self._loop_thread = 0  # the thread last seen running the loop (_check_open)
+        self._loop_has_thread_id = isinstance(loop, asyncio.BaseEventLoop) and hasattr(loop, "_thread_id")
 
     # -- opening ----------------------------------------------------------
 
@@ -149,9 +191,12 @@ class Connection(asyncio.Protocol):
     def _new_socket(self, family: int, where: str) -> socket.socket:
         if self._where is not None or self._closed:
             raise InvalidArgumentError("a Connection can be connected only once")
+        check_loop(self._loop)
+        self._fork_gen = FORKS[0]
         self._where = where
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
+        _open_sockets.add(sock)
         return sock
 
     def _cannot_connect(self, exc: OSError) -> ConnectionError:
@@ -228,6 +273,11 @@ class Connection(asyncio.Protocol):
             return
         waiting = self._waiting
         while reply is not False:
+            if type(reply) not in _RESP2_SCALARS and not _resp2_shaped(reply):
+                self._lose(ConnectionError(
+                    "connection to Redis dropped: the server sent a RESP3 reply "
+                    f"({type(reply).__name__}) on a RESP2 connection (protocol violation)"))
+                return
             if self._subscribed:
                 self._push(reply)
             else:
@@ -277,6 +327,8 @@ class Connection(asyncio.Protocol):
             return
         try:
             handler(reply)
+        except (SystemExit, KeyboardInterrupt):
+            raise  # stops the loop, as from any callback (the extension does the same)
         except BaseException as exc:  # the handler's bug: reported, not raised into the loop's reader
             self._loop.call_exception_handler({
                 "message": "tinytown: exception in a pub/sub handler",
@@ -296,6 +348,14 @@ class Connection(asyncio.Protocol):
         self._push_handler = None
         self._out.clear()
         transport = self._transport
+        sock = self._sock
+        if sock is not None:
+            _open_sockets.discard(sock)
+        if self._fork_gen != FORKS[0]:
+            # Inherited across fork(): the event loop's epoll set is the
+            # parent's too, so the transport is left alone (no unregistering);
+            # the socket already points at /dev/null (_after_fork_in_child).
+            transport = None
         if transport is not None:
             # asyncio closes the socket on its next iteration; hang up now, as
             # the extension does, so that Redis sees the client gone before
@@ -355,6 +415,11 @@ class Connection(asyncio.Protocol):
     # -- commands ---------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._fork_gen != FORKS[0]:
+            self._drop_forked()
+            raise ConnectionError(
+                "this connection to Redis was inherited across fork(): the child may not "
+                "use it (its socket belongs to the parent); open a new one")
         if self._closed or not self._connected:
             if self._tls is not None and self._tls_loss is not None:
                 # A TLS server refuses a client (no client certificate) with an
@@ -362,6 +427,27 @@ class Connection(asyncio.Protocol):
                 raise ConnectionError(str(self._tls_loss))
             raise ConnectionError(
                 "connection to Redis is closed" if self._closed else "connection to Redis is not open")
+        if not self._in_own_loop():
+            running = _get_running_loop()
+            if running is not None:
+                if running is not self._loop:
+                    raise EventLoopError(
+                        "this tinytown connection belongs to another event loop: use a "
+                        "Channel only from the loop it was connected on (nothing was sent)")
+                self._loop_thread = get_ident()
+
+    def _in_own_loop(self) -> bool:
+        """True if the caller is in this connection's loop: that loop is
+        running in this thread (a thread runs one loop at a time). Else
+        _check_open makes the exact test (asyncio._get_running_loop() costs a
+        getpid() system call: too much for every command)."""
+        if self._loop_has_thread_id:  # asyncio's loops: the thread running them, or None
+            return self._loop._thread_id == get_ident()  # type: ignore[attr-defined]
+        return self._loop_thread == get_ident() and self._loop.is_running()
+
+    def _drop_forked(self) -> None:
+        if not self._closed:
+            self._shut(ConnectionError("connection to Redis inherited across fork(): dropped"))
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Send one command; returns a future of its reply.
@@ -369,8 +455,20 @@ class Connection(asyncio.Protocol):
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
-        self._check_open()
+        # (the loop test of _in_own_loop, cheaper: a running loop, not which
+        # thread runs it, as this connection is for its loop's thread only)
+        if self._closed or self._push_handler is not None or self._fork_gen != FORKS[0] \
+                or not self._connected or (self._loop._thread_id is None if self._loop_has_thread_id
+                                           else not self._loop.is_running()):
+            self._check_open()  # the exact tests, which raise the right error
+            if self._push_handler is not None:
+                raise InvalidArgumentError("this connection is subscribed: it takes no other command")
         data = encode_command(args)
+        name = args[0]
+        if type(name) is not bytes or name not in PLAIN_NAMES:
+            check_command(args)
+        if self._closed:  # converting an argument ran code that closed it
+            raise ConnectionError("connection to Redis closed while the command was prepared")
         was_idle = self._pending == 0
         fut = ReplyFuture(loop=self._loop)
         self._waiting.append(fut)
@@ -389,8 +487,15 @@ class Connection(asyncio.Protocol):
         before anything is sent, so a bad argument sends nothing.
         """
         self._check_open()
-        encoded = [encode_command(command if isinstance(command, (tuple, list)) else tuple(command))
-                   for command in commands]
+        if self._push_handler is not None:
+            raise InvalidArgumentError("this connection is subscribed: it takes no other command")
+        encoded = []
+        for command in commands:
+            command = command if isinstance(command, (tuple, list)) else tuple(command)
+            encoded.append(encode_command(command))
+            check_command(command)
+        if self._closed:  # converting an argument ran code that closed it
+            raise ConnectionError("connection to Redis closed while the commands were prepared")
         future = ReplyFuture(loop=self._loop)
         if not encoded:
             future.set_result([] if replies else None)
@@ -413,13 +518,20 @@ class Connection(asyncio.Protocol):
         self._check_open()
         if not channels:
             raise InvalidArgumentError("subscribe needs at least one channel")
+        if self._push_handler is not None or self._subscribed:
+            raise InvalidArgumentError("subscribe: this connection is subscribed already")
         data = encode_command((b"SUBSCRIBE",) + channels)
+        if self._closed:
+            raise ConnectionError("connection to Redis closed while the command was prepared")
+        if handler is None:
+            raise InvalidArgumentError("subscribe needs a handler")
         self._push_handler = handler
         self._waiting.append(_SUBSCRIBED)
         self._send(data, True)
 
     def close(self) -> None:
-        """Close now; every pending call fails with ConnectionError."""
+        """Close now; every pending call fails with ConnectionError. In the
+        child of a fork(), the inherited connection is dropped untouched."""
         self._push_handler = None
         if self._closed or self._where is None:
             self._closed = True
@@ -428,7 +540,10 @@ class Connection(asyncio.Protocol):
 
     @property
     def is_closed(self) -> bool:
-        """True once the connection is closed or lost (or before any connect)."""
+        """True once the connection is closed or lost (or before any connect),
+        or in the child of a fork() (the inherited connection is dropped there)."""
+        if self._fork_gen != FORKS[0] and not self._closed:
+            self._drop_forked()
         return self._closed or self._where is None
 
     @property

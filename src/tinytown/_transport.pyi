@@ -34,7 +34,14 @@ class ReplyFuture:
     def __await__(self) -> Generator[Any, None, Any]: ...
 
 class Connection:
-    """One Redis connection on hiredis's async context, driven by an asyncio loop."""
+    """One Redis connection on hiredis's async context, driven by an asyncio loop.
+
+    ``execute``/``execute_many`` raise InvalidArgumentError (nothing sent) for
+    a command that changes the connection's protocol state (SUBSCRIBE family,
+    MONITOR, RESET, QUIT, HELLO 3, CLIENT REPLY OFF/SKIP) or one of 2 GiB -
+    64 KiB or more, and EventLoopError when called from another event loop.
+    In the child of a fork() the connection is dropped (``is_closed`` is True).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None: ...
     def connect_unix(self, path: str) -> asyncio.Future[Connection]: ...
@@ -54,7 +61,12 @@ class Connection:
     def pending(self) -> int: ...
 
 class SyncConnection:
-    """One blocking Redis connection on hiredis's redisContext (GIL released while it waits)."""
+    """One blocking Redis connection on hiredis's redisContext (GIL released while it waits).
+
+    ``execute``/``execute_many`` refuse what Connection's refuse;
+    ``send_command`` sends any command (subscriptions, MONITOR). In the child
+    of a fork() the connection is dropped (``is_usable()`` is False).
+    """
 
     def __init__(self) -> None: ...
     def connect_unix(self, path: str, timeout: float = 5.0) -> None: ...

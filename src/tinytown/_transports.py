@@ -20,16 +20,56 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .errors import InvalidArgumentError, TransportUnavailableError
+from .errors import EventLoopError, InvalidArgumentError, TransportUnavailableError
 
 if TYPE_CHECKING:
     from ._transport import SyncConnection
 
-__all__ = ["TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "connection_class", "deliver",
-           "sync_connection_class", "tls_connection_class", "tls_sync_connection_class"]
+__all__ = ["FORKS", "TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "check_loop",
+           "connection_class", "deliver", "sync_connection_class", "tls_connection_class",
+           "tls_sync_connection_class"]
+
+# FORKS[0] counts the os.fork()s this process came out of: a connection
+# records it when it connects, and in the child of a fork (where it differs)
+# drops the inherited socket, untouched, instead of using it. (The extension
+# counts with pthread_atfork, which also sees forks made from C.)
+FORKS = [0]
+
+
+def _after_fork_in_child() -> None:
+    FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Event loops that connections were opened on -> FORKS[0] then (see check_loop).
+_loop_generations: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = \
+    weakref.WeakKeyDictionary()
+
+
+def check_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Raise :class:`EventLoopError` unless a connection may be opened on ``loop``
+    now: the running loop (if any) must be ``loop``, and ``loop`` must not come
+    from before a fork() (a child's inherited loop shares its epoll set with
+    the parent's: sockets registered there would be watched by both)."""
+    running = asyncio._get_running_loop()
+    if running is not None and running is not loop:
+        raise EventLoopError(
+            "this tinytown connection belongs to another event loop: use a Channel only "
+            "from the loop it was connected on")
+    try:
+        seen = _loop_generations.setdefault(loop, FORKS[0])
+    except TypeError:  # a loop that takes no weak reference: not tracked
+        return
+    if seen != FORKS[0]:
+        raise EventLoopError(
+            "this event loop was inherited across fork(): its epoll set is shared with the "
+            "parent process, so a child may not connect on it; run the child's code in a new "
+            "event loop (asyncio.run) with a new Channel")
 
 log = logging.getLogger("tinytown")
 

@@ -21,6 +21,7 @@ __all__ = [
     "ConcurrentUseError",
     "AgentNotFoundError",
     "AmbiguousAgentRefError",
+    "EventLoopError",
 ]
 
 
@@ -36,7 +37,19 @@ class ConnectionError(TinytownError, builtins.ConnectionError):  # noqa: A001 - 
     built-in :class:`ConnectionError` (so of :class:`OSError`), so that
     ``except ConnectionError:`` catches it whichever of the two names is in
     scope, as with asyncpg's and redis-py's errors. ``errno`` is None.
+
+    Raised by ``Channel.send_many``, it says what became of the batch:
+    ``written`` (tuple of Message, in batch order) holds the messages Redis
+    confirmed, ``unconfirmed`` the others, which may or may not have been
+    written; resending ``unconfirmed`` completes the batch (possibly
+    delivering some twice: deduplicate on ``Message.id``). On one server
+    nothing is confirmed before the whole pipeline's replies are in, so
+    ``written`` is empty; on a Redis Cluster it holds every message whose
+    push a node confirmed. Other calls leave both empty.
     """
+
+    written: tuple = ()
+    unconfirmed: tuple = ()
 
 
 class ReplyError(TinytownError):
@@ -112,3 +125,14 @@ class AmbiguousAgentRefError(TinytownError, LookupError):
     def __init__(self, message: str, matches: list[object] | None = None) -> None:
         super().__init__(message)
         self.matches = matches if matches is not None else []
+
+
+class EventLoopError(InvalidArgumentError, RuntimeError):
+    """A Channel (or one of its connections) was used from the wrong event loop.
+
+    A Channel belongs to the loop it was connected on: a call from a task of
+    another loop raises this before anything is sent. It is also raised in
+    the child of a ``fork()`` that tries to connect on the event loop it
+    inherited (that loop's epoll set is shared with the parent): run the
+    child's code in a new loop (``asyncio.run``) with a new Channel.
+    """
