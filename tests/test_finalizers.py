@@ -24,7 +24,7 @@ async def server_clients(channel: Channel) -> int:
 
 
 async def subscribers(channel: Channel) -> int:
-    return (await channel.execute("PUBSUB", "NUMSUB", "tt:broadcast"))[1]
+    return (await channel.execute("PUBSUB", "NUMSUB", channel.keys.broadcast))[1]
 
 
 async def settle(counts, target) -> tuple:
@@ -121,7 +121,7 @@ async def test_leaving_async_for_with_break_unsubscribes(redis_url):
 
 
 def _sync_subscribers(channel: SyncChannel) -> int:
-    return channel.execute("PUBSUB", "NUMSUB", "tt:broadcast")[1]
+    return channel.execute("PUBSUB", "NUMSUB", channel.keys.broadcast)[1]
 
 
 def test_leaving_a_sync_subscription_loop_unsubscribes(redis_url):
