@@ -778,3 +778,33 @@ async def test_event_read_argv_match_methods_vectors(redis_url, kind):
             assert await monitor.commands(channel) == [argv[:2] + [b"(" + argv[2]] + argv[3:]]
     finally:
         monitor.close()
+
+
+@kinds
+async def test_numbers_beyond_redis_range_are_refused_before_sending(redis_url, kind):
+    """A count, block or idle time above 2**63-1 (Redis's long long) is bad
+    input: InvalidArgumentError and nothing sent, not a server error reply."""
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url) as channel:
+            agent, mission, huge = AgentId.new(), AgentId.new(), 2**63
+            calls = [
+                ("get_agent_activity_lines", (agent, huge)),
+                ("read_town_events", ("-", huge)),
+                ("read_agent_events", (agent, "-", huge)),
+                ("read_mission_events", (mission, "-", huge)),
+                ("read_recent_town_events", (huge,)),
+                ("docket_read", ("w", huge)),
+                ("docket_reclaim", ("w", huge)),
+                ("docket_reclaim", ("w", 0, huge)),
+                ("peek_inbox", (agent, huge)),
+            ]
+            for name, args in calls:
+                with pytest.raises(InvalidArgumentError):
+                    await getattr(channel, name)(*args)
+            assert await monitor.commands(channel) == []
+            # the largest value Redis takes is still accepted
+            assert await channel.get_agent_activity_lines(agent, huge - 1) == []
+            assert await channel.read_recent_town_events(huge - 1) == []
+    finally:
+        monitor.close()
