@@ -808,3 +808,20 @@ async def test_numbers_beyond_redis_range_are_refused_before_sending(redis_url, 
             assert await channel.read_recent_town_events(huge - 1) == []
     finally:
         monitor.close()
+
+
+@kinds
+async def test_docket_read_with_the_longest_block_takes_the_waiting_entry(redis_url, kind):
+    """block_ms up to 2**63-1 is valid (Redis takes it): with an entry waiting,
+    the read returns it at once on both channels, whatever the transport's
+    own limit on one wait."""
+    async with open_channel(kind, redis_url, town="long-block") as channel:
+        await channel.execute(b"DEL", channel.keys.docket_tasks)
+        await channel.docket_ensure_group()
+        for block_ms in (2**63 - 1, 10**12, 3 * 10**9):
+            task = TaskId.new()
+            entry = await channel.docket_push(task, "d", "high", "f", "t")
+            got = await channel.docket_read("w", block_ms)
+            assert got is not None and got[0] == entry and got[1]["task_id"] == str(task)
+            assert await channel.docket_ack(entry)
+        assert await channel.docket_pending_count() == 0
