@@ -58,9 +58,14 @@ def _text(value: object, what: str) -> bytes:
         raise EncodeError(f"{what} cannot be written as UTF-8: {exc}") from None
 
 
+#: The largest number Redis takes as a count or a time (a C long long).
+REDIS_INT_MAX = 2**63 - 1
+
+
 def _count(value: object, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{what} must be an int >= {minimum}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= REDIS_INT_MAX:
+        raise InvalidArgumentError(
+            f"{what} must be an int in {minimum}..2**63-1, not {value!r}")
     return value
 
 
@@ -304,9 +309,10 @@ def docket_push(keys: TownKeys, task_id: Any, description: object, priority: obj
 
 def docket_block_ms(block_ms: object) -> int:
     """``block_ms`` checked: upstream's ``BLOCK 0`` waits forever (spec §9.16)."""
-    if isinstance(block_ms, bool) or not isinstance(block_ms, int) or block_ms < 1:
+    if (isinstance(block_ms, bool) or not isinstance(block_ms, int)
+            or not 1 <= block_ms <= REDIS_INT_MAX):
         raise InvalidArgumentError(
-            f"block_ms must be an int >= 1 (milliseconds), not {block_ms!r}"
+            f"block_ms must be an int in 1..2**63-1 (milliseconds), not {block_ms!r}"
             " (Redis would read 0 as 'wait forever')")
     return block_ms
 
