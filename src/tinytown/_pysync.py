@@ -38,6 +38,8 @@ __all__ = ["SyncConnection"]
 # is_usable() probes the socket only after this long without a reply.
 _IDLE_PROBE_AFTER = 0.05
 _READ_SIZE = 65536
+#: The longest single poll(2) wait, in milliseconds (one day).
+_POLL_STEP_MS = 86_400_000.0
 
 
 class SyncConnection:
@@ -209,8 +211,16 @@ class SyncConnection:
     def _wait_readable(sock: socket.socket, seconds: float) -> bool:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
-        # Retried after a signal with the time left (PEP 475).
-        return bool(poller.poll(seconds * 1000.0 + 1))
+        # poll(2) takes an int of milliseconds (OverflowError beyond ~24 days),
+        # so a longer wait (a BLOCK of up to 2**63-1 ms) goes in steps of a day.
+        deadline = time.monotonic() + seconds
+        while True:
+            # Retried after a signal with the time left (PEP 475).
+            if poller.poll(min(seconds * 1000.0 + 1, _POLL_STEP_MS)):
+                return True
+            seconds = deadline - time.monotonic()
+            if seconds <= 0:
+                return False
 
     # -- commands ---------------------------------------------------------
 
