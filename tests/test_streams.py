@@ -825,3 +825,26 @@ async def test_docket_read_with_the_longest_block_takes_the_waiting_entry(redis_
             assert got is not None and got[0] == entry and got[1]["task_id"] == str(task)
             assert await channel.docket_ack(entry)
         assert await channel.docket_pending_count() == 0
+
+
+@kinds
+async def test_entry_ids_at_and_beyond_the_largest(redis_url, kind):
+    """Stream ids are two u64: one above 2**64-1 is bad input (nothing sent);
+    the largest id is valid and nothing can follow it."""
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url, town="max-id") as channel:
+            u64 = 2**64 - 1
+            await monitor.commands(channel)
+            for bad in (f"{u64 + 1}-0", f"0-{u64 + 1}", f"({u64 + 1}-0", f"{u64 + 1}"):
+                with pytest.raises(InvalidArgumentError):
+                    await channel.read_town_events(bad)
+                with pytest.raises(InvalidArgumentError):
+                    await channel.docket_ack(bad.lstrip("("))
+            assert await monitor.commands(channel) == []
+            agent = AgentId.new()
+            for last in (f"{u64}-{u64}", f"({u64}-{u64}"):
+                assert await channel.read_town_events(last) == []
+                assert await channel.read_agent_events(agent, last) == []
+    finally:
+        monitor.close()
