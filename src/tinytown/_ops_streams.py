@@ -44,6 +44,10 @@ _MULTI = (b"MULTI",)
 _EXEC = (b"EXEC",)
 # A stream entry id as XACK/XRANGE take it: "ms" or "ms-seq" (u64 each).
 _STREAM_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?", re.ASCII)
+#: Stream ids are two u64 (milliseconds, sequence).
+U64_MAX = 2**64 - 1
+#: The largest entry id: nothing can follow it.
+_LAST_ID = f"{U64_MAX}-{U64_MAX}"
 
 
 # -- argument checks ----------------------------------------------------------
@@ -72,20 +76,23 @@ def _count(value: object, what: str, minimum: int = 1) -> int:
 def _entry_id(value: object, what: str = "entry_id") -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+    if (not isinstance(value, str) or not _STREAM_ID.fullmatch(value)
+            or any(int(part) > U64_MAX for part in value.split("-"))):
         raise InvalidArgumentError(
-            f"{what} must be a stream entry id such as '1700000000000-0', not {value!r}")
+            f"{what} must be a stream entry id such as '1700000000000-0' (two parts"
+            f" of at most 2**64-1), not {value!r}")
     return value
 
 
-def _start_id(last_id: object) -> str:
+def _start_id(last_id: object) -> str | None:
     """XRANGE's start for "entries after ``last_id``".
 
     Upstream passes ``last_id`` as XRANGE's start, which is inclusive, so a
     follow loop sees its last entry again on every read (spec §9.14). Here a
     real entry id becomes the exclusive ``(<id>`` (Redis >= 6.2); ``-`` (and
     ``0``/``0-0``, below every possible entry) still mean "from the start";
-    an id already written ``(<id>`` is passed as it is.
+    an id already written ``(<id>`` is passed as it is. None after the
+    largest id (Redis would refuse the empty interval).
     """
     if isinstance(last_id, bytes):
         last_id = last_id.decode("ascii", "replace")
@@ -95,7 +102,7 @@ def _start_id(last_id: object) -> str:
         return last_id
     bare = last_id[1:] if last_id.startswith("(") else last_id
     _entry_id(bare, "last_id")
-    return "(" + bare
+    return None if bare == _LAST_ID else "(" + bare
 
 
 def now_rfc3339() -> str:
@@ -210,6 +217,8 @@ def _decode_entries(entries: Any) -> list[tuple[str, TownEvent]]:
 def _read_events(stream: str, last_id: object, count: object) -> Op[list[tuple[str, TownEvent]]]:
     start = _start_id(last_id)
     n = _count(count, "count")
+    if start is None:  # after the largest id: nothing to read
+        return []
     entries = yield (b"XRANGE", stream, start, b"+", b"COUNT", n)
     return _decode_entries(entries)
 
