@@ -1109,9 +1109,11 @@ class Channel:
         every read, the entry ``last_id`` itself is not returned: this sends
         ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
         are sent as they are). Entries whose ``data`` field is missing or not
-        a TownEvent are skipped (logged as warnings), as Tinytown does.
-        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
-        ``count`` below 1.
+        a TownEvent are skipped (logged as warnings), as Tinytown does; after
+        the largest id (``18446744073709551615-18446744073709551615``) there
+        is nothing to read and nothing is sent. Raises
+        :class:`InvalidArgumentError` for a malformed ``last_id`` (an id's
+        two parts are at most 2**64-1) or a ``count`` outside 1..2**63-1.
         """
         return await self._run(_streams.read_town_events(self._keys, last_id, count))
 
@@ -1193,7 +1195,7 @@ class Channel:
         STREAMS tt:<town>:docket:tasks >``, on a connection of its own (like
         :meth:`receive`). The entry stays pending for ``consumer`` until
         :meth:`docket_ack`. ``fields`` maps field names to values (bytes
-        that are not UTF-8 read as U+FFFD). ``block_ms`` must be >= 1:
+        that are not UTF-8 read as U+FFFD). ``block_ms`` must be an int in 1..2**63-1:
         Tinytown's ``0`` would wait forever. If the caller is cancelled after
         Redis delivered an entry, the entry stays pending for ``consumer``:
         :meth:`docket_reclaim` returns it. A missing group raises

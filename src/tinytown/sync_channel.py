@@ -788,9 +788,11 @@ class SyncChannel:
         every read, the entry ``last_id`` itself is not returned: this sends
         ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
         are sent as they are). Entries whose ``data`` field is missing or not
-        a TownEvent are skipped (logged as warnings), as Tinytown does.
-        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
-        ``count`` below 1.
+        a TownEvent are skipped (logged as warnings), as Tinytown does; after
+        the largest id (``18446744073709551615-18446744073709551615``) there
+        is nothing to read and nothing is sent. Raises
+        :class:`InvalidArgumentError` for a malformed ``last_id`` (an id's
+        two parts are at most 2**64-1) or a ``count`` outside 1..2**63-1.
         """
         return self._run(_streams.read_town_events(self._keys, last_id, count))
 
@@ -833,7 +835,7 @@ class SyncChannel:
         and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
         it, spec §9.9); the next call goes on with the following entry. If a
         signal handler raises (Ctrl-C) the task id just taken goes back to
-        the front of the backlog first: nothing is lost (see :meth:`_run`).
+        the front of the backlog first: nothing is lost.
         """
         return self._run(_streams.backlog_pop(self._keys))
 
@@ -871,7 +873,7 @@ class SyncChannel:
         STREAMS tt:<town>:docket:tasks >``, with the GIL released. The entry
         stays pending for ``consumer`` until :meth:`docket_ack`. ``fields``
         maps field names to values (bytes that are not UTF-8 read as U+FFFD).
-        ``block_ms`` must be >= 1: Tinytown's ``0`` would wait forever. If a
+        ``block_ms`` must be an int in 1..2**63-1: Tinytown's ``0`` would wait forever. If a
         signal handler raises (Ctrl-C) during the wait, the XREADGROUP is
         ended (CLIENT UNBLOCK) and an entry it already took stays pending
         for ``consumer``: :meth:`docket_reclaim` returns it. A missing group
