@@ -536,7 +536,9 @@ class SyncChannel:
         in one round trip: a Lua script (``EVALSHA``) that writes it only if
         the Hash exists and has an ``id``; a JSON agent is read and rewritten
         as :meth:`increment_agent_rounds` does. Raises
-        :class:`AgentNotFoundError` if the agent has no state.
+        :class:`AgentNotFoundError` if the agent has no state, and
+        :class:`ReplyError` (WRONGTYPE) if its key holds another type, as the
+        counters do.
         """
         self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "last_heartbeat", False))
