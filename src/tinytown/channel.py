@@ -131,7 +131,13 @@ class Channel:
 
     Create it with :meth:`connect` (or ``await town.channel()``); close it with
     :meth:`close` or ``async with channel:``. Every method that takes an id
-    accepts the id type, a :class:`uuid.UUID` or its string form.
+    accepts the id type, a :class:`uuid.UUID` or its string form
+    (hyphenated, 32 hex digits, ``{braced}`` or ``urn:uuid:``, any case, as
+    Tinytown reads them; keys always use the lowercase hyphenated form); any
+    other value raises :class:`tinytown.InvalidArgumentError` before
+    anything is sent. Unless a method says otherwise, a key holding another
+    Redis type raises :class:`tinytown.ReplyError` (WRONGTYPE) and is left
+    as it is.
 
     A Channel belongs to the event loop it was connected on and is not
     thread-safe. If the connection drops, calls in flight fail with

@@ -69,7 +69,13 @@ class SyncChannel:
 
     Create it with :meth:`connect`; close it with :meth:`close` or ``with``.
     Every method that takes an id accepts the id type, a :class:`uuid.UUID`
-    or its string form.
+    or its string form
+    (hyphenated, 32 hex digits, ``{braced}`` or ``urn:uuid:``, any case, as
+    Tinytown reads them; keys always use the lowercase hyphenated form); any
+    other value raises :class:`tinytown.InvalidArgumentError` before
+    anything is sent. Unless a method says otherwise, a key holding another
+    Redis type raises :class:`tinytown.ReplyError` (WRONGTYPE) and is left
+    as it is.
 
     One SyncChannel per thread: a call made while another thread is inside a
     call on the same channel raises :class:`tinytown.ConcurrentUseError`.
