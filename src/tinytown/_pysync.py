@@ -44,6 +44,8 @@ _READ_SIZE = 65536
 # can be anything else, 0 and False included).
 _NOT_ENOUGH = object()
 _CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
+#: The longest single poll(2) wait, in milliseconds (one day).
+_POLL_STEP_MS = 86_400_000.0
 
 
 class SyncConnection:
@@ -230,8 +232,16 @@ class SyncConnection:
     def _wait_readable(sock: socket.socket, seconds: float) -> bool:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
-        # Retried after a signal with the time left (PEP 475).
-        return bool(poller.poll(seconds * 1000.0 + 1))
+        # poll(2) takes an int of milliseconds (OverflowError beyond ~24 days),
+        # so a longer wait (a BLOCK of up to 2**63-1 ms) goes in steps of a day.
+        deadline = time.monotonic() + seconds
+        while True:
+            # Retried after a signal with the time left (PEP 475).
+            if poller.poll(min(seconds * 1000.0 + 1, _POLL_STEP_MS)):
+                return True
+            seconds = deadline - time.monotonic()
+            if seconds <= 0:
+                return False
 
     # -- commands ---------------------------------------------------------
 

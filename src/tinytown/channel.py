@@ -208,7 +208,13 @@ class Channel:
 
     Create it with :meth:`connect` (or ``await town.channel()``); close it with
     :meth:`close` or ``async with channel:``. Every method that takes an id
-    accepts the id type, a :class:`uuid.UUID` or its string form.
+    accepts the id type, a :class:`uuid.UUID` or its string form
+    (hyphenated, 32 hex digits, ``{braced}`` or ``urn:uuid:``, any case, as
+    Tinytown reads them; keys always use the lowercase hyphenated form); any
+    other value raises :class:`tinytown.InvalidArgumentError` before
+    anything is sent. Unless a method says otherwise, a key holding another
+    Redis type raises :class:`tinytown.ReplyError` (WRONGTYPE) and is left
+    as it is.
 
     A Channel belongs to the event loop it was connected on and is not
     thread-safe. If the connection drops, calls in flight fail with
@@ -1153,7 +1159,9 @@ class Channel:
         in one round trip: a Lua script (``EVALSHA``) that writes it only if
         the Hash exists and has an ``id``; a JSON agent is read and rewritten
         as :meth:`increment_agent_rounds` does. Raises
-        :class:`AgentNotFoundError` if the agent has no state.
+        :class:`AgentNotFoundError` if the agent has no state, and
+        :class:`ReplyError` (WRONGTYPE) if its key holds another type, as the
+        counters do.
         """
         await self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "last_heartbeat", False))
@@ -1376,9 +1384,11 @@ class Channel:
         every read, the entry ``last_id`` itself is not returned: this sends
         ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
         are sent as they are). Entries whose ``data`` field is missing or not
-        a TownEvent are skipped (logged as warnings), as Tinytown does.
-        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
-        ``count`` below 1.
+        a TownEvent are skipped (logged as warnings), as Tinytown does; after
+        the largest id (``18446744073709551615-18446744073709551615``) there
+        is nothing to read and nothing is sent. Raises
+        :class:`InvalidArgumentError` for a malformed ``last_id`` (an id's
+        two parts are at most 2**64-1) or a ``count`` outside 1..2**63-1.
         """
         return await self._run(_streams.read_town_events(self._keys, last_id, count))
 
@@ -1460,7 +1470,7 @@ class Channel:
         STREAMS tt:<town>:docket:tasks >``, on a connection of its own (like
         :meth:`receive`). The entry stays pending for ``consumer`` until
         :meth:`docket_ack`. ``fields`` maps field names to values (bytes
-        that are not UTF-8 read as U+FFFD). ``block_ms`` must be >= 1:
+        that are not UTF-8 read as U+FFFD). ``block_ms`` must be an int in 1..2**63-1:
         Tinytown's ``0`` would wait forever. If the caller is cancelled after
         Redis delivered an entry, the entry stays pending for ``consumer``:
         :meth:`docket_reclaim` returns it. A missing group raises

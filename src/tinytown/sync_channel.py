@@ -70,7 +70,13 @@ class SyncChannel:
 
     Create it with :meth:`connect`; close it with :meth:`close` or ``with``.
     Every method that takes an id accepts the id type, a :class:`uuid.UUID`
-    or its string form.
+    or its string form
+    (hyphenated, 32 hex digits, ``{braced}`` or ``urn:uuid:``, any case, as
+    Tinytown reads them; keys always use the lowercase hyphenated form); any
+    other value raises :class:`tinytown.InvalidArgumentError` before
+    anything is sent. Unless a method says otherwise, a key holding another
+    Redis type raises :class:`tinytown.ReplyError` (WRONGTYPE) and is left
+    as it is.
 
     One SyncChannel per thread: a call made while another thread is inside a
     call on the same channel raises :class:`tinytown.ConcurrentUseError`.
@@ -581,7 +587,9 @@ class SyncChannel:
         in one round trip: a Lua script (``EVALSHA``) that writes it only if
         the Hash exists and has an ``id``; a JSON agent is read and rewritten
         as :meth:`increment_agent_rounds` does. Raises
-        :class:`AgentNotFoundError` if the agent has no state.
+        :class:`AgentNotFoundError` if the agent has no state, and
+        :class:`ReplyError` (WRONGTYPE) if its key holds another type, as the
+        counters do.
         """
         self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "last_heartbeat", False))
@@ -833,9 +841,11 @@ class SyncChannel:
         every read, the entry ``last_id`` itself is not returned: this sends
         ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
         are sent as they are). Entries whose ``data`` field is missing or not
-        a TownEvent are skipped (logged as warnings), as Tinytown does.
-        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
-        ``count`` below 1.
+        a TownEvent are skipped (logged as warnings), as Tinytown does; after
+        the largest id (``18446744073709551615-18446744073709551615``) there
+        is nothing to read and nothing is sent. Raises
+        :class:`InvalidArgumentError` for a malformed ``last_id`` (an id's
+        two parts are at most 2**64-1) or a ``count`` outside 1..2**63-1.
         """
         return self._run(_streams.read_town_events(self._keys, last_id, count))
 
@@ -878,7 +888,7 @@ class SyncChannel:
         and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
         it, spec §9.9); the next call goes on with the following entry. If a
         signal handler raises (Ctrl-C) the task id just taken goes back to
-        the front of the backlog first: nothing is lost (see :meth:`_run`).
+        the front of the backlog first: nothing is lost.
         """
         return self._run(_streams.backlog_pop(self._keys))
 
@@ -916,7 +926,7 @@ class SyncChannel:
         STREAMS tt:<town>:docket:tasks >``, with the GIL released. The entry
         stays pending for ``consumer`` until :meth:`docket_ack`. ``fields``
         maps field names to values (bytes that are not UTF-8 read as U+FFFD).
-        ``block_ms`` must be >= 1: Tinytown's ``0`` would wait forever. If a
+        ``block_ms`` must be an int in 1..2**63-1: Tinytown's ``0`` would wait forever. If a
         signal handler raises (Ctrl-C) during the wait, the XREADGROUP is
         ended (CLIENT UNBLOCK) and an entry it already took stays pending
         for ``consumer``: :meth:`docket_reclaim` returns it. A missing group
