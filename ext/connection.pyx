@@ -58,6 +58,7 @@ from tinytown.errors import EventLoopError
 # a loop inherited across fork() shares its epoll set with the parent's, so a
 # child may not open connections on it (they would be watched by the parent).
 import weakref as _weakref
+from collections import deque as _deque
 cdef object _loop_generations = _weakref.WeakKeyDictionary()
 
 
@@ -409,7 +410,9 @@ cdef class Connection:
     cdef size_t q_bytes        # bytes of q not yet handed to hiredis
     cdef size_t high_water     # wait_writable() waits above this many queued bytes ...
     cdef size_t low_water      # ... until they are down to this many
-    cdef list drain_waiters    # futures of wait_writable()
+    cdef object drain_waiters  # deque of (future, bytes) of wait_writable(), first come first
+    cdef bint recheck_scheduled  # a call_soon _recheck_writers is queued
+    cdef object _recheck_cb
     cdef tuple sub_names       # the channels of subscribe(), whose buffers the guard reads
     cdef const char **sub_ptrs
     cdef size_t *sub_lens
@@ -435,7 +438,8 @@ cdef class Connection:
         self._write_cb = self._on_writable
         self._flush_cb = self._flush
         self.wakeups = []
-        self.drain_waiters = []
+        self.drain_waiters = _deque()
+        self._recheck_cb = self._recheck_writers
         self.high_water = 4 * 2**20
         self.low_water = 2**20
         self.guard.pending = &self.pending
@@ -804,18 +808,55 @@ cdef class Connection:
             self._pump()
             if self.ac != NULL and sdslen(self.ac.c.obuf) > 0 and not self.writing:
                 self._want_write(True)
-        if self.drain_waiters and self._buffered() <= self.low_water:
-            self._wake_writers(None)
+        if self.drain_waiters:
+            self._wake_writers()
 
     cdef inline size_t _buffered(self) noexcept:
         if self.ac == NULL:
             return self.q_bytes
         return sdslen(self.ac.c.obuf) + self.q_bytes
 
-    cdef void _wake_writers(self, object error) noexcept:
-        waiters, self.drain_waiters = self.drain_waiters, []
-        for fut in waiters:
-            _settle(fut, error, error is not None)
+    cdef void _wake_writers(self) noexcept:
+        # Down to the low-water mark: wake the first waiting writers, in
+        # order, as many as the bytes they announced fit under the high mark
+        # (at least one). Waking them all would have each look again and
+        # wait again: O(waiters) per drain, quadratic in a flood.
+        cdef Py_ssize_t size = <Py_ssize_t>self._buffered()
+        cdef Py_ssize_t budget
+        cdef bint woke = False
+        if size > <Py_ssize_t>self.low_water:
+            return
+        budget = <Py_ssize_t>self.high_water - size
+        try:
+            waiters = self.drain_waiters
+            while waiters:
+                fut, n = waiters[0]
+                if fut.done():          # its caller was cancelled
+                    waiters.popleft()
+                    continue
+                if woke and n > budget:
+                    break
+                waiters.popleft()
+                _settle(fut, None, False)
+                budget -= n
+                woke = True
+            if woke and waiters and not self.recheck_scheduled:
+                # Once the woken writers have run: more room (one was
+                # cancelled, or wrote less), wake more; else the next write does.
+                self.recheck_scheduled = True
+                self._call_soon(self._recheck_cb)
+        except BaseException as exc:
+            PyErr_WriteUnraisable(exc)
+
+    def _recheck_writers(self):
+        self.recheck_scheduled = False
+        if self.drain_waiters and self.ac != NULL:
+            self._wake_writers()
+
+    cdef void _fail_writers(self, object error) noexcept:
+        waiters, self.drain_waiters = self.drain_waiters, _deque()
+        for fut, n in waiters:
+            _settle(fut, error, True)
 
     cdef void _fail_queued(self, object error, bint detached=False) noexcept:
         """Fail every queued command with ``error``, in order (the one whose
@@ -839,7 +880,7 @@ cdef class Connection:
         self.q_head = 0
         self.q_bytes = 0
         if self.drain_waiters:
-            self._wake_writers(error)
+            self._fail_writers(error)
 
     def execute(self, *args):
         """Send one command; returns a :class:`ReplyFuture` of its reply.
@@ -1012,14 +1053,21 @@ cdef class Connection:
         """``(high, low)`` in bytes."""
         return (self.high_water, self.low_water)
 
-    def wait_writable(self):
-        """None while :attr:`write_buffer_size` is at most the high-water mark;
-        above it, a future resolved once it is down to the low-water mark
-        (failed with ConnectionError if the connection goes first)."""
-        if self._buffered() <= self.high_water or self.ac == NULL:
+    def wait_writable(self, Py_ssize_t nbytes=0):
+        """None while :attr:`write_buffer_size` is at most the high-water mark
+        and no writer waits; else a future, resolved (first come, first
+        served) once the size is down to the low-water mark and the
+        ``nbytes`` (int, the caller's estimate of what it will write) of the
+        writers before it and its own fit under the high-water mark (the
+        first writer always goes). Failed with ConnectionError if the
+        connection goes first. A woken writer writes without asking again."""
+        if self.ac == NULL or (not self.drain_waiters and self._buffered() <= self.high_water):
             return None
         fut = self._create_future()
-        self.drain_waiters.append(fut)
+        self.drain_waiters.append((fut, nbytes))
+        if not self.recheck_scheduled and self._buffered() <= self.low_water:
+            self.recheck_scheduled = True       # nothing left to write that would wake it
+            self._call_soon(self._recheck_cb)
         return fut
 
     def fileno(self):

@@ -919,11 +919,11 @@ class ClusterConnection:
     def set_write_buffer_limits(self, high: int, low: int | None = None) -> None:
         """Nothing: each node connection has the channel's limits (Channel._connect_one)."""
 
-    def wait_writable(self) -> asyncio.Future[None] | None:
+    def wait_writable(self, nbytes: int = 0) -> asyncio.Future[None] | None:
         """A future of the first node connection over its high-water mark, or None."""
         for conn in self._nodes.values():
             if not conn.is_closed:
-                waiter = conn.wait_writable()
+                waiter = conn.wait_writable(nbytes)
                 if waiter is not None:
                     return waiter
         return None

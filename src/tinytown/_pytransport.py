@@ -131,7 +131,8 @@ class Connection(asyncio.Protocol):
         # that its resume_writing says when the buffer is down to it.
         self._high_water = 4 * 2**20
         self._low_water = 2**20
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._drain_waiters: deque[tuple[asyncio.Future[None], int]] = deque()  # first come first
+        self._recheck_scheduled = False
         self._flush_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None
@@ -394,8 +395,8 @@ class Connection(asyncio.Protocol):
                 slot.add(error)
             else:
                 deliver(slot, error, True)
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for fut in waiters:
+        waiters, self._drain_waiters = self._drain_waiters, deque()
+        for fut, _ in waiters:
             deliver(fut, error, True)
 
     # -- writing ----------------------------------------------------------
@@ -448,11 +449,35 @@ class Connection(asyncio.Protocol):
             self._wake_writers()
 
     def _wake_writers(self) -> None:
-        if self.write_buffer_size > self._low_water:
+        # Down to the low-water mark: wake the first waiting writers, in
+        # order, as many as the bytes they announced fit under the high mark
+        # (at least one); waking all would have each look again: quadratic.
+        size = self.write_buffer_size
+        if size > self._low_water:
             return  # the transport calls resume_writing when it is down to it
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for fut in waiters:
+        budget = self._high_water - size
+        woke = False
+        waiters = self._drain_waiters
+        while waiters:
+            fut, n = waiters[0]
+            if fut.done():  # its caller was cancelled
+                waiters.popleft()
+                continue
+            if woke and n > budget:
+                break
+            waiters.popleft()
             deliver(fut, None, False)
+            budget -= n
+            woke = True
+        if woke and waiters and not self._recheck_scheduled:
+            # Once the woken writers have run: wake more if there is room.
+            self._recheck_scheduled = True
+            self._loop.call_soon(self._recheck_writers)
+
+    def _recheck_writers(self) -> None:
+        self._recheck_scheduled = False
+        if self._drain_waiters and not self._closed:
+            self._wake_writers()
 
     @property
     def write_buffer_size(self) -> int:
@@ -481,14 +506,21 @@ class Connection(asyncio.Protocol):
         """``(high, low)`` in bytes."""
         return (self._high_water, self._low_water)
 
-    def wait_writable(self) -> asyncio.Future[None] | None:
-        """None while :attr:`write_buffer_size` is at most the high-water mark;
-        above it, a future resolved once it is down to the low-water mark
-        (failed with ConnectionError if the connection goes first)."""
-        if self._closed or self.write_buffer_size <= self._high_water:
+    def wait_writable(self, nbytes: int = 0) -> asyncio.Future[None] | None:
+        """None while :attr:`write_buffer_size` is at most the high-water mark
+        and no writer waits; else a future, resolved (first come, first
+        served) once the size is down to the low-water mark and the
+        ``nbytes`` (int, the caller's estimate of what it will write) of the
+        writers before it and its own fit under the high-water mark (the
+        first writer always goes). Failed with ConnectionError if the
+        connection goes first. A woken writer writes without asking again."""
+        if self._closed or (not self._drain_waiters and self.write_buffer_size <= self._high_water):
             return None
         fut: asyncio.Future[None] = self._create_future()
-        self._drain_waiters.append(fut)
+        self._drain_waiters.append((fut, nbytes))
+        if not self._recheck_scheduled and self.write_buffer_size <= self._low_water:
+            self._recheck_scheduled = True  # nothing left to write that would wake it
+            self._loop.call_soon(self._recheck_writers)
         return fut
 
     # -- commands ---------------------------------------------------------

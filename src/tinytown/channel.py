@@ -20,7 +20,7 @@ import socket
 import ssl as ssl_module
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -131,12 +131,9 @@ DEFAULT_WRITE_BUFFER_LIMITS = (4 * 2**20, 2**20)
 _NO_WRITE_LIMIT = 2**62
 
 
-async def _writable(conn: Connection, waiter: asyncio.Future[None]) -> None:
-    """Wait until ``conn``'s write queue is under its high-water mark
-    (backpressure). Every waiter wakes at the low-water mark, so look again."""
-    while waiter is not None:
-        await waiter
-        waiter = conn.wait_writable()
+def _command_bytes(args: Sequence[Any]) -> int:
+    """About the bytes of ``args`` on the wire, for wait_writable."""
+    return sum(len(a) if isinstance(a, (bytes, str)) else 20 for a in args) + 16 * len(args)
 
 
 class Channel:
@@ -412,9 +409,9 @@ class Channel:
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
-        waiter = conn.wait_writable()
+        waiter = conn.wait_writable(len(payload) + len(key) + 48)
         if waiter is not None:
-            await _writable(conn, waiter)
+            await waiter    # backpressure: the queue is over its high-water mark
         await conn.execute(LPUSH if message.priority.is_front else RPUSH, key, payload)
 
     async def send_many(self, messages: Iterable[Message]) -> None:
@@ -439,9 +436,9 @@ class Channel:
             return
         try:
             conn = await self._main()
-            waiter = conn.wait_writable()
+            waiter = conn.wait_writable(sum(map(_command_bytes, commands)))
             if waiter is not None:
-                await _writable(conn, waiter)
+                await waiter
             await conn.execute_many(commands, False)
         except ConnectionError as exc:
             # A new exception: the one given may be shared with other calls
@@ -1320,9 +1317,9 @@ class Channel:
         mark (``write_buffer_limits`` of :meth:`connect`).
         """
         conn = await self._main()
-        waiter = conn.wait_writable()
+        waiter = conn.wait_writable(_command_bytes(args))
         if waiter is not None:
-            await _writable(conn, waiter)
+            await waiter
         return await conn.execute(*args)
 
     @property
