@@ -824,8 +824,8 @@ cdef class Connection:
         cdef Py_ssize_t size = <Py_ssize_t>self._buffered()
         cdef Py_ssize_t budget
         cdef bint woke = False
-        if size > <Py_ssize_t>self.low_water:
-            return
+        if size > <Py_ssize_t>self.low_water or self.recheck_scheduled:
+            return      # (writers woken before have not written yet: wait for them)
         budget = <Py_ssize_t>self.high_water - size
         try:
             waiters = self.drain_waiters

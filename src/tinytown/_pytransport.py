@@ -453,8 +453,10 @@ class Connection(asyncio.Protocol):
         # order, as many as the bytes they announced fit under the high mark
         # (at least one); waking all would have each look again: quadratic.
         size = self.write_buffer_size
-        if size > self._low_water:
-            return  # the transport calls resume_writing when it is down to it
+        if size > self._low_water or self._recheck_scheduled:
+            # Above: the transport calls resume_writing when it is down to
+            # it. Recheck pending: writers woken before have not written yet.
+            return
         budget = self._high_water - size
         woke = False
         waiters = self._drain_waiters
