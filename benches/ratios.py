@@ -65,6 +65,26 @@ def targets() -> list[Target]:
     return out
 
 
+@dataclass
+class RowRatio:
+    """tinytown's median in ``row`` / tinytown's median in ``baseline``, both
+    measured in the same run: at most ``limit``."""
+
+    row: str
+    baseline: str
+    limit: float
+    label: str
+
+
+def row_ratios() -> list[RowRatio]:
+    return [
+        RowRatio("set_agent_state (hash layout)", "set_agent_state", 1.3,
+                 "set_agent_state, hash layout vs JSON layout"),
+        RowRatio("sync set_agent_state (hash layout)", "sync set_agent_state", 1.3,
+                 "sync set_agent_state, hash layout vs JSON layout"),
+    ]
+
+
 #: Instructions per send (callgrind) as a multiple of the hiredis C loop, at most.
 INSTRUCTION_TARGETS = {"tinytown SyncChannel": 2.0, "tinytown Channel (uvloop)": 3.0,
                        "tinytown Channel (asyncio)": 4.0}
@@ -101,6 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         sign = "<=" if target.at_most else ">="
         shown = "-" if value is None else f"{value:.2f}x"
         print(f"{'ok' if ok else 'MISSED':8} {target.label}: {shown} (target {sign} {target.limit}x)")
+    for pair in row_ratios():
+        row, base = rows.get(pair.row), rows.get(pair.baseline)
+        if row is None or base is None:
+            status = "absent" if args.allow_missing else "MISSING"
+            missed += 0 if args.allow_missing else 1
+            print(f"{status:8} {pair.label}: no measurement in this run")
+            continue
+        value = row["tinytown"] / base["tinytown"] if base.get("tinytown") else None
+        ok = value is not None and value <= pair.limit
+        missed += not ok
+        shown = "-" if value is None else f"{value:.2f}x"
+        print(f"{'ok' if ok else 'MISSED':8} {pair.label}: {shown} (target <= {pair.limit}x)")
     memory = next((r for name, r in rows.items() if name.startswith("RSS growth")), None)
     if memory is None:
         missed += 0 if args.allow_missing else 1

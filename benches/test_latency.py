@@ -16,7 +16,9 @@ from tinytown.bench import Bench
 
 ASYNC_OPERATIONS = [
     "send", "try_receive", "receive (message waiting)", "inbox_len", "set_agent_state",
-    "get_agent_state", "set_task", "get_task", "broadcast",
+    "get_agent_state", "set_agent_state (hash layout)", "get_agent_state (hash layout)",
+    "set_task", "get_task", "broadcast", "send_urgent", "should_stop",
+    "update_agent_heartbeat (hash layout)", "docket_push", "docket_read (entry waiting)",
 ]
 # The same calls on the blocking SyncChannel, beside redis-py's sync client.
 OPERATIONS = ASYNC_OPERATIONS + [f"sync {name}" for name in ASYNC_OPERATIONS]
@@ -44,4 +46,9 @@ def test_latency(benchmark, bench: Bench, run, name: str) -> None:
     result = op.result()
     assert result.tinytown > 0 and len(op.samples["tinytown"]) >= bench.per_round
     assert result.cpu["tinytown"] > 0
+    for who in ("redis_py", "glide", "coredis"):  # every installed peer ran its equivalent
+        if op.ops[who] is not None:
+            assert len(op.samples[who]) >= bench.per_round, who
+    if op.c_command is not None:  # and redis-benchmark, where it can run the command
+        assert op.c_p50s, "redis-benchmark did not run"
     record(benchmark, result)

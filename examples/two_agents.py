@@ -74,8 +74,10 @@ async def supervisor(channel: Channel, worker: Agent) -> None:
     me = AgentId.supervisor()
     task_id = TaskId.new()
     assign = Message.new(me, worker.id, MessageType.TaskAssign(task_id=str(task_id)))
-    await channel.send(assign)
+    # Log first, then send: once sent, the worker may log its receipt before
+    # this coroutine runs again.
     say("supervisor", f"-> {worker.name}: task_assign task={short(task_id)} (message {short(assign.id)})")
+    await channel.send(assign)
 
     answer = await channel.receive(me, RECEIVE_TIMEOUT)
     if answer is None:

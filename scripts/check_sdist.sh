@@ -44,7 +44,7 @@ say "built $(basename "$sdist")"
 listing="$(tar -tzf "$sdist")"
 needed=(setup.py pyproject.toml MANIFEST.in README.md)
 for f in ext/*.pyx ext/*.h ext/includes/* src/tinytown/*.py src/tinytown/*.pyi src/tinytown/py.typed \
-         tests/*.py tests/data/wire/* scripts/*.sh scripts/*.py; do
+         tests/*.py tests/data/wire/* scripts/*.sh scripts/*.py examples/*.py; do
     needed+=("$f")
 done
 for f in "${needed[@]}"; do
@@ -66,7 +66,7 @@ say "2. a fresh virtualenv; pip install the sdist[test] (compiles against the sy
 mkdir -p "$WORK/unpacked" "$WORK/suite"
 tar -xzf "$sdist" -C "$WORK/unpacked"
 src="$(ls -d "$WORK"/unpacked/tinytown-*)"
-cp -r "$src/tests" "$src/scripts" "$src/pyproject.toml" "$WORK/suite/"
+cp -r "$src/tests" "$src/scripts" "$src/examples" "$src/pyproject.toml" "$WORK/suite/"
 cd "$WORK/suite"
 "$WORK/venv/bin/python" - "$WORK/venv" <<'PY'
 import os, sys

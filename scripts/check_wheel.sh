@@ -120,8 +120,8 @@ say "4. fresh virtualenv in the chroot, the repaired wheel installed"
 rm -rf "$ROOTFS/opt/venv" "$ROOTFS/opt/tinytown-tests" "$ROOTFS/opt/wheelhouse"
 mkdir -p "$ROOTFS/opt/wheelhouse" "$ROOTFS/opt/tinytown-tests"
 cp "$repaired" "$ROOTFS/opt/wheelhouse/"
-# The tests and their config only: the package comes from the wheel.
-cp -r tests scripts pyproject.toml "$ROOTFS/opt/tinytown-tests/"
+# The tests, the examples they run and their config: the package comes from the wheel.
+cp -r tests scripts examples pyproject.toml "$ROOTFS/opt/tinytown-tests/"
 find "$ROOTFS/opt/tinytown-tests" -name __pycache__ -prune -exec rm -rf {} +
 in_root python3 -m venv /opt/venv
 in_root /opt/venv/bin/pip install -q "/opt/wheelhouse/$(basename "$repaired")[test,bench]"

@@ -28,9 +28,18 @@ from tinytown import (
 
 
 def sized_message(to: AgentId, size: int) -> Message:
-    """A message whose JSON is exactly ``size`` bytes."""
+    """A message whose JSON is exactly ``size`` bytes.
+
+    The padding is computed on the very message that is returned (only its
+    description changes): a second ``msg()`` would take a new timestamp,
+    whose fraction may print with another number of digits (0, 3, 6 or 9).
+    """
     base = msg(to, "")
-    return msg(to, "x" * (size - len(base.to_json())))
+    padding = "x" * (size - len(base.to_json()))
+    padded = Message(base.id, base.from_, base.to, MessageType.Task(description=padding),
+                     base.priority, base.created_at, base.correlation_id)
+    assert len(padded.to_json()) == size
+    return padded
 
 
 # ------------------------------------------------------------------ oversized

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pty
 import select
 import signal
@@ -115,21 +116,30 @@ def test_send_inbox_peek_state(tt, redis_server):
     listing = tt("inbox", "--json")
     assert listing.returncode == 0
     assert json.loads(listing.stdout) == {"town": "cli", "inboxes": sorted(
-        [{"agent": agent.id, "messages": 3}, {"agent": other, "messages": 1}], key=lambda d: d["agent"])}
+        [{"agent": agent.id, "name": "worker-1", "length": 3, "urgent": 0},
+         {"agent": other, "name": None, "length": 1, "urgent": 0}], key=lambda d: d["agent"])}
     text = tt("inbox")
     assert agent.id in text.stdout and other in text.stdout
+    header, *rows = text.stdout.splitlines()
+    assert header.split() == ["NAME", "AGENT", "INBOX", "URGENT"]
+    assert [r.split() for r in rows if agent.id in r] == [["worker-1", agent.id, "3", "0"]]
     assert tt("inbox", "worker-1").stdout.strip() == "3"
-    assert json.loads(tt("inbox", agent.id, "--json").stdout)["messages"] == 3
+    one = json.loads(tt("inbox", agent.id, "--json").stdout)
+    assert one == {"town": "cli", "agent": agent.id, "name": "worker-1", "length": 3, "urgent": 0}
 
     peek = tt("peek", "worker-1", "-n", "2", "--json")
     assert peek.returncode == 0
     shown = json.loads(peek.stdout)
-    assert shown["length"] == 3
+    assert shown["length"] == 3 and shown["name"] == "worker-1"
+    # the same shape as inbox --json: "length" the count, "messages" a list
+    assert set(one) <= set(shown) and isinstance(shown["messages"], list)
     assert [m["type"] for m in shown["messages"]] == ["task_assign", "task"]  # urgent first
     assert shown["messages"][1] == first
     assert redis_server.command("LLEN", f"tt:cli:inbox:{agent.id}") == 3  # nothing removed
     text = tt("peek", agent.id)
     assert "task_assign" in text.stdout and "custom" in text.stdout and text.stdout.count("\n") == 4
+    assert "from=worker-1" in text.stdout and "from=supervisor" in text.stdout  # names, not ids
+    assert f"from={agent.id}" not in text.stdout
 
     got = tt("state", "agent", "worker-1")
     assert got.returncode == 0
@@ -213,11 +223,13 @@ def test_peek_shows_undecodable_messages(tt, redis_server):
     assert "undecodable" in tt("peek", agent).stdout
 
 
-def test_town_defaults_to_env_then_directory_name(redis_server, tmp_path):
+def test_town_defaults_to_env_then_directory_name(tcp_redis, tmp_path):
+    """Without --town or $TINYTOWN_TOWN, a TCP URL's town is the current directory's name."""
+    redis_server = tcp_redis
     agent = AgentId.new()
     town_dir = tmp_path / "hamlet"
     town_dir.mkdir()
-    url = redis_server.url
+    url = tcp_redis.url
     assert run("--url", url, "send", "--to", agent, "--type", "ping", cwd=town_dir).returncode == 0
     assert redis_server.command("LLEN", f"tt:hamlet:inbox:{agent}") == 1
     assert run("--url", url, "send", "--to", agent, "--type", "ping", cwd=town_dir,
@@ -279,7 +291,7 @@ def _start_monitor(url: str, *extra: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_monitor_shows_another_clients_traffic_then_stops(redis_server, stop_signal):
+def test_monitor_shows_another_clients_traffic_then_stops(redis_url, redis_server, stop_signal):
     agent = Agent.new("watched", "claude")
     tricky = 'say "hi"\n\tnaïve ☃ \\o/'
     message = msg(agent.id, tricky)
@@ -300,7 +312,9 @@ def test_monitor_shows_another_clients_traffic_then_stops(redis_server, stop_sig
     finally:
         proc.kill()
     assert [e["command"] for e in events] == ["RPUSH", "SET", "PUBLISH", "LPOP"]
-    assert events[0]["key"] == f"inbox:{agent.id}"
+    assert events[0]["key"] == f"tt:cli:inbox:{agent.id}"  # the full key, as everywhere
+    for event in events:  # ISO 8601 in UTC, as the wire's timestamps
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", event["time"]), event
     assert Message.from_json(json.dumps(events[0]["message"])) == message  # decoded, escapes and all
     assert events[1]["state"]["name"] == "watched"
     assert events[2]["key"] == "tt:broadcast" and events[2]["message"]["description"] == tricky
@@ -308,7 +322,7 @@ def test_monitor_shows_another_clients_traffic_then_stops(redis_server, stop_sig
     assert "stopped" in proc.stderr.read()
 
 
-def test_monitor_text_lines(redis_server):
+def test_monitor_text_lines(redis_url, redis_server):
     agent = AgentId.new()
     proc = _start_monitor(redis_server.url)
     try:
@@ -319,7 +333,7 @@ def test_monitor_text_lines(redis_server):
         assert proc.wait(15) == 0
     finally:
         proc.kill()
-    assert f"RPUSH    inbox:{agent}" in line and 'description="hello there"' in line
+    assert f"RPUSH    tt:cli:inbox:{agent}" in line and 'description="hello there"' in line
 
 
 # ------------------------------------------------------------------ migrate
@@ -355,7 +369,7 @@ def test_migrate_dry_run_force_and_idempotence(tt, redis_server):
     before = _keys(redis_server)
 
     preview = tt("migrate", "--dry-run", "--json")
-    assert preview.returncode == 1  # a key would be skipped
+    assert preview.returncode == 0, preview.stderr  # the preview succeeded, skips and all
     report = json.loads(preview.stdout)
     assert report["dry_run"] is True
     assert {m["old"] for m in report["moved"]} == {
@@ -364,7 +378,8 @@ def test_migrate_dry_run_force_and_idempotence(tt, redis_server):
     assert {m["new"] for m in report["moved"]} >= {f"tt:cli:inbox:{u1}", "tt:cli:backlog"}
     assert report["skipped"] == [{"old": f"tt:agent:{u2}", "new": f"tt:cli:agent:{u2}"}]
     assert _keys(redis_server) == before  # nothing changed
-    assert "would move" in tt("migrate", "--dry-run").stdout
+    text = tt("migrate", "--dry-run")
+    assert text.returncode == 0 and "would move" in text.stdout and "would skip" in text.stdout
 
     refused = tt("migrate")  # stdin is not a terminal and no --force
     assert refused.returncode == 2 and "--force" in refused.stderr
@@ -391,7 +406,7 @@ def test_migrate_dry_run_force_and_idempotence(tt, redis_server):
 
 
 @pytest.mark.parametrize("answer, moved", [("n\n", False), ("y\n", True)])
-def test_migrate_asks_on_a_terminal(redis_server, answer, moved):
+def test_migrate_asks_on_a_terminal(redis_url, redis_server, answer, moved):
     agent = str(AgentId.new())
     redis_server.command("SET", f"tt:agent:{agent}", "x")
     status, shown = _run_on_pty(MODULE + ["--url", redis_server.url, "--town", "cli", "migrate"],
@@ -402,7 +417,7 @@ def test_migrate_asks_on_a_terminal(redis_server, answer, moved):
     assert redis_server.command("EXISTS", f"tt:agent:{agent}") == int(not moved)
 
 
-def test_migrate_from_python(redis_server):
+def test_migrate_from_python(redis_url, redis_server):
     agent = str(AgentId.new())
     redis_server.command("SET", f"tt:agent:{agent}", "x")
     with SyncChannel.connect(redis_server.url, town="py") as channel:

@@ -793,3 +793,29 @@ async def test_updates_across_layouts_and_script_cache(redis_server, redis_url, 
                 if c[0] in (b"GET", b"HGETALL", b"EVALSHA", b"EVAL", b"HSET")]
         assert seen == [b"GET", b"HGETALL", b"EVALSHA", b"EVAL", b"HSET", b"EVALSHA", b"HSET"]
         assert redis_server.command("HGET", f"tt:t010:agent:{agent.id}", "rounds_completed") == b"2"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("api", APIS)
+async def test_counters_and_heartbeat_on_a_key_of_another_type(redis_server, redis_url, api, layout):
+    # A list, set, sorted set or stream where the agent's state should be:
+    # the heartbeat answers as the counters do (WRONGTYPE, as Tinytown's HSET
+    # and HINCRBY would), not "agent not found", and the key is left as it is.
+    agent = AgentId.new()
+    key = f"tt:t010:agent:{agent}"
+    writes = {"list": ("RPUSH", key, "x"), "set": ("SADD", key, "x"),
+              "zset": ("ZADD", key, "1", "x"), "stream": ("XADD", key, "1-1", "f", "v")}
+    async with await connect(api, redis_url, layout=layout) as ch:
+        for kind, write in writes.items():
+            redis_server.command("DEL", key)
+            redis_server.command(*write)
+            for call in (ch.update_agent_heartbeat, ch.increment_agent_rounds,
+                         ch.increment_agent_tasks_completed):
+                with pytest.raises(ReplyError, match="WRONGTYPE"):
+                    await call(agent)
+            assert redis_server.command("TYPE", key) in (kind, kind.encode())
+        redis_server.command("DEL", key)
+        for call in (ch.update_agent_heartbeat, ch.increment_agent_rounds):
+            with pytest.raises(AgentNotFoundError):
+                await call(agent)
+        assert redis_server.command("EXISTS", key) == 0

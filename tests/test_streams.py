@@ -778,3 +778,73 @@ async def test_event_read_argv_match_methods_vectors(redis_url, kind):
             assert await monitor.commands(channel) == [argv[:2] + [b"(" + argv[2]] + argv[3:]]
     finally:
         monitor.close()
+
+
+@kinds
+async def test_numbers_beyond_redis_range_are_refused_before_sending(redis_url, kind):
+    """A count, block or idle time above 2**63-1 (Redis's long long) is bad
+    input: InvalidArgumentError and nothing sent, not a server error reply."""
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url) as channel:
+            agent, mission, huge = AgentId.new(), AgentId.new(), 2**63
+            calls = [
+                ("get_agent_activity_lines", (agent, huge)),
+                ("read_town_events", ("-", huge)),
+                ("read_agent_events", (agent, "-", huge)),
+                ("read_mission_events", (mission, "-", huge)),
+                ("read_recent_town_events", (huge,)),
+                ("docket_read", ("w", huge)),
+                ("docket_reclaim", ("w", huge)),
+                ("docket_reclaim", ("w", 0, huge)),
+                ("peek_inbox", (agent, huge)),
+            ]
+            for name, args in calls:
+                with pytest.raises(InvalidArgumentError):
+                    await getattr(channel, name)(*args)
+            assert await monitor.commands(channel) == []
+            # the largest value Redis takes is still accepted
+            assert await channel.get_agent_activity_lines(agent, huge - 1) == []
+            assert await channel.read_recent_town_events(huge - 1) == []
+    finally:
+        monitor.close()
+
+
+@kinds
+async def test_docket_read_with_the_longest_block_takes_the_waiting_entry(redis_url, kind):
+    """block_ms up to 2**63-1 is valid (Redis takes it): with an entry waiting,
+    the read returns it at once on both channels, whatever the transport's
+    own limit on one wait."""
+    async with open_channel(kind, redis_url, town="long-block") as channel:
+        await channel.execute(b"DEL", channel.keys.docket_tasks)
+        await channel.docket_ensure_group()
+        for block_ms in (2**63 - 1, 10**12, 3 * 10**9):
+            task = TaskId.new()
+            entry = await channel.docket_push(task, "d", "high", "f", "t")
+            got = await channel.docket_read("w", block_ms)
+            assert got is not None and got[0] == entry and got[1]["task_id"] == str(task)
+            assert await channel.docket_ack(entry)
+        assert await channel.docket_pending_count() == 0
+
+
+@kinds
+async def test_entry_ids_at_and_beyond_the_largest(redis_url, kind):
+    """Stream ids are two u64: one above 2**64-1 is bad input (nothing sent);
+    the largest id is valid and nothing can follow it."""
+    monitor = Monitor(redis_url)
+    try:
+        async with open_channel(kind, redis_url, town="max-id") as channel:
+            u64 = 2**64 - 1
+            await monitor.commands(channel)
+            for bad in (f"{u64 + 1}-0", f"0-{u64 + 1}", f"({u64 + 1}-0", f"{u64 + 1}"):
+                with pytest.raises(InvalidArgumentError):
+                    await channel.read_town_events(bad)
+                with pytest.raises(InvalidArgumentError):
+                    await channel.docket_ack(bad.lstrip("("))
+            assert await monitor.commands(channel) == []
+            agent = AgentId.new()
+            for last in (f"{u64}-{u64}", f"({u64}-{u64}"):
+                assert await channel.read_town_events(last) == []
+                assert await channel.read_agent_events(agent, last) == []
+    finally:
+        monitor.close()

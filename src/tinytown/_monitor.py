@@ -7,8 +7,10 @@ MONITOR prints each command a server runs as one status line::
 with every argument quoted the way Redis's ``sdscatrepr`` quotes: ``\\\\``,
 ``\\"``, ``\\n``, ``\\r``, ``\\t``, ``\\a``, ``\\b`` and ``\\xHH`` for other
 bytes. :func:`parse_line` turns it back into bytes; :func:`events` keeps the
-commands that touch one town (its ``tt:<town>:`` keys and ``tt:broadcast``)
-and decodes the messages and state they carry.
+commands that touch one town (its ``tt:<town>:`` keys, ``tt:broadcast`` and
+``tt:<town>:broadcast``) and decodes the messages and state they carry. Reads
+(GET, LLEN, SCAN...: other ``tinytown`` commands' lookups, among others) are
+left out unless asked for, so that the traffic that changes the town shows.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from datetime import datetime, timezone
 
 from .agent import Agent
 from .errors import DecodeError
@@ -29,6 +33,14 @@ _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("a"): 7, ord("b"): 8,
             ord("\\"): 92, ord('"'): 34}
 _BROADCAST = BROADCAST_CHANNEL.encode()
 _PUSHES = (b"LPUSH", b"RPUSH", b"LPUSHX", b"RPUSHX")
+_HASH_WRITES = (b"HSET", b"HMSET")
+#: Commands that only read: left out of :func:`events` unless ``reads=True``.
+READS = frozenset(c.encode() for c in (
+    "GET", "MGET", "STRLEN", "EXISTS", "TYPE", "TTL", "PTTL", "HGET", "HGETALL", "HMGET",
+    "HKEYS", "HVALS", "HLEN", "HEXISTS", "LLEN", "LRANGE", "LINDEX", "LPOS", "SCAN", "KEYS",
+    "XRANGE", "XREVRANGE", "XLEN", "XREAD", "XINFO", "XPENDING", "SMEMBERS", "SCARD",
+    "SISMEMBER", "ZRANGE", "ZCARD", "DBSIZE", "INFO", "PING", "ECHO", "SELECT", "AUTH",
+    "HELLO", "CLIENT", "OBJECT", "MEMORY", "DUMP", "COMMAND", "CONFIG", "MONITOR"))
 
 
 @dataclass(frozen=True)
@@ -44,16 +56,23 @@ class MonitorLine:
 class Event:
     """One operation on the town, ready to print."""
 
-    time: float
+    time: float              # Unix seconds, as MONITOR gives it
     command: str
-    key: str                 # the key (or channel) without the "tt:<town>:" prefix
+    key: str                 # the full key (or channel), "" when the command names none first
     message: Message | None = None
     state: Agent | Task | None = None
-    detail: str = ""         # undecodable payloads, other arguments
+    detail: str = ""         # undecodable payloads, the other arguments in order
+
+    @property
+    def iso_time(self) -> str:
+        """The time as ISO 8601 in UTC with microseconds (``...T01:02:03.123456Z``)."""
+        stamp = datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="microseconds")
+        return stamp.replace("+00:00", "Z")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (messages and state as their wire JSON objects)."""
-        out: dict[str, Any] = {"time": self.time, "command": self.command, "key": self.key}
+        """JSON-ready form: ``time`` in ISO 8601, the full key, messages and
+        state as their wire JSON objects."""
+        out: dict[str, Any] = {"time": self.iso_time, "command": self.command, "key": self.key}
         if self.message is not None:
             out["message"] = json.loads(self.message.to_json())
         if self.state is not None:
@@ -116,34 +135,50 @@ def _unquote_all(text: bytes) -> list[bytes]:
     return args
 
 
-def events(line: MonitorLine, town: str) -> list[Event]:
+def events(line: MonitorLine, town: str, *, reads: bool = False) -> list[Event]:
     """The operations of ``line`` on ``town`` (none if it touches other keys only).
 
-    A push of several messages gives one event per message.
+    A push of several messages gives one event per message. Commands that
+    only read are left out unless ``reads`` is true.
     """
     prefix = f"tt:{town}:".encode()
     args = line.args
-    command = args[0].decode(errors="replace").upper()
-    verb = command.encode()
-    if verb == b"PUBLISH" and len(args) >= 3 and args[1] == _BROADCAST:
-        return [_with_payload(line.time, command, BROADCAST_CHANNEL, args[2], Message)]
-    if verb in (b"SUBSCRIBE", b"UNSUBSCRIBE") and _BROADCAST in args[1:]:
-        return [Event(line.time, command, BROADCAST_CHANNEL)]
-    keys = [a for a in args[1:] if a.startswith(prefix)]
-    if not keys:
+    verb = args[0].upper()
+    command = verb.decode(errors="replace")
+    if not reads and verb in READS:
         return []
-    key = keys[0][len(prefix):].decode(errors="replace")
-    if verb in _PUSHES and len(args) >= 3 and args[1].startswith(prefix):
+    channels = (_BROADCAST, prefix + b"broadcast")
+    if verb == b"PUBLISH" and len(args) >= 3 and args[1] in channels:
+        return [_with_payload(line.time, command, args[1].decode(), args[2], Message)]
+    if verb in (b"SUBSCRIBE", b"UNSUBSCRIBE") and any(c in args[1:] for c in channels):
+        return [Event(line.time, command, " ".join(a.decode(errors="replace") for a in args[1:]))]
+    if not any(a.startswith(prefix) for a in args[1:]):
+        return []
+    first = len(args) >= 2 and args[1].startswith(prefix)
+    key = args[1].decode(errors="replace") if first else ""
+    if first and verb in _PUSHES and len(args) >= 3:
         return [_with_payload(line.time, command, key, raw, Message) for raw in args[2:]]
-    if verb == b"SET" and len(args) >= 3 and args[1].startswith(prefix):
-        kind = Agent if key.startswith("agent:") else Task if key.startswith("task:") else None
-        if kind is not None:
-            return [_with_payload(line.time, command, key, args[2], kind)]
-    others = [a.decode(errors="replace") for a in args[1:] if not a.startswith(prefix)]
-    detail = " ".join(others)
-    if len(keys) > 1:
-        detail = " ".join([k[len(prefix):].decode(errors="replace") for k in keys[1:]] + others)
-    return [Event(line.time, command, key, detail=detail)]
+    kind = Agent if key.startswith(f"tt:{town}:agent:") else Task if key.startswith(f"tt:{town}:task:") else None
+    if first and kind is not None and verb == b"SET" and len(args) >= 3:
+        return [_with_payload(line.time, command, key, args[2], kind)]
+    if first and kind is not None and verb in _HASH_WRITES and len(args) >= 4 and len(args) % 2 == 0:
+        pairs = dict(zip(args[2::2], args[3::2]))
+        whole = b"id" in pairs and (b"name" if kind is Agent else b"description") in pairs
+        if whole:   # a whole state (set_agent_state/set_task), not one field
+            try:
+                return [Event(line.time, command, key, state=kind.from_hash(pairs))]
+            except (DecodeError, ValueError):
+                pass
+    # Anything else: the arguments in the order they were given.
+    rest = args[2:] if first else args[1:]
+    return [Event(line.time, command, key, detail=" ".join(_show(a) for a in rest))]
+
+
+def _show(arg: bytes) -> str:
+    text = arg.decode(errors="replace")
+    if len(text) > 120:
+        text = text[:119] + "…"
+    return text if text and not any(c.isspace() for c in text) else json.dumps(text, ensure_ascii=False)
 
 
 def _with_payload(when: float, command: str, key: str, raw: bytes, kind: Any) -> Event:

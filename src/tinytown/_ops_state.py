@@ -368,9 +368,9 @@ def update_agent(keys: TownKeys, layout: str, agent_id: Any, field: str,
                                _hash_ts(Timestamp.now()).encode())
         if done == 1:
             return None
-        if done == 0:
-            raise AgentNotFoundError(f"Agent not found: {agent}", agent)
-        # A JSON agent: read, modify, compare-and-set below.
+        # 2: a JSON agent: read, modify, compare-and-set below. 0: no agent
+        # Hash; the read below tells "not found" from a key of another type
+        # (WRONGTYPE, as the counters answer), off the hot path.
     while True:
         raw = yield from get_state(layout, key)
         if isinstance(raw, list):

@@ -44,6 +44,10 @@ _MULTI = (b"MULTI",)
 _EXEC = (b"EXEC",)
 # A stream entry id as XACK/XRANGE take it: "ms" or "ms-seq" (u64 each).
 _STREAM_ID = re.compile(r"[0-9]{1,20}(?:-[0-9]{1,20})?", re.ASCII)
+#: Stream ids are two u64 (milliseconds, sequence).
+U64_MAX = 2**64 - 1
+#: The largest entry id: nothing can follow it.
+_LAST_ID = f"{U64_MAX}-{U64_MAX}"
 
 
 # -- argument checks ----------------------------------------------------------
@@ -58,29 +62,37 @@ def _text(value: object, what: str) -> bytes:
         raise EncodeError(f"{what} cannot be written as UTF-8: {exc}") from None
 
 
+#: The largest number Redis takes as a count or a time (a C long long).
+REDIS_INT_MAX = 2**63 - 1
+
+
 def _count(value: object, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidArgumentError(f"{what} must be an int >= {minimum}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= REDIS_INT_MAX:
+        raise InvalidArgumentError(
+            f"{what} must be an int in {minimum}..2**63-1, not {value!r}")
     return value
 
 
 def _entry_id(value: object, what: str = "entry_id") -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
-    if not isinstance(value, str) or not _STREAM_ID.fullmatch(value):
+    if (not isinstance(value, str) or not _STREAM_ID.fullmatch(value)
+            or any(int(part) > U64_MAX for part in value.split("-"))):
         raise InvalidArgumentError(
-            f"{what} must be a stream entry id such as '1700000000000-0', not {value!r}")
+            f"{what} must be a stream entry id such as '1700000000000-0' (two parts"
+            f" of at most 2**64-1), not {value!r}")
     return value
 
 
-def _start_id(last_id: object) -> str:
+def _start_id(last_id: object) -> str | None:
     """XRANGE's start for "entries after ``last_id``".
 
     Upstream passes ``last_id`` as XRANGE's start, which is inclusive, so a
     follow loop sees its last entry again on every read (spec §9.14). Here a
     real entry id becomes the exclusive ``(<id>`` (Redis >= 6.2); ``-`` (and
     ``0``/``0-0``, below every possible entry) still mean "from the start";
-    an id already written ``(<id>`` is passed as it is.
+    an id already written ``(<id>`` is passed as it is. None after the
+    largest id (Redis would refuse the empty interval).
     """
     if isinstance(last_id, bytes):
         last_id = last_id.decode("ascii", "replace")
@@ -90,7 +102,7 @@ def _start_id(last_id: object) -> str:
         return last_id
     bare = last_id[1:] if last_id.startswith("(") else last_id
     _entry_id(bare, "last_id")
-    return "(" + bare
+    return None if bare == _LAST_ID else "(" + bare
 
 
 def now_rfc3339() -> str:
@@ -205,6 +217,8 @@ def _decode_entries(entries: Any) -> list[tuple[str, TownEvent]]:
 def _read_events(stream: str, last_id: object, count: object) -> Op[list[tuple[str, TownEvent]]]:
     start = _start_id(last_id)
     n = _count(count, "count")
+    if start is None:  # after the largest id: nothing to read
+        return []
     entries = yield (b"XRANGE", stream, start, b"+", b"COUNT", n)
     return _decode_entries(entries)
 
@@ -304,9 +318,10 @@ def docket_push(keys: TownKeys, task_id: Any, description: object, priority: obj
 
 def docket_block_ms(block_ms: object) -> int:
     """``block_ms`` checked: upstream's ``BLOCK 0`` waits forever (spec §9.16)."""
-    if isinstance(block_ms, bool) or not isinstance(block_ms, int) or block_ms < 1:
+    if (isinstance(block_ms, bool) or not isinstance(block_ms, int)
+            or not 1 <= block_ms <= REDIS_INT_MAX):
         raise InvalidArgumentError(
-            f"block_ms must be an int >= 1 (milliseconds), not {block_ms!r}"
+            f"block_ms must be an int in 1..2**63-1 (milliseconds), not {block_ms!r}"
             " (Redis would read 0 as 'wait forever')")
     return block_ms
 

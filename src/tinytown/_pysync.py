@@ -19,8 +19,10 @@ Needs the ``hiredis`` package: ``pip install 'tinytown[python]'``.
 
 from __future__ import annotations
 
+import collections
 import os
 import select
+import signal
 import socket
 import ssl
 import threading
@@ -38,6 +40,12 @@ __all__ = ["SyncConnection"]
 # is_usable() probes the socket only after this long without a reply.
 _IDLE_PROBE_AFTER = 0.05
 _READ_SIZE = 65536
+# What the reader's gets() returns while no whole reply is buffered (a reply
+# can be anything else, 0 and False included).
+_NOT_ENOUGH = object()
+_CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
+#: The longest single poll(2) wait, in milliseconds (one day).
+_POLL_STEP_MS = 86_400_000.0
 
 
 class SyncConnection:
@@ -55,8 +63,16 @@ class SyncConnection:
         self.where: str | None = None
         self.pending = 0                    # commands sent whose replies are unread
         self._sock: socket.socket | None = None
-        self._reader = hiredis.Reader(replyError=ReplyError)
-        self._busy = threading.Lock()       # held by the thread inside a call
+        self._reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_NOT_ENOUGH)
+        # Replies parsed but not yet handed to a caller. They are moved out of
+        # the reader by deque.extend(iter(reader.gets, _NOT_ENOUGH)), all in
+        # C: no signal handler can run between parsing a reply and keeping it.
+        self._ready: collections.deque[Any] = collections.deque()
+        # {"owner": thread id} while a thread is inside a call. Claimed with one
+        # dict.setdefault (atomic under the GIL, no bytecode boundary between
+        # the test and the claim), so a signal handler that raises right after
+        # it cannot leave a claim its own thread then mistakes for another's.
+        self._claim: dict[str, int] = {}
         self._closing = False               # close() came while busy
         self._last_reply_at = 0.0
 
@@ -126,20 +142,21 @@ class SyncConnection:
     # -- state --------------------------------------------------------------
 
     def _enter(self) -> socket.socket:
-        if not self._busy.acquire(blocking=False):
+        me = threading.get_ident()
+        if self._claim.setdefault("owner", me) != me:
             raise ConcurrentUseError(
                 "this tinytown connection is in use by another thread: "
                 "give each thread its own SyncChannel")
         sock = self._sock
         if sock is None:
-            self._busy.release()
+            self._claim.pop("owner", None)
             raise ConnectionError(
                 "connection to Redis is closed" if self.where is not None
                 else "connection to Redis is not open")
         return sock
 
     def _leave(self) -> None:
-        self._busy.release()
+        self._claim.pop("owner", None)
         if self._closing:
             self._closing = False
             self._free()
@@ -148,6 +165,7 @@ class SyncConnection:
         sock = self._sock
         self._sock = None
         self.pending = 0
+        self._ready.clear()
         if sock is not None:
             sock.close()
 
@@ -179,13 +197,21 @@ class SyncConnection:
     def _read(self, sock: socket.socket, deadline: float | None) -> Any:
         """The next reply (an error reply as a ReplyError instance);
         TimeoutError at ``deadline`` (monotonic seconds; None: none)."""
-        reader = self._reader
-        while True:
+        self._fill(sock, deadline)
+        reply = self._ready.popleft()
+        if self.pending:            # pub/sub messages answer no command
+            self.pending -= 1
+        return reply
+
+    def _fill(self, sock: socket.socket, deadline: float | None) -> None:
+        """Read until at least one reply is parsed and kept in ``_ready``."""
+        reader, ready = self._reader, self._ready
+        while not ready:
             try:
-                reply = reader.gets()
+                ready.extend(iter(reader.gets, _NOT_ENOUGH))
             except hiredis.ProtocolError as exc:
                 raise self._lost(ValueError(f"protocol error: {exc}")) from None
-            if reply is not False:
+            if ready:
                 break
             if self._closing:
                 raise self._lost()
@@ -200,17 +226,22 @@ class SyncConnection:
             if not data:
                 raise self._lost()
             reader.feed(data)
-        if self.pending:            # pub/sub messages answer no command
-            self.pending -= 1
         self._last_reply_at = time.monotonic()
-        return reply
 
     @staticmethod
     def _wait_readable(sock: socket.socket, seconds: float) -> bool:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
-        # Retried after a signal with the time left (PEP 475).
-        return bool(poller.poll(seconds * 1000.0 + 1))
+        # poll(2) takes an int of milliseconds (OverflowError beyond ~24 days),
+        # so a longer wait (a BLOCK of up to 2**63-1 ms) goes in steps of a day.
+        deadline = time.monotonic() + seconds
+        while True:
+            # Retried after a signal with the time left (PEP 475).
+            if poller.poll(min(seconds * 1000.0 + 1, _POLL_STEP_MS)):
+                return True
+            seconds = deadline - time.monotonic()
+            if seconds <= 0:
+                return False
 
     # -- commands ---------------------------------------------------------
 
@@ -314,9 +345,31 @@ class SyncConnection:
             deadline = time.monotonic() + float(timeout)
         sock = self._enter()
         try:
-            value = self._read(sock, deadline)
+            self._fill(sock, deadline)
         finally:
             self._leave()
+        return self._deliver()
+
+    def _deliver(self) -> Any:
+        """Hand the first kept reply to the caller. Signals are held (in this
+        thread) from taking it until the return: if a held handler raises
+        (Ctrl-C), the reply is kept for the next read_reply instead of
+        vanishing with the exception. Called as ``box.extend(map(conn.read_reply,
+        ...))`` the caller has it before any handler can run."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals()) \
+            if _CAN_HOLD_SIGNALS else None
+        value = self._ready.popleft()
+        counted = self.pending > 0
+        if counted:                 # pub/sub messages answer no command
+            self.pending -= 1
+        if held is not None:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            except BaseException:
+                self._ready.appendleft(value)
+                if counted:
+                    self.pending += 1
+                raise
         if type(value) is ReplyError:
             raise value
         return value
@@ -327,7 +380,7 @@ class SyncConnection:
         sock = self._sock
         if sock is None:
             return
-        if self._busy.locked():
+        if "owner" in self._claim:
             # The thread inside the call closes the socket when it leaves;
             # shutting the socket down wakes it. socket.socket's own
             # shutdown, not SSLSocket's (which would unwrap TLS under the
@@ -355,7 +408,7 @@ class SyncConnection:
         sock = self._sock
         if sock is None:
             return False
-        if self._busy.locked() or self.pending \
+        if "owner" in self._claim or self.pending \
                 or time.monotonic() - self._last_reply_at < _IDLE_PROBE_AFTER:
             return True
         poller = select.poll()

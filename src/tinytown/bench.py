@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._ops_state import CAS_SHA, CAS_SCRIPT
+from ._ops_streams import DOCKET_GROUP
 from .agent import Agent
 from .channel import Channel
 from .ids import AgentId
@@ -236,8 +238,19 @@ class Bench:
         self.agent_key = f"tt:{town}:agent:{self.agent_state.id}"
         self.task = Task.new("Refactor the scheduler")
         self.task_key = f"tt:{town}:task:{self.task.id}"
+        # A second agent for the hash-layout rows, so that a row never reads a
+        # key another row left in the other layout.
+        self.hash_agent_state = Agent.new("worker-2", "claude")
+        self.hash_agent_key = f"tt:{town}:agent:{self.hash_agent_state.id}"
+        self.urgent = f"tt:{town}:urgent:{self.agent}"
+        self.stop_key = f"tt:{town}:stop:{self.agent}"
+        self.docket = f"tt:{town}:docket:tasks"
         self.channel: Channel | None = None
         self.tcp_channel: Channel | None = None
+        # The same server in the hash layout (Tinytown 0.7-0.10 as released).
+        self.hash_channel: Channel | None = None
+        self.hash_tcp_channel: Channel | None = None
+        self.hash_sync_channel: Any = None
         self.redis_py: Any = None          # redis.asyncio.Redis
         self.glide: Any = None             # glide.GlideClient
         self.coredis: Any = None           # coredis.Redis
@@ -247,11 +260,16 @@ class Bench:
     async def __aenter__(self) -> Bench:
         # The json layout: the peers' rows are SET/GET of the same JSON, on the same keys.
         self.channel = await Channel.connect(self.server.url, town=self.town, layout="json")
+        self.hash_channel = await Channel.connect(self.server.url, town=self.town, layout="hash")
         if self.tcp_server is not None:
             self.tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town,
                                                      layout="json")
+            self.hash_tcp_channel = await Channel.connect(self.tcp_server.url, town=self.town,
+                                                          layout="hash")
         # Both transports have a SyncChannel: the sync rows always run.
         self.sync_channel = SyncChannel.connect(self.server.url, town=self.town, layout="json")
+        self.hash_sync_channel = SyncChannel.connect(self.server.url, town=self.town,
+                                                     layout="hash")
         path = str(self.server.socket_path)
         try:  # every peer is optional for `tinytown bench`
             import redis
@@ -268,8 +286,10 @@ class Bench:
         except ImportError:
             pass
         else:
+            # A generous request timeout (glide's default is 250 ms): a loaded
+            # machine must slow the run down, not abort it.
             self.glide = await glide.GlideClient.create(glide.GlideClientConfiguration(
-                [glide.NodeAddress(unix_socket_path=path)]))
+                [glide.NodeAddress(unix_socket_path=path)], request_timeout=10_000))
         try:
             import coredis
         except ImportError:
@@ -296,10 +316,11 @@ class Bench:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.channel is not None:
-            await self.channel.close()
-        if self.tcp_channel is not None:
-            await self.tcp_channel.close()
+        for channel in (self.channel, self.tcp_channel, self.hash_channel, self.hash_tcp_channel):
+            if channel is not None:
+                await channel.close()
+        if self.hash_sync_channel is not None:
+            self.hash_sync_channel.close()
         if self.redis_py is not None:
             await self.redis_py.aclose()
         if self.glide is not None:
@@ -339,37 +360,105 @@ class Bench:
             into.append(clock() - start)
         return cpu() - cpu_start
 
-    async def _prefill(self, channel: Channel, key: str, n: int) -> None:
+    async def _prefill(self, channel: Channel, key: str, n: int, stream: bool = False) -> None:
+        """Untimed: ``n`` messages in the list ``key``, or ``n`` entries never
+        delivered to the group ``workers`` in the docket stream ``key``."""
         await channel.execute("DEL", key)
+        if stream:
+            await channel.execute("XGROUP", "CREATE", key, DOCKET_GROUP, "$", "MKSTREAM")
+            fields = self.docket_fields
+            for start in range(0, n, 1000):  # one pipelined write per batch
+                await asyncio.gather(*[channel.execute("XADD", key, "*", *fields)
+                                       for _ in range(min(1000, n - start))])
+            return
         for start in range(0, n, 1000):
             await channel.execute("RPUSH", key, *[self.payload] * min(1000, n - start))
 
-    def _c_p50(self, command: list[str], prefill: str | None) -> tuple[float, float] | None:
+    def _c_p50(self, command: list[str] | None, prefill: str | None,
+               stream: bool = False) -> tuple[float, float] | None:
         """redis-benchmark -c 1 on ``command``: (p50 ns, its CPU ns per request)."""
+        if command is None:  # redis-benchmark cannot run it (a transaction)
+            return None
         requests = max(self.per_round, 1000)
         if prefill is not None:
             self.server.cli("DEL", prefill)
-            redis_benchmark(self.server, ["RPUSH", prefill, self.payload.decode()],
-                            requests=requests, pipeline=100)
+            if stream:
+                self.server.cli("XGROUP", "CREATE", prefill, DOCKET_GROUP.decode(), "$", "MKSTREAM")
+                redis_benchmark(self.server, ["XADD", prefill, "*", *self.docket_fields],
+                                requests=requests, pipeline=100)
+            else:
+                redis_benchmark(self.server, ["RPUSH", prefill, self.payload.decode()],
+                                requests=requests, pipeline=100)
         before = _children_cpu_ns()
         row = redis_benchmark(self.server, command, requests=requests)
         if row is None:
             return None
         return row["p50_ms"] * 1e6, (_children_cpu_ns() - before) / requests
 
+    @property
+    def docket_fields(self) -> list[str]:
+        """The fields of a docket entry as ``docket_push`` writes them (a fixed timestamp)."""
+        return ["task_id", str(self.task.id), "type", "task_assign",
+                "message", "Refactor the scheduler", "priority", "high",
+                "from", "supervisor", "to", str(self.agent), "timestamp",
+                "2026-01-01T00:00:00.000000+00:00"]
+
     # -- single operations --------------------------------------------------------
 
     def _operations(self) -> list[OpSpec]:
-        """Every single operation: tinytown's call and each peer's equivalent."""
+        """Every single operation: tinytown's call and each peer's equivalent.
+
+        The rows run on a json-layout channel (the peers' equivalents are then
+        SET/GET of the same JSON) except those marked ``(hash layout)``, which
+        run on a hash-layout channel beside the peers sending the same
+        commands (``MULTI, HDEL, HMSET, EXEC``; ``HGETALL``; the heartbeat's
+        ``EVALSHA``).
+        """
         agent, message, payload, inbox = self.agent, self.message, self.payload, self.inbox
         agent_state, task = self.agent_state, self.task
         agent_json, task_json = agent_state.to_json(), task.to_json()
         payload_text = payload.decode()
         rp, gl, cd = self.redis_py, self.glide, self.coredis
         akey, tkey = self.agent_key, self.task_key
+        urgent, stop, docket = self.urgent, self.stop_key, self.docket
+        hash_state, hkey = self.hash_agent_state, self.hash_agent_key
+        hdel, pairs = (list(x) for x in hash_state.hash_fields())
+        pairs_text = [p.decode() for p in pairs]
+        hash_map = dict(zip(pairs[::2], pairs[1::2]))
+        # update_agent_heartbeat on a Hash: one EVALSHA of the compare-and-set script.
+        beat = [CAS_SHA.decode(), "1", hkey, "hash?", "last_heartbeat", "none", "",
+                "2026-01-01T00:00:00.000000+00:00"]
+        beat_args = beat[3:]
+        fields = self.docket_fields
+        field_pairs = list(zip(fields[::2], fields[1::2]))
+        group, consumer = DOCKET_GROUP.decode(), "bench"
+        gl_read = None
+        if gl:
+            import glide
+
+            gl_read = glide.StreamReadGroupOptions(block_ms=1000, count=1)
 
         def peers(redis_py: Op, glide: Op, coredis: Op) -> dict[str, Op | None]:
             return {"redis_py": rp and redis_py, "glide": gl and glide, "coredis": cd and coredis}
+
+        async def rp_hash_set() -> Any:
+            async with rp.pipeline(transaction=True) as pipe:
+                pipe.hdel(hkey, *hdel)
+                pipe.execute_command("HMSET", hkey, *pairs)
+                return await pipe.execute()
+
+        async def gl_hash_set() -> Any:
+            import glide
+
+            batch = glide.Batch(is_atomic=True)
+            batch.hdel(hkey, hdel)
+            batch.custom_command(["HMSET", hkey, *pairs])
+            return await gl.exec(batch, raise_on_error=True)
+
+        async def cd_hash_set() -> None:
+            async with cd.pipeline(transaction=True) as pipe:  # runs when the block ends
+                pipe.hdel(hkey, hdel)
+                pipe.hmset(hkey, hash_map)
 
         return [
             OpSpec("send", lambda ch: lambda: ch.send(message),
@@ -393,6 +482,15 @@ class Bench:
             OpSpec("get_agent_state", lambda ch: lambda: ch.get_agent_state(agent_state.id),
                    peers(lambda: rp.get(akey), lambda: gl.get(akey), lambda: cd.get(akey)),
                    ["GET", akey], None),
+            OpSpec("set_agent_state (hash layout)",
+                   lambda ch: lambda: ch.set_agent_state(hash_state),
+                   peers(rp_hash_set, gl_hash_set, cd_hash_set),
+                   None, None, layout="hash"),  # redis-benchmark cannot run MULTI ... EXEC
+            OpSpec("get_agent_state (hash layout)",
+                   lambda ch: lambda: ch.get_agent_state(hash_state.id),
+                   peers(lambda: rp.hgetall(hkey), lambda: gl.hgetall(hkey),
+                         lambda: cd.hgetall(hkey)),
+                   ["HGETALL", hkey], None, layout="hash"),
             OpSpec("set_task", lambda ch: lambda: ch.set_task(task),
                    peers(lambda: rp.set(tkey, task_json), lambda: gl.set(tkey, task_json),
                          lambda: cd.set(tkey, task_json)),
@@ -405,6 +503,34 @@ class Bench:
                          lambda: gl.publish(payload, "tt:broadcast"),
                          lambda: cd.publish("tt:broadcast", payload)),
                    ["PUBLISH", "tt:broadcast", payload_text], None),
+            OpSpec("send_urgent", lambda ch: lambda: ch.send_urgent(message),
+                   peers(lambda: rp.lpush(urgent, payload), lambda: gl.lpush(urgent, [payload]),
+                         lambda: cd.lpush(urgent, [payload])),
+                   ["LPUSH", urgent, payload_text], None, clear=urgent),
+            OpSpec("should_stop", lambda ch: lambda: ch.should_stop(agent),
+                   peers(lambda: rp.exists(stop), lambda: gl.exists([stop]),
+                         lambda: cd.exists([stop])),
+                   ["EXISTS", stop], None),
+            OpSpec("update_agent_heartbeat (hash layout)",
+                   lambda ch: lambda: ch.update_agent_heartbeat(hash_state.id),
+                   peers(lambda: rp.evalsha(beat[0], 1, hkey, *beat_args),
+                         lambda: gl.custom_command(["EVALSHA", *beat]),
+                         lambda: cd.evalsha(beat[0], keys=[hkey], args=beat_args)),
+                   ["EVALSHA", *beat], None, layout="hash"),
+            OpSpec("docket_push",
+                   lambda ch: lambda: ch.docket_push(task.id, "Refactor the scheduler", "high",
+                                                     "supervisor", str(agent)),
+                   peers(lambda: rp.xadd(docket, dict(field_pairs)),
+                         lambda: gl.xadd(docket, field_pairs),
+                         lambda: cd.xadd(docket, dict(field_pairs))),
+                   ["XADD", docket, "*", *fields], None, clear=docket),
+            OpSpec("docket_read (entry waiting)", lambda ch: lambda: ch.docket_read(consumer, 1000),
+                   peers(lambda: rp.xreadgroup(group, consumer, {docket: ">"}, count=1, block=1000),
+                         lambda: gl.xreadgroup({docket: ">"}, group, consumer, gl_read),
+                         lambda: cd.xreadgroup(group, consumer, streams={docket: ">"}, count=1,
+                                               block=1000)),
+                   ["XREADGROUP", "GROUP", group, consumer, "COUNT", "1", "BLOCK", "1000",
+                    "STREAMS", docket, ">"], docket, stream=True),
         ]
 
     def _sync_operations(self) -> list[OpSpec]:
@@ -413,6 +539,18 @@ class Bench:
             return []
         payload, inbox, rp = self.payload, self.inbox, self.redis_py_sync
         agent_json, task_json = self.agent_state.to_json(), self.task.to_json()
+        hkey, docket = self.hash_agent_key, self.docket
+        hdel, pairs = self.hash_agent_state.hash_fields()
+        fields = self.docket_fields
+        beat = [CAS_SHA.decode(), "1", hkey, "hash?", "last_heartbeat", "none", "",
+                "2026-01-01T00:00:00.000000+00:00"]
+
+        def hash_set() -> Any:
+            with rp.pipeline(transaction=True) as pipe:
+                pipe.hdel(hkey, *hdel)
+                pipe.execute_command("HMSET", hkey, *pairs)
+                return pipe.execute()
+
         baselines = {  # same order as _operations()
             "send": lambda: rp.rpush(inbox, payload),
             "try_receive": lambda: rp.lpop(inbox),
@@ -420,12 +558,21 @@ class Bench:
             "inbox_len": lambda: rp.llen(inbox),
             "set_agent_state": lambda: rp.set(self.agent_key, agent_json),
             "get_agent_state": lambda: rp.get(self.agent_key),
+            "set_agent_state (hash layout)": hash_set,
+            "get_agent_state (hash layout)": lambda: rp.hgetall(hkey),
             "set_task": lambda: rp.set(self.task_key, task_json),
             "get_task": lambda: rp.get(self.task_key),
             "broadcast": lambda: rp.publish("tt:broadcast", payload),
+            "send_urgent": lambda: rp.lpush(self.urgent, payload),
+            "should_stop": lambda: rp.exists(self.stop_key),
+            "update_agent_heartbeat (hash layout)": lambda: rp.evalsha(beat[0], 1, *beat[2:]),
+            "docket_push": lambda: rp.xadd(docket, dict(zip(fields[::2], fields[1::2]))),
+            "docket_read (entry waiting)": lambda: rp.xreadgroup(
+                DOCKET_GROUP.decode(), "bench", {docket: ">"}, count=1, block=1000),
         }
         return [OpSpec(f"sync {spec.name}", spec.make_op,
-                       {"redis_py": rp and baselines[spec.name]}, spec.c_command, spec.prefill)
+                       {"redis_py": rp and baselines[spec.name]}, spec.c_command, spec.prefill,
+                       layout=spec.layout, clear=spec.clear, stream=spec.stream)
                 for spec in self._operations()]
 
     def operation(self, name: str) -> OperationBench:
@@ -622,8 +769,11 @@ class OpSpec:
     name: str
     make_op: Callable[[Any], Any]          # channel -> zero-argument call
     peers: dict[str, Any]                  # peer name -> zero-argument call (or None)
-    c_command: list[str]
+    c_command: list[str] | None            # None: redis-benchmark cannot run it
     prefill: str | None                    # key to fill before a round of pops
+    layout: str = "json"                   # the layout of tinytown's channel
+    clear: str | None = None               # key emptied before a round (default: the inbox)
+    stream: bool = False                   # prefill is the docket stream, not a list
 
 
 class OperationBench:
@@ -639,14 +789,21 @@ class OperationBench:
         self.name = spec.name
         self.c_command = spec.c_command
         self.prefill = spec.prefill
+        self.clear = spec.clear or bench.inbox
+        self.stream = spec.stream
+        self.layout = spec.layout
         self.sync = sync
         self.ops: dict[str, Any] = {who: spec.peers.get(who) for who in PEERS}
+        hashed = spec.layout == "hash"
         if sync:  # the same calls on the SyncChannel; no TCP row for them
-            self.ops["tinytown"] = spec.make_op(bench.sync_channel)
+            self.ops["tinytown"] = spec.make_op(
+                bench.hash_sync_channel if hashed else bench.sync_channel)
             self.ops["tcp"] = None
         else:
-            self.ops["tinytown"] = spec.make_op(bench.channel) if bench.channel else None
-            self.ops["tcp"] = spec.make_op(bench.tcp_channel) if bench.tcp_channel else None
+            channel = bench.hash_channel if hashed else bench.channel
+            tcp = bench.hash_tcp_channel if hashed else bench.tcp_channel
+            self.ops["tinytown"] = spec.make_op(channel) if channel else None
+            self.ops["tcp"] = spec.make_op(tcp) if tcp else None
         self.samples: dict[str, list[int]] = {who: [] for who in CONTENDERS}
         self.cpu: dict[str, list[float]] = {who: [] for who in (*CONTENDERS, "c_client")}
         self.c_p50s: list[float] = []
@@ -655,11 +812,16 @@ class OperationBench:
         return self.bench.tcp_channel if who == "tcp" else self.bench.channel
 
     async def setup(self) -> None:
-        """State the reads need (the agent and task to get)."""
-        for channel in (self.bench.channel, self.bench.tcp_channel):
+        """State the reads need (the agent and task to get, in each layout) and
+        the heartbeat's script loaded (so that the peers' EVALSHA finds it)."""
+        b = self.bench
+        for channel, hashed in ((b.channel, b.hash_channel), (b.tcp_channel, b.hash_tcp_channel)):
             if channel is not None:
-                await channel.set_agent_state(self.bench.agent_state)
-                await channel.set_task(self.bench.task)
+                await channel.set_agent_state(b.agent_state)
+                await channel.set_task(b.task)
+                await channel.execute("SCRIPT", "LOAD", CAS_SCRIPT)
+            if hashed is not None:
+                await hashed.set_agent_state(b.hash_agent_state)
 
     async def prepare(self, who: str) -> None:
         """Untimed: fill the inbox for the popping calls, empty it for the pushing ones."""
@@ -667,9 +829,9 @@ class OperationBench:
         if channel is None or self.ops[who] is None:
             return
         if self.prefill is not None:
-            await self.bench._prefill(channel, self.prefill, self.bench.per_round)
+            await self.bench._prefill(channel, self.prefill, self.bench.per_round, self.stream)
         else:
-            await channel.execute("DEL", self.bench.inbox)
+            await channel.execute("DEL", self.clear)
 
     async def timed_round(self, who: str) -> None:
         op = self.ops[who]
@@ -683,7 +845,7 @@ class OperationBench:
         self.cpu[who].append(cpu / n)
 
     def c_round(self) -> None:
-        row = self.bench._c_p50(self.c_command, self.prefill)
+        row = self.bench._c_p50(self.c_command, self.prefill, self.stream)
         if row is not None:
             self.c_p50s.append(row[0])
             self.cpu["c_client"].append(row[1])

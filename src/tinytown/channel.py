@@ -19,8 +19,10 @@ import os
 import socket
 import ssl as ssl_module
 import sys
+import warnings
+import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -71,15 +73,65 @@ RECEIVE_GRACE = 1.0
 # How often the watchdog of blocking receives looks at them: a silent server
 # is noticed between RECEIVE_GRACE and RECEIVE_GRACE + this after the timeout.
 _WATCHDOG_TICK = 0.25
+# A cancelled blocking command is ended with CLIENT UNBLOCK. An UNBLOCK that
+# finds the client not blocked (its BLPOP not read by Redis yet, or answered
+# already) is retried this many times before the connection is closed.
+_UNBLOCK_TRIES = 4
+# Without CLIENT UNBLOCK (denied to the user, or a cluster), how long a
+# cancelled blocking command's reply is waited for before its connection is
+# closed (which ends the command): a reply already on its way is taken.
+_FALLBACK_WAIT = 0.1
+
+
+if sys.version_info >= (3, 11):
+    async def _within(aw: Awaitable[_T], seconds: float) -> _T:
+        """``await aw``, raising TimeoutError after ``seconds``.
+
+        Unlike ``asyncio.wait_for`` on Python < 3.12, a cancellation of the
+        caller that lands as ``aw`` completes is never swallowed: ``aw`` runs
+        in the caller's own task, not in a task of its own.
+        """
+        async with asyncio.timeout(seconds):
+            return await aw
+else:  # pragma: no cover - Python 3.10
+    async def _within(aw: Awaitable[_T], seconds: float) -> _T:
+        """``await aw``, raising TimeoutError after ``seconds`` (see above; on
+        3.10 a cancellation in the same instant as the timeout becomes the
+        TimeoutError)."""
+        task = asyncio.current_task()
+        assert task is not None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(seconds, expire)
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            if expired:
+                raise asyncio.TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
 
 
 class _ReceiverPool:
-    """Connections for blocking commands, at most ``size`` in use at once."""
+    """Connections for blocking commands, at most ``size`` in use at once.
+
+    Each connection's CLIENT ID is recorded when it is opened (one round
+    trip per connection, none per receive), so that a cancelled blocking
+    command can be ended at once with CLIENT UNBLOCK; None when CLIENT is
+    denied to the user, or on a cluster.
+    """
 
     def __init__(self, channel: Channel, size: int) -> None:
         self._channel = channel
         self._idle: list[Connection] = []
         self._busy: set[Connection] = set()
+        self._ids: dict[Connection, int | None] = {}
         self._slots = asyncio.Semaphore(size)
 
     async def acquire(self, deadline: float) -> Connection | None:
@@ -87,7 +139,7 @@ class _ReceiverPool:
         (loop time). Opening one reconnects with backoff, up to the deadline."""
         if self._slots.locked():
             try:
-                await asyncio.wait_for(self._slots.acquire(), deadline - self._channel._loop.time())
+                await _within(self._slots.acquire(), deadline - self._channel._loop.time())
             except asyncio.TimeoutError:
                 return None
         else:
@@ -97,17 +149,41 @@ class _ReceiverPool:
                 conn = self._idle.pop()
                 if not conn.is_closed:
                     break
+                self._ids.pop(conn, None)
             else:
                 conn = await self._channel._connect(deadline)
+                await self._identify(conn)
         except BaseException:
             self._slots.release()
             raise
         self._busy.add(conn)
         return conn
 
+    async def _identify(self, conn: Connection) -> None:
+        client_id = None
+        if self._channel._cluster is None:  # a cluster routes CLIENT to any node
+            try:
+                client_id = await _within(conn.execute(b"CLIENT", b"ID"),
+                                          self._channel._connect_timeout)
+            except ReplyError:  # CLIENT denied to this user: cancelling closes instead
+                pass
+            except asyncio.TimeoutError:
+                conn.close()
+                raise ConnectionError(
+                    f"Redis at {self._channel._address} did not answer CLIENT ID") from None
+            except BaseException:
+                conn.close()
+                raise
+        self._ids[conn] = client_id
+
+    def client_id(self, conn: Connection) -> int | None:
+        """The CLIENT ID of a connection of this pool, if known."""
+        return self._ids.get(conn)
+
     def release(self, conn: Connection) -> None:
         self._busy.discard(conn)
         if conn.is_closed or conn.pending_replies or self._channel._closed:
+            self._ids.pop(conn, None)
             conn.close()
         else:
             self._idle.append(conn)
@@ -117,6 +193,7 @@ class _ReceiverPool:
         for conn in self._idle + list(self._busy):
             conn.close()
         self._idle.clear()
+        self._ids.clear()
 
 
 def _cancelling() -> bool:
@@ -141,7 +218,13 @@ class Channel:
 
     Create it with :meth:`connect` (or ``await town.channel()``); close it with
     :meth:`close` or ``async with channel:``. Every method that takes an id
-    accepts the id type, a :class:`uuid.UUID` or its string form.
+    accepts the id type, a :class:`uuid.UUID` or its string form
+    (hyphenated, 32 hex digits, ``{braced}`` or ``urn:uuid:``, any case, as
+    Tinytown reads them; keys always use the lowercase hyphenated form); any
+    other value raises :class:`tinytown.InvalidArgumentError` before
+    anything is sent. Unless a method says otherwise, a key holding another
+    Redis type raises :class:`tinytown.ReplyError` (WRONGTYPE) and is left
+    as it is.
 
     A Channel belongs to the event loop it was connected on and is not
     thread-safe. If the connection drops, calls in flight fail with
@@ -181,7 +264,20 @@ class Channel:
         self._conn: Connection | None = None
         self._reconnecting: asyncio.Task[Connection] | None = None
         self._receivers = _ReceiverPool(self, max_receivers)
-        self._subscriptions: set[BroadcastSubscription] = set()
+        # Cancelled blocking commands (see _abandon): how many still wait for
+        # their reply after a CLIENT UNBLOCK; what they took, held to be put
+        # back in one go, in order; handbacks being written; cancelled callers
+        # waiting for all that to settle.
+        self._sent = 0  # blocking commands sent: their order on the server
+        self._unblocking = 0
+        self._handbacks: list[tuple[int, tuple[Any, ...], bytes]] = []
+        self._handback_seq: int | None = None
+        self._handback_timer: asyncio.TimerHandle | None = None
+        self._writing_handbacks = 0
+        self._settle_waiters: list[asyncio.Future[None]] = []
+        # Weak: a subscription dropped by its user (``break`` out of
+        # ``async for``) is finalized, which unsubscribes it.
+        self._subscriptions: weakref.WeakSet[BroadcastSubscription] = weakref.WeakSet()
         self._closed = False
 
     @classmethod
@@ -326,7 +422,7 @@ class Channel:
             else:
                 raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
         try:
-            await asyncio.wait_for(self._log_in(conn), timeout)
+            await _within(self._log_in(conn), timeout)
         except asyncio.TimeoutError:
             conn.close()
             raise ConnectionError(
@@ -341,7 +437,7 @@ class Channel:
         conn = self._transport(self._loop)
         conn.set_write_buffer_limits(*self._write_limits)
         try:
-            await asyncio.wait_for(start(conn), timeout)
+            await _within(start(conn), timeout)
         except asyncio.TimeoutError:
             conn.close()
             raise ConnectionError(
@@ -448,9 +544,10 @@ class Channel:
     async def receive(self, agent_id: AgentId | Any, timeout: float | timedelta) -> Message | None:
         """Wait up to ``timeout`` (seconds or timedelta) for a message; None if none came.
 
-        Runs BLPOP on a connection of its own. If the caller is cancelled
-        while a message is on its way, the message is put back at the front
-        of the inbox rather than lost. If the connection drops meanwhile, this
+        Runs BLPOP on a connection of its own. If the caller is cancelled,
+        the BLPOP is ended at once (CLIENT UNBLOCK) and a message it had
+        taken is put back at the front of the inbox before the
+        CancelledError goes on. If the connection drops meanwhile, this
         raises :class:`ConnectionError` (a message Redis popped just before
         may be lost: plain receive is at-most-once, see
         :meth:`receive_reliable`); the next receive reconnects. It returns or
@@ -477,6 +574,13 @@ class Channel:
         server), the command still completes on the server: its reply then
         goes to ``on_abandoned(conn, reply)`` (an exception if the
         connection failed), which also gives the connection back.
+
+        A cancelled caller ends its command at once (CLIENT UNBLOCK, see
+        :meth:`_abandon`) and waits, at most RECEIVE_GRACE, for the reply to
+        reach ``on_abandoned`` and for what it hands back with
+        :meth:`_requeue` to be written, before the CancelledError goes on:
+        when a cancelled receive has finished, its slot is free and a
+        message it took is back in its inbox.
         """
         text = blpop_timeout(timeout)
         if self._closed:
@@ -500,6 +604,7 @@ class Channel:
             except BaseException:
                 self._receivers.release(conn)
                 raise
+            self._sent += 1
             if not fut.done() or attempt == 2:
                 break
             # Failed inside execute(): on an idle connection the command is
@@ -509,6 +614,7 @@ class Channel:
             fut.exception()  # retrieved
             self._receivers.release(conn)
         fut.orphan = lambda reply: on_abandoned(conn, reply)
+        sent = self._sent
         # One watchdog per channel, not a timer per receive (see _watch).
         self._unanswered[fut] = (deadline + RECEIVE_GRACE, conn)
         if self._watchdog is None:
@@ -523,10 +629,15 @@ class Channel:
                     raise ConnectionError(
                         "Redis did not answer a blocking receive within its timeout plus "
                         f"{RECEIVE_GRACE:g} s (server paused or unreachable)") from None
-            elif fut.done() and not fut.cancelled():
+                raise
+            if fut.done() and not fut.cancelled():
                 # The reply was in, but the cancellation reached the task first.
                 fut.orphan = None
-                on_abandoned(conn, None if fut.exception() else fut.result())
+                self._abandon(sent, conn, on_abandoned, None)(
+                    None if fut.exception() else fut.result())
+            else:
+                self._abandon(sent, conn, on_abandoned, fut)
+            await self._handed_back()
             raise
         except BaseException:
             self._unanswered.pop(fut, None)
@@ -535,6 +646,164 @@ class Channel:
         self._unanswered.pop(fut, None)
         self._receivers.release(conn)
         return reply
+
+    def _abandon(self, sent: int, conn: Connection, on_abandoned: Callable[[Connection, Any], None],
+                 fut: asyncio.Future[Any] | None) -> Callable[[Any], None]:
+        """A blocking command (the ``sent``-th) whose caller was cancelled:
+        returns the handler of its reply, which passes the reply on to
+        ``on_abandoned`` while collecting what that hands back (see _requeue).
+
+        With ``fut`` (the command's reply is still to come), the handler
+        becomes its orphan and the command is ended now, so that it neither
+        holds its connection until its timeout nor takes a message meant for
+        a later receive: CLIENT UNBLOCK on the main connection makes Redis
+        answer it at once, nil or what it took just before.
+        """
+        self._unblocking += 1
+        done = False
+
+        def resolve(reply: Any) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self._unblocking -= 1
+            self._handback_seq = sent
+            try:
+                on_abandoned(conn, reply)
+            finally:
+                self._handback_seq = None
+                self._handbacks_due()
+
+        if fut is not None:
+            fut.orphan = resolve  # type: ignore[attr-defined]
+            self._unblock(conn, fut, 1)
+        return resolve
+
+    def _unblock(self, conn: Connection, fut: asyncio.Future[Any], attempt: int) -> None:
+        """End the blocking command of ``fut``, whose caller went away."""
+        if getattr(fut, "orphan", None) is None:
+            return  # its reply came
+        client_id = self._receivers.client_id(conn)
+        main = self._conn
+        if client_id is None or main is None or main.is_closed or self._closed:
+            self._loop.call_later(_FALLBACK_WAIT, self._drop_blocked, conn, fut)
+            return
+        try:
+            unblocked = main.execute(b"CLIENT", b"UNBLOCK", client_id)
+        except Exception:
+            self._loop.call_later(_FALLBACK_WAIT, self._drop_blocked, conn, fut)
+            return
+
+        def answered(f: asyncio.Future[Any]) -> None:
+            if getattr(fut, "orphan", None) is None:
+                return
+            if f.cancelled() or f.exception() is not None:  # denied, or main connection lost
+                self._drop_blocked(conn, fut)
+            elif f.result() == 0:
+                # Not blocked: Redis has not read the command yet (it went on
+                # another socket just before), or its reply is on its way.
+                if attempt < _UNBLOCK_TRIES:
+                    self._unblock(conn, fut, attempt + 1)
+                else:
+                    self._loop.call_later(_FALLBACK_WAIT, self._drop_blocked, conn, fut)
+            # 1: Redis answers the command now (nil), on its own connection
+
+        unblocked.add_done_callback(answered)
+
+    def _drop_blocked(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
+        """Close the connection of an abandoned command still unanswered: the
+        server drops the command with the client (its orphan gets the error)."""
+        if getattr(fut, "orphan", None) is None:
+            return
+        conn.close()
+        handler = getattr(fut, "orphan", None)
+        if handler is not None:  # a transport that does not call it on close
+            fut.orphan = None  # type: ignore[attr-defined]
+            handler(ConnectionError("connection to Redis closed"))
+
+    async def _handed_back(self) -> None:
+        """Wait (at most RECEIVE_GRACE) until every abandoned command has its
+        reply and what they took is back in Redis."""
+        if self._settled():
+            return
+        waiter = self._loop.create_future()
+        self._settle_waiters.append(waiter)
+        try:
+            await _within(waiter, RECEIVE_GRACE)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if waiter in self._settle_waiters:
+                self._settle_waiters.remove(waiter)
+
+    def _settled(self) -> bool:
+        return not (self._unblocking or self._handbacks or self._writing_handbacks)
+
+    def _handbacks_due(self) -> None:
+        """Write the held handbacks once no abandoned command is unanswered,
+        or after RECEIVE_GRACE at the latest; wake the settled waiters."""
+        if self._handbacks:
+            if not self._unblocking:
+                self._write_handbacks()
+            elif self._handback_timer is None:
+                self._handback_timer = self._loop.call_later(RECEIVE_GRACE, self._write_handbacks)
+        if self._settled():
+            waiters, self._settle_waiters = self._settle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _write_handbacks(self) -> None:
+        if self._handback_timer is not None:
+            self._handback_timer.cancel()
+            self._handback_timer = None
+        if not self._handbacks:
+            return
+        # Each command puts its message at the front: the one taken last goes
+        # first, so the one taken first ends in front. Blocked commands on a
+        # key are served in the order Redis got them, which is sending order.
+        batch = sorted(self._handbacks, key=lambda h: h[0], reverse=True)
+        self._handbacks = []
+        self._run_handbacks([(command, raw) for _, command, raw in batch])
+
+    def _run_handbacks(self, batch: list[tuple[tuple[Any, ...], bytes]]) -> None:
+        """Run the commands of ``batch`` (in order, one pipeline) on the main
+        connection, reconnecting first if it is down."""
+        self._writing_handbacks += 1
+        main = self._conn
+        if main is None or main.is_closed:
+            self._loop.create_task(self._handbacks_reconnecting(batch))
+            return
+        try:
+            written = main.execute_many([command for command, _ in batch], False)
+        except Exception:
+            self._loop.create_task(self._handbacks_reconnecting(batch))
+            return
+
+        def pushed(f: asyncio.Future[Any]) -> None:
+            error = None if f.cancelled() else f.exception()
+            if isinstance(error, ConnectionError):
+                self._loop.create_task(self._handbacks_reconnecting(batch))
+                return
+            if error is not None:
+                log.error("tinytown: a cancelled receive could not requeue its message: %s; "
+                          "lost: %r", error, [raw for _, raw in batch])
+            self._writing_handbacks -= 1
+            self._handbacks_due()
+
+        written.add_done_callback(pushed)
+
+    async def _handbacks_reconnecting(self, batch: list[tuple[tuple[Any, ...], bytes]]) -> None:
+        try:
+            conn = await self._main()
+            await conn.execute_many([command for command, _ in batch], False)
+        except Exception as exc:  # nowhere left to put them: say so loudly
+            log.error("tinytown: a cancelled receive could not requeue its message; lost: %r (%s)",
+                      [raw for _, raw in batch], exc)
+        finally:
+            self._writing_handbacks -= 1
+            self._handbacks_due()
 
     def _watch(self) -> None:
         """The watchdog of blocking commands in flight.
@@ -578,25 +847,17 @@ class Channel:
 
     def _requeue(self, command: tuple[Any, ...], raw: bytes) -> None:
         """Run ``command``, which puts the popped message ``raw`` back at the
-        front of its inbox, reconnecting first if the main connection is down."""
-        main = self._conn
-        if main is None or main.is_closed:
-            self._loop.create_task(self._requeue_reconnecting(command, raw))
-            return
+        front of its inbox, reconnecting first if the main connection is down.
 
-        def pushed(f: asyncio.Future[Any]) -> None:
-            if not f.cancelled() and f.exception() is not None:
-                self._loop.create_task(self._requeue_reconnecting(command, raw))
-
-        main.execute(*command).add_done_callback(pushed)
-
-    async def _requeue_reconnecting(self, command: tuple[Any, ...], raw: bytes) -> None:
-        try:
-            conn = await self._main()
-            await conn.execute(*command)
-        except Exception as exc:  # nowhere left to put it: say so loudly
-            log.error("tinytown: a cancelled receive could not requeue its message; lost: %r (%s)",
-                      raw, exc)
+        Called from the reply handler of an abandoned blocking command (see
+        _abandon), it is held until the other abandoned commands have their
+        replies, and they are all put back in the order they were taken.
+        """
+        sent = self._handback_seq
+        if sent is None:
+            self._run_handbacks([(command, raw)])
+        else:
+            self._handbacks.append((sent, command, raw))
 
     async def try_receive(self, agent_id: AgentId | Any) -> Message | None:
         """Take the first message of the inbox without waiting (``LPOP
@@ -938,7 +1199,9 @@ class Channel:
         in one round trip: a Lua script (``EVALSHA``) that writes it only if
         the Hash exists and has an ``id``; a JSON agent is read and rewritten
         as :meth:`increment_agent_rounds` does. Raises
-        :class:`AgentNotFoundError` if the agent has no state.
+        :class:`AgentNotFoundError` if the agent has no state, and
+        :class:`ReplyError` (WRONGTYPE) if its key holds another type, as the
+        counters do.
         """
         await self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "last_heartbeat", False))
@@ -1161,9 +1424,11 @@ class Channel:
         every read, the entry ``last_id`` itself is not returned: this sends
         ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
         are sent as they are). Entries whose ``data`` field is missing or not
-        a TownEvent are skipped (logged as warnings), as Tinytown does.
-        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
-        ``count`` below 1.
+        a TownEvent are skipped (logged as warnings), as Tinytown does; after
+        the largest id (``18446744073709551615-18446744073709551615``) there
+        is nothing to read and nothing is sent. Raises
+        :class:`InvalidArgumentError` for a malformed ``last_id`` (an id's
+        two parts are at most 2**64-1) or a ``count`` outside 1..2**63-1.
         """
         return await self._run(_streams.read_town_events(self._keys, last_id, count))
 
@@ -1245,7 +1510,7 @@ class Channel:
         STREAMS tt:<town>:docket:tasks >``, on a connection of its own (like
         :meth:`receive`). The entry stays pending for ``consumer`` until
         :meth:`docket_ack`. ``fields`` maps field names to values (bytes
-        that are not UTF-8 read as U+FFFD). ``block_ms`` must be >= 1:
+        that are not UTF-8 read as U+FFFD). ``block_ms`` must be an int in 1..2**63-1:
         Tinytown's ``0`` would wait forever. If the caller is cancelled after
         Redis delivered an entry, the entry stays pending for ``consumer``:
         :meth:`docket_reclaim` returns it. A missing group raises
@@ -1344,16 +1609,46 @@ class Channel:
         self._closed = True
         for sub in list(self._subscriptions):
             sub._shut(ChannelClosedError("the channel is closed"))
+        self._shut()
+
+    def _shut(self) -> None:
         if self._reconnecting is not None:
             self._reconnecting.cancel()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        for timer in (self._watchdog, self._handback_timer):
+            if timer is not None:
+                timer.cancel()
+        self._watchdog = self._handback_timer = None
+        # Receivers first: an abandoned command's reply handler then sees its
+        # connection fail, not a message to put back on a closed channel.
+        self._receivers.close()
         if self._conn is not None:
             self._conn.close()
-        self._receivers.close()
         if self._cluster is not None:
             self._cluster.close()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        # A channel dropped without close(): its connections stay registered
+        # with the loop, which keeps them (and their sockets and server
+        # clients) alive, so close them, and say so, as asyncio's transports
+        # do. Whatever still needs the channel (a call in flight, an abandoned
+        # receive's reply handler, the watchdog, a reconnect) holds it, so
+        # nothing runs into it after this.
+        if getattr(self, "_closed", True):
+            return
+        message = f"unclosed {self!r}"
+        self._closed = True
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            if not (self._receivers._idle or self._receivers._busy):
+                return  # nothing open: never connected, or lost and not reopened
+        try:
+            _warn(message, ResourceWarning, source=self)
+        except Exception:  # warnings turned into errors
+            pass
+        try:
+            self._shut()
+        except Exception:  # the loop is closed, or the interpreter is exiting
+            pass
 
     async def __aenter__(self) -> Channel:
         return self
@@ -1427,7 +1722,16 @@ class BroadcastSubscription:
     def _attach(self, conn: Connection) -> None:
         self._conn = conn
         self._channel._subscriptions.add(self)
-        conn.subscribe(self._on_push, self._channel._broadcast_name)
+        # The connection (which the loop keeps) holds the subscription weakly,
+        # so a subscription its user dropped is finalized (see __del__).
+        ref = weakref.ref(self)
+
+        def on_push(item: Any) -> None:
+            sub = ref()
+            if sub is not None:
+                sub._on_push(item)
+
+        conn.subscribe(on_push, self._channel._broadcast_name)
 
     def _on_push(self, item: Any) -> None:
         # Called by the transport for every pub/sub reply, or with the error
@@ -1521,6 +1825,20 @@ class BroadcastSubscription:
         self._shut(ChannelClosedError("the subscription is closed"))
 
     aclose = close
+
+    def __del__(self) -> None:
+        # Dropped by its user, typically by leaving ``async for`` with break:
+        # unsubscribe, or its connection would stay subscribed, receiving
+        # every broadcast for nobody, until the channel closes.
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # the loop is closed, or the interpreter is exiting
+                pass
 
     async def __aenter__(self) -> BroadcastSubscription:
         return await self.start()

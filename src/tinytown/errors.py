@@ -6,6 +6,8 @@ Every error tinytown raises on purpose is a :class:`TinytownError`, so one
 
 from __future__ import annotations
 
+import builtins
+
 __all__ = [
     "TinytownError",
     "ConnectionError",
@@ -27,11 +29,14 @@ class TinytownError(Exception):
     """Base class of every error raised by tinytown."""
 
 
-class ConnectionError(TinytownError):  # noqa: A001 - the public name is part of the API
+class ConnectionError(TinytownError, builtins.ConnectionError):  # noqa: A001 - the public name is part of the API
     """The connection to Redis could not be made or was lost.
 
     Every call pending on a connection that drops fails with this error; the
-    next call on the channel reconnects.
+    next call on the channel reconnects. It is also a subclass of Python's
+    built-in :class:`ConnectionError` (so of :class:`OSError`), so that
+    ``except ConnectionError:`` catches it whichever of the two names is in
+    scope, as with asyncpg's and redis-py's errors. ``errno`` is None.
 
     Raised by ``Channel.send_many``, it says what became of the batch:
     ``written`` (tuple of Message, in batch order) holds the messages Redis

@@ -616,7 +616,7 @@ class Message:
         Rust would reject; the error's ``raw`` holds ``data``."""
         try:
             obj = _loads(data)
-        except Exception:
+        except (ValueError, TypeError):  # not Exception: a signal handler's must propagate
             obj = None
         if type(obj) is not dict:
             obj = _json.load_object(data, "Message")  # raises the precise DecodeError

@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl as ssl_module
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -69,7 +70,13 @@ class SyncChannel:
 
     Create it with :meth:`connect`; close it with :meth:`close` or ``with``.
     Every method that takes an id accepts the id type, a :class:`uuid.UUID`
-    or its string form.
+    or its string form
+    (hyphenated, 32 hex digits, ``{braced}`` or ``urn:uuid:``, any case, as
+    Tinytown reads them; keys always use the lowercase hyphenated form); any
+    other value raises :class:`tinytown.InvalidArgumentError` before
+    anything is sent. Unless a method says otherwise, a key holding another
+    Redis type raises :class:`tinytown.ReplyError` (WRONGTYPE) and is left
+    as it is.
 
     One SyncChannel per thread: a call made while another thread is inside a
     call on the same channel raises :class:`tinytown.ConcurrentUseError`.
@@ -95,7 +102,9 @@ class SyncChannel:
         self._connect_timeout = connect_timeout
         self._conn: SyncConnection | None = None
         self._client_id: int | None = None   # CLIENT ID of _conn, to unblock a BLPOP
-        self._subscriptions: set[SyncBroadcastSubscription] = set()
+        # Weak: a subscription dropped by its user (``break`` out of its
+        # ``for`` loop) is finalized, which unsubscribes it.
+        self._subscriptions: weakref.WeakSet[SyncBroadcastSubscription] = weakref.WeakSet()
         self._closed = False
 
     @classmethod
@@ -235,33 +244,75 @@ class SyncChannel:
     def receive(self, agent_id: AgentId | Any, timeout: float | timedelta) -> Message | None:
         """Wait up to ``timeout`` (seconds or timedelta) for a message; None if none came.
 
-        Runs BLPOP, with the GIL released. If the wait is interrupted by a
-        signal (Ctrl-C), the BLPOP is stopped and a message it took is put
-        back at the front of the inbox before the KeyboardInterrupt
-        propagates: nothing is lost.
+        Runs BLPOP, with the GIL released. If a signal handler raises
+        (Ctrl-C) at any point after the BLPOP was sent, while it waits, as
+        its reply is read or as the message is decoded, the BLPOP is stopped
+        and a message it took is put back at the front of the inbox before
+        the exception propagates: nothing is lost, nothing duplicated. (Once
+        receive() has returned, the message is the caller's.)
         """
         agent = AgentId(agent_id)
         key = self._inbox_prefix + agent
         seconds = blpop_timeout(timeout)
         conn = self._main()
         client_id = self._client_id
-        conn.send_command(_BLPOP, key, seconds)
+        # The reply goes into ``box`` from C (map and list.extend): Python
+        # runs a signal handler only between bytecodes, and none runs between
+        # read_reply returning the reply and its being kept there, so the
+        # except clauses below always know whether it was read.
+        box: list[Any] = []
         try:
-            reply = conn.read_reply(float(seconds) + _BLPOP_GRACE)
+            conn.send_command(_BLPOP, key, seconds)
+            box.extend(map(conn.read_reply, (float(seconds) + _BLPOP_GRACE,)))
+            reply = box[0]
+            if reply is None:
+                return None
+            try:
+                return Message.from_json(reply[1])
+            except DecodeError as exc:
+                # The decoder turns any Exception raised inside it into a
+                # DecodeError, a signal handler's too: decoding again tells.
+                interruption = exc.__context__
+                try:
+                    Message.from_json(reply[1])
+                except DecodeError:
+                    pass
+                else:
+                    raise interruption or exc from None  # handled below: put back
+            return self._decode(agent, reply[1])  # dead-letters it, raises DecodeError
+        except DecodeError:
+            raise  # undecodable: kept in the dead-letter list by _decode
         except TimeoutError:
+            if box or not conn.pending_replies or conn.is_closed:
+                self._interrupted_pop(conn, client_id, key, box)
+                raise
             conn.close()
             raise ConnectionError(
                 f"Redis at {self._address} did not answer BLPOP within {seconds} s "
                 f"+ {_BLPOP_GRACE:g} s; connection dropped") from None
-        except ReplyError:
-            raise
         except BaseException:
-            if not conn.is_closed:
-                self._abandon_pop(conn, client_id, key)
+            self._interrupted_pop(conn, client_id, key, box)
             raise
-        if reply is None:
-            return None
-        return self._decode(agent, reply[1])
+
+    def _interrupted_pop(self, conn: SyncConnection, client_id: int | None, key: str,
+                         box: list[Any]) -> None:
+        """receive() is ending with an exception: give back what its BLPOP took.
+
+        ``box`` holds the BLPOP's reply if it was read (then it goes back
+        to the front of the inbox); else, if the BLPOP is still pending, it
+        is stopped (see _abandon_pop). An error reply leaves nothing pending.
+        """
+        if box:
+            reply = box[0]
+            if reply is None:
+                return
+            try:
+                self._main().execute(LPUSH, reply[0], reply[1])
+            except BaseException as exc:
+                log.error("tinytown: receive() interrupted after taking a message, which could "
+                          "not be put back (%s); lost: %r", exc, reply[1])
+        elif not conn.is_closed and conn.pending_replies:
+            self._abandon_pop(conn, client_id, key)
 
     def _abandon_pop(self, conn: SyncConnection, client_id: int | None, key: str) -> None:
         """A BLPOP's wait was interrupted (a signal handler raised): stop it
@@ -536,7 +587,9 @@ class SyncChannel:
         in one round trip: a Lua script (``EVALSHA``) that writes it only if
         the Hash exists and has an ``id``; a JSON agent is read and rewritten
         as :meth:`increment_agent_rounds` does. Raises
-        :class:`AgentNotFoundError` if the agent has no state.
+        :class:`AgentNotFoundError` if the agent has no state, and
+        :class:`ReplyError` (WRONGTYPE) if its key holds another type, as the
+        counters do.
         """
         self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "last_heartbeat", False))
@@ -788,9 +841,11 @@ class SyncChannel:
         every read, the entry ``last_id`` itself is not returned: this sends
         ``XRANGE <key> (<last_id> + COUNT <count>`` (Redis >= 6.2; ``-``/``0``
         are sent as they are). Entries whose ``data`` field is missing or not
-        a TownEvent are skipped (logged as warnings), as Tinytown does.
-        Raises :class:`InvalidArgumentError` for a malformed ``last_id`` or a
-        ``count`` below 1.
+        a TownEvent are skipped (logged as warnings), as Tinytown does; after
+        the largest id (``18446744073709551615-18446744073709551615``) there
+        is nothing to read and nothing is sent. Raises
+        :class:`InvalidArgumentError` for a malformed ``last_id`` (an id's
+        two parts are at most 2**64-1) or a ``count`` outside 1..2**63-1.
         """
         return self._run(_streams.read_town_events(self._keys, last_id, count))
 
@@ -833,7 +888,7 @@ class SyncChannel:
         and :class:`DecodeError` is raised with it in ``.raw`` (Tinytown drops
         it, spec §9.9); the next call goes on with the following entry. If a
         signal handler raises (Ctrl-C) the task id just taken goes back to
-        the front of the backlog first: nothing is lost (see :meth:`_run`).
+        the front of the backlog first: nothing is lost.
         """
         return self._run(_streams.backlog_pop(self._keys))
 
@@ -871,7 +926,7 @@ class SyncChannel:
         STREAMS tt:<town>:docket:tasks >``, with the GIL released. The entry
         stays pending for ``consumer`` until :meth:`docket_ack`. ``fields``
         maps field names to values (bytes that are not UTF-8 read as U+FFFD).
-        ``block_ms`` must be >= 1: Tinytown's ``0`` would wait forever. If a
+        ``block_ms`` must be an int in 1..2**63-1: Tinytown's ``0`` would wait forever. If a
         signal handler raises (Ctrl-C) during the wait, the XREADGROUP is
         ended (CLIENT UNBLOCK) and an entry it already took stays pending
         for ``consumer``: :meth:`docket_reclaim` returns it. A missing group
@@ -1086,6 +1141,17 @@ class SyncBroadcastSubscription:
         """Unsubscribe and close the subscription's connection (from any thread)."""
         self._closed = True
         self._channel._subscriptions.discard(self)
+        conn = self._conn
+        if conn is not None:
+            conn.close()
+
+    def __del__(self) -> None:
+        # Dropped by its user, typically by leaving ``for`` with break:
+        # unsubscribe, or its connection would stay subscribed until the
+        # channel closes, with every later broadcast queued in its socket.
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
         conn = self._conn
         if conn is not None:
             conn.close()

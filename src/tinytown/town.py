@@ -1,7 +1,9 @@
 """The town: a local redis-server managed by tinytown.
 
 A town is a directory holding a Redis server's Unix socket, pid file, log and
-snapshot files (``redis.sock``, ``redis.pid``, ``redis.log``, ``dump.rdb``).
+snapshot files (``redis.sock``, ``redis.pid``, ``redis.log``, ``dump.rdb``),
+and ``town.json``, which records the town's name so that the ``tinytown``
+command run against that socket finds the right town (:func:`recorded_town_name`).
 :meth:`Town.start` starts ``redis-server`` there (or reuses one already
 serving that socket), :meth:`Town.channel` opens a :class:`~tinytown.Channel`
 on it, and :meth:`Town.stop` shuts the server down with ``SHUTDOWN`` so that
@@ -37,7 +39,7 @@ from .errors import ConnectionError, InvalidArgumentError, ReplyError, ServerErr
 if TYPE_CHECKING:  # pragma: no cover
     from .channel import Channel
 
-__all__ = ["Town", "validate_town_name"]
+__all__ = ["Town", "validate_town_name", "recorded_town_name", "TOWN_FILE_NAME"]
 
 INSTALL_HINT = "apt-get install redis-server"
 SOCKET_NAME = "redis.sock"
@@ -45,6 +47,8 @@ PID_NAME = "redis.pid"
 LOG_NAME = "redis.log"
 LOCK_NAME = "town.lock"
 PERSISTENCE_NAME = "persistence.json"
+#: The file in a town directory recording the town's name (``{"name": ...}``).
+TOWN_FILE_NAME = "town.json"
 # Redis's appendfsync policies: fsync the append-only file after every write
 # ("always": an acknowledged write survives even a power loss), once a second
 # ("everysec", Redis's default) or when the OS decides ("no").
@@ -212,6 +216,46 @@ def _write_persistence(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, file)
 
 
+def recorded_town_name(directory: str | os.PathLike[str]) -> str | None:
+    """The town name recorded in ``<directory>/town.json`` by :meth:`Town.start`.
+
+    None when there is no such file. Raises :class:`~tinytown.ServerError`
+    when the file cannot be read or does not hold a valid town name (the
+    message names the file to fix).
+    """
+    file = Path(os.fspath(directory)) / TOWN_FILE_NAME
+    try:
+        data = json.loads(file.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as exc:
+        raise ServerError(f"cannot read {file}: {exc}; fix or delete it") from exc
+    name = data.get("name") if isinstance(data, dict) else None
+    try:
+        return validate_town_name(name)
+    except InvalidArgumentError as exc:
+        raise ServerError(f"{file} does not record a valid town name ({exc}); fix or delete it") from None
+
+
+def _record_town_name(path: Path, name: str) -> None:
+    """Write ``town.json`` unless the directory already records a name.
+
+    The first name stays: several towns may share one server, and the file
+    says which one the directory was made for.
+    """
+    if (path / TOWN_FILE_NAME).exists():
+        return
+    file = path / TOWN_FILE_NAME
+    tmp = file.with_name(file.name + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"name": name}, f)
+            f.write("\n")
+        os.replace(tmp, file)
+    except OSError as exc:
+        raise ServerError(f"cannot write {file}: {exc}") from exc
+
+
 @contextlib.asynccontextmanager
 async def _locked(lock_path: Path, deadline: float) -> AsyncIterator[None]:
     """Hold an exclusive flock on ``lock_path`` (one Town.start per directory)."""
@@ -347,7 +391,9 @@ class Town:
     ) -> "Town":
         """Start (or reuse) the town's redis-server in ``directory``.
 
-        The directory is created if needed. If a server already answers PING
+        The directory is created if needed, and the town's name is recorded
+        in ``<directory>/town.json`` unless a name is recorded there already
+        (the ``tinytown`` command takes the town from it). If a server already answers PING
         on ``<directory>/redis.sock`` it is reused (:attr:`owns_server` is
         False); a stale socket file left by a dead server is removed. Otherwise
         ``redis-server`` is started with its socket, pid file, log and
@@ -374,6 +420,7 @@ class Town:
             )
         deadline = time.monotonic() + timeout
         async with _locked(path / LOCK_NAME, deadline):
+            _record_town_name(path, name)
             reused = await cls._reuse_live_server(path, name, deadline)
             if reused is not None:
                 return reused
