@@ -742,10 +742,10 @@ cdef class Connection:
         cdef _Queued *grown
         cdef Py_ssize_t cap
         if self.q_head + self.q_len == self.q_cap:
-            if self.q_head > 0:         # slide the live entries to the front
+            if self.q_len and self.q_head >= self.q_len:    # half free or more: slide
                 memmove(self.q, self.q + self.q_head, self.q_len * sizeof(_Queued))
-                self.q_head = 0
-            if self.q_len == self.q_cap:
+                self.q_head = 0                 # (amortised O(1): a slide frees q_len slots)
+            else:
                 cap = self.q_cap * 2 if self.q_cap else 64
                 grown = <_Queued *>PyMem_Realloc(self.q, cap * sizeof(_Queued))
                 if grown == NULL:
