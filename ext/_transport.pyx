@@ -10,7 +10,8 @@ from cpython.list cimport PyList_New
 from cpython.dict cimport PyDict_GetItem
 from cpython.long cimport PyLong_AsUnsignedLong, PyLong_CheckExact, PyLong_FromLongLong
 from cpython.object cimport PyObject
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.string cimport memmove
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact

@@ -12,9 +12,29 @@
 # is written at once (lowest latency); commands issued while replies are
 # outstanding are appended to hiredis's output buffer and written together by
 # one call_soon flush at the end of the loop iteration.
+#
+# hiredis's output buffer is kept small (OBUF_BOUND): after a partial write
+# hiredis moves the unsent rest to the front of the buffer, so a buffer of N
+# bytes written in pieces costs O(N^2). Commands issued while it is full, and
+# large commands, wait formatted in the connection's own queue (in order, with
+# their callback data) and are handed to hiredis as the buffer drains, large
+# ones in CHUNK pieces. Writing N queued bytes thus costs O(N).
 
 cdef enum:
     STACK_ARGS = 8
+
+cdef size_t OBUF_BOUND = 256 * 1024   # hand hiredis more only below this
+cdef size_t DIRECT_MAX = 64 * 1024    # larger commands go through the queue
+cdef size_t CHUNK = 256 * 1024        # piece of a large command given at once
+
+
+cdef struct _Queued:
+    # A formatted command waiting for hiredis's output buffer to drain.
+    char *cmd                 # from redisFormatCommandArgv (redisFreeCommand)
+    size_t len
+    size_t off                # bytes already handed to hiredis (> 0: its callback is registered)
+    redisCallbackFn *fn
+    void *privdata            # owns one reference (NULL for _on_push)
 
 
 cdef extern from "tt_misuse.h" nogil:
@@ -38,6 +58,7 @@ from tinytown.errors import EventLoopError
 # a loop inherited across fork() shares its epoll set with the parent's, so a
 # child may not open connections on it (they would be watched by the parent).
 import weakref as _weakref
+from collections import deque as _deque
 cdef object _loop_generations = _weakref.WeakKeyDictionary()
 
 
@@ -261,6 +282,10 @@ cdef void _on_batch_reply(redisAsyncContext *ac, void *reply, void *privdata) no
             value = reply_to_py(<redisReply *>reply)
     except BaseException as exc:
         value = exc
+    _batch_step(conn, batch, value)
+
+
+cdef void _batch_step(Connection conn, _Batch batch, object value) noexcept:
     if isinstance(value, BaseException):
         if batch.error is None:
             batch.error = value
@@ -378,6 +403,16 @@ cdef class Connection:
     cdef object _write_cb
     cdef object _flush_cb
     cdef tt_guard guard        # refuses replies nobody waits for (tt_reply_guard.h)
+    cdef _Queued *q            # commands waiting for hiredis's buffer: q[q_head : q_head + q_len]
+    cdef Py_ssize_t q_head
+    cdef Py_ssize_t q_len
+    cdef Py_ssize_t q_cap
+    cdef size_t q_bytes        # bytes of q not yet handed to hiredis
+    cdef size_t high_water     # wait_writable() waits above this many queued bytes ...
+    cdef size_t low_water      # ... until they are down to this many
+    cdef object drain_waiters  # deque of (future, bytes) of wait_writable(), first come first
+    cdef bint recheck_scheduled  # a call_soon _recheck_writers is queued
+    cdef object _recheck_cb
     cdef tuple sub_names       # the channels of subscribe(), whose buffers the guard reads
     cdef const char **sub_ptrs
     cdef size_t *sub_lens
@@ -403,6 +438,10 @@ cdef class Connection:
         self._write_cb = self._on_writable
         self._flush_cb = self._flush
         self.wakeups = []
+        self.drain_waiters = _deque()
+        self._recheck_cb = self._recheck_writers
+        self.high_water = 4 * 2**20
+        self.low_water = 2**20
         self.guard.pending = &self.pending
 
     cdef inline void _untrack(self) noexcept:
@@ -421,6 +460,8 @@ cdef class Connection:
             ac.ev.data = NULL
             tt_guard_remove(ac)
             redisAsyncFree(ac)
+        self._fail_queued(ConnectionError("connection to Redis closed"), True)
+        PyMem_Free(self.q)
         PyMem_Free(self.sub_ptrs)
         PyMem_Free(self.sub_lens)
 
@@ -503,6 +544,7 @@ cdef class Connection:
         self.ac = NULL
         self.closed = True
         self.connected = False
+        self._fail_queued(error if error is not None else ConnectionError("connection to Redis closed"))
         handler = self.push_handler
         if handler is not None:
             _call_push_handler(self, handler,
@@ -574,6 +616,7 @@ cdef class Connection:
             return
         if self.ac != NULL:
             redisAsyncHandleWrite(self.ac)
+            self._after_write()
         self._raise_deferred()
 
     cdef int _raise_deferred(self) except -1:
@@ -591,6 +634,7 @@ cdef class Connection:
             return
         if self.ac != NULL and self.needs_flush and not self.writing:
             redisAsyncHandleWrite(self.ac)
+            self._after_write()
             self._raise_deferred()
 
     cdef inline void _after_issue(self, bint was_idle) noexcept:
@@ -598,6 +642,7 @@ cdef class Connection:
             return
         if was_idle:
             redisAsyncHandleWrite(self.ac)
+            self._after_write()
         else:
             self.flush_scheduled = True
             try:
@@ -672,6 +717,10 @@ cdef class Connection:
             _fill_argv(targs, argv.ptrs, argv.lens)
             if self.ac == NULL or not self.connected:
                 raise ConnectionError("connection to Redis closed while the command was prepared")
+            if self.q_len or sdslen(self.ac.c.obuf) >= OBUF_BOUND \
+                    or tt_wire_size(argv.argc, argv.lens) > DIRECT_MAX:
+                self._enqueue(argv.argc, argv.ptrs, argv.lens, fn, privdata)
+                return 0
             self.in_command = True
             rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
         finally:
@@ -679,7 +728,159 @@ cdef class Connection:
             _argv_close(&argv)
         if rc != REDIS_OK:
             raise ConnectionError("connection to Redis is closing; command not sent")
+        if privdata != NULL:
+            Py_INCREF(<object>privdata)     # released by the callback
+        self.pending += 1
         return 0
+
+    cdef int _enqueue(self, int argc, const char **ptrs, const size_t *lens,
+                      redisCallbackFn *fn, void *privdata) except -1:
+        """Format a command into the queue (after everything queued), then
+        hand hiredis what fits. Takes a reference to ``privdata``."""
+        cdef char *cmd = NULL
+        cdef int n
+        cdef _Queued *grown
+        cdef Py_ssize_t cap
+        if self.q_head + self.q_len == self.q_cap:
+            if self.q_len and self.q_head >= self.q_len:    # half free or more: slide
+                memmove(self.q, self.q + self.q_head, self.q_len * sizeof(_Queued))
+                self.q_head = 0                 # (amortised O(1): a slide frees q_len slots)
+            else:
+                cap = self.q_cap * 2 if self.q_cap else 64
+                grown = <_Queued *>PyMem_Realloc(self.q, cap * sizeof(_Queued))
+                if grown == NULL:
+                    raise MemoryError()
+                self.q = grown
+                self.q_cap = cap
+        n = redisFormatCommandArgv(&cmd, argc, ptrs, lens)
+        if n < 0 or cmd == NULL:
+            raise MemoryError()
+        cdef _Queued *e = &self.q[self.q_head + self.q_len]
+        e.cmd = cmd
+        e.len = <size_t>n
+        e.off = 0
+        e.fn = fn
+        e.privdata = privdata
+        if privdata != NULL:
+            Py_INCREF(<object>privdata)     # the entry's; passed on to hiredis's callback
+        self.q_len += 1
+        self.q_bytes += <size_t>n
+        self._pump()
+        return 0
+
+    cdef void _pump(self) noexcept:
+        """Hand queued commands to hiredis while its buffer is under OBUF_BOUND."""
+        cdef _Queued *e
+        cdef size_t n
+        cdef int rc
+        while self.q_len and self.ac != NULL and sdslen(self.ac.c.obuf) < OBUF_BOUND:
+            e = &self.q[self.q_head]
+            n = e.len - e.off
+            if n > CHUNK:
+                n = CHUNK
+            if e.off == 0:
+                # hiredis reads the command's name (and a SUBSCRIBE's channels)
+                # from e.cmd, which holds the whole command, NUL-terminated.
+                self.in_command = True
+                rc = redisAsyncFormattedCommand(self.ac, e.fn, e.privdata, e.cmd, n)
+                self.in_command = False
+                if rc != REDIS_OK:
+                    return      # disconnecting: _disconnected fails the entry
+                self.pending += 1
+            else:
+                if redisAppendFormattedCommand(&self.ac.c, e.cmd + e.off, n) != REDIS_OK:
+                    return      # out of memory: try again on the next write
+                self.needs_flush = True
+            e.off += n
+            self.q_bytes -= n
+            if e.off == e.len:
+                redisFreeCommand(e.cmd)
+                e.cmd = NULL
+                self.q_head += 1
+                self.q_len -= 1
+                if self.q_len == 0:
+                    self.q_head = 0
+
+    cdef void _after_write(self) noexcept:
+        # After hiredis wrote: refill its buffer from the queue, keep write
+        # interest while anything is unsent, wake wait_writable() callers.
+        if self.q_len and self.ac != NULL:
+            self._pump()
+            if self.ac != NULL and sdslen(self.ac.c.obuf) > 0 and not self.writing:
+                self._want_write(True)
+        if self.drain_waiters:
+            self._wake_writers()
+
+    cdef inline size_t _buffered(self) noexcept:
+        if self.ac == NULL:
+            return self.q_bytes
+        return sdslen(self.ac.c.obuf) + self.q_bytes
+
+    cdef void _wake_writers(self) noexcept:
+        # Down to the low-water mark: wake the first waiting writers, in
+        # order, as many as the bytes they announced fit under the high mark
+        # (at least one). Waking them all would have each look again and
+        # wait again: O(waiters) per drain, quadratic in a flood.
+        cdef Py_ssize_t size = <Py_ssize_t>self._buffered()
+        cdef Py_ssize_t budget
+        cdef bint woke = False
+        if size > <Py_ssize_t>self.low_water or self.recheck_scheduled:
+            return      # (writers woken before have not written yet: wait for them)
+        budget = <Py_ssize_t>self.high_water - size
+        try:
+            waiters = self.drain_waiters
+            while waiters:
+                fut, n = waiters[0]
+                if fut.done():          # its caller was cancelled
+                    waiters.popleft()
+                    continue
+                if woke and n > budget:
+                    break
+                waiters.popleft()
+                _settle(fut, None, False)
+                budget -= n
+                woke = True
+            if woke and waiters and not self.recheck_scheduled:
+                # Once the woken writers have run: more room (one was
+                # cancelled, or wrote less), wake more; else the next write does.
+                self.recheck_scheduled = True
+                self._call_soon(self._recheck_cb)
+        except BaseException as exc:
+            PyErr_WriteUnraisable(exc)
+
+    def _recheck_writers(self):
+        self.recheck_scheduled = False
+        if self.drain_waiters and self.ac != NULL:
+            self._wake_writers()
+
+    cdef void _fail_writers(self, object error) noexcept:
+        waiters, self.drain_waiters = self.drain_waiters, _deque()
+        for fut, n in waiters:
+            _settle(fut, error, True)
+
+    cdef void _fail_queued(self, object error, bint detached=False) noexcept:
+        """Fail every queued command with ``error``, in order (the one whose
+        first piece hiredis has is failed by hiredis), and free the queue."""
+        cdef _Queued e
+        cdef object obj
+        cdef Connection conn = None if detached else self
+        while self.q_len:
+            e = self.q[self.q_head]
+            self.q_head += 1
+            self.q_len -= 1
+            redisFreeCommand(e.cmd)
+            if e.off != 0 or e.privdata == NULL:
+                continue
+            obj = <object>e.privdata
+            Py_DECREF(obj)              # the entry's reference (obj holds another)
+            if e.fn == _on_batch_reply:
+                _batch_step(conn, <_Batch>obj, error)
+            else:
+                _resolve(conn, <ReplyFuture>obj, error, True)
+        self.q_head = 0
+        self.q_bytes = 0
+        if self.drain_waiters:
+            self._fail_writers(error)
 
     def execute(self, *args):
         """Send one command; returns a :class:`ReplyFuture` of its reply.
@@ -693,8 +894,6 @@ cdef class Connection:
         cdef bint was_idle = self.pending == 0
         cdef ReplyFuture fut = ReplyFuture.__new__(ReplyFuture, self.loop)
         self._issue(args, _on_reply, <void *>fut)
-        Py_INCREF(fut)                  # released by _on_reply
-        self.pending += 1
         self._after_issue(was_idle)
         return fut
 
@@ -719,9 +918,7 @@ cdef class Connection:
         batch.results = [] if replies else None
         for command in checked:
             self._issue(command, _on_batch_reply, <void *>batch)
-            Py_INCREF(batch)            # released by _on_batch_reply
             batch.remaining += 1
-            self.pending += 1
         if batch.remaining == 0:
             batch.future.set_result(batch.results)
         else:
@@ -781,6 +978,9 @@ cdef class Connection:
             for i in range(argv.argc):
                 argv.ptrs[i] = PyBytes_AS_STRING(args[i])
                 argv.lens[i] = <size_t>PyBytes_GET_SIZE(args[i])
+            if self.q_len:              # after the commands still queued
+                self._enqueue(argv.argc, argv.ptrs, argv.lens, _on_push, NULL)
+                return 0
             self.in_command = True
             rc = redisAsyncCommandArgv(self.ac, _on_push, NULL, argv.argc, argv.ptrs, argv.lens)
         finally:
@@ -821,8 +1021,54 @@ cdef class Connection:
 
     @property
     def pending_replies(self):
-        """Number of commands sent whose replies have not arrived."""
-        return self.pending
+        """Number of commands issued whose replies have not arrived."""
+        return self.pending + self.q_len
+
+    @property
+    def write_buffer_size(self):
+        """Bytes issued but not yet written to the socket (hiredis's output
+        buffer plus the connection's queue); int."""
+        return self._buffered()
+
+    @property
+    def output_buffer_size(self):
+        """Bytes in hiredis's own output buffer (a debugging aid: kept under
+        about 512 KiB, the rest waits in the connection's queue)."""
+        return sdslen(self.ac.c.obuf) if self.ac != NULL else 0
+
+    def set_write_buffer_limits(self, high, low=None):
+        """Set the high- and low-water marks (bytes) of :meth:`wait_writable`.
+
+        ``low`` defaults to ``high // 4``; raises InvalidArgumentError unless
+        ``0 <= low <= high``.
+        """
+        if low is None:
+            low = high // 4
+        if not (0 <= low <= high):
+            raise InvalidArgumentError(f"write buffer limits need 0 <= low <= high, got high={high}, low={low}")
+        self.high_water = high
+        self.low_water = low
+
+    def get_write_buffer_limits(self):
+        """``(high, low)`` in bytes."""
+        return (self.high_water, self.low_water)
+
+    def wait_writable(self, Py_ssize_t nbytes=0):
+        """None while :attr:`write_buffer_size` is at most the high-water mark
+        and no writer waits; else a future, resolved (first come, first
+        served) once the size is down to the low-water mark and the
+        ``nbytes`` (int, the caller's estimate of what it will write) of the
+        writers before it and its own fit under the high-water mark (the
+        first writer always goes). Failed with ConnectionError if the
+        connection goes first. A woken writer writes without asking again."""
+        if self.ac == NULL or (not self.drain_waiters and self._buffered() <= self.high_water):
+            return None
+        fut = self._create_future()
+        self.drain_waiters.append((fut, nbytes))
+        if not self.recheck_scheduled and self._buffered() <= self.low_water:
+            self.recheck_scheduled = True       # nothing left to write that would wake it
+            self._call_soon(self._recheck_cb)
+        return fut
 
     def fileno(self):
         return self.fd

@@ -354,3 +354,54 @@ async def test_tcp_with_acl_user_password_and_db(redis_server_factory):
         assert await c2.inbox_len(agent) == 1
     with pytest.raises(ConnectionError, match="refused the login"):
         await Channel.connect(f"redis://:wrong@127.0.0.1:{server.port}", town="alpha")
+
+
+# -- backpressure (issue 14) ----------------------------------------------------
+
+async def test_a_flood_of_sends_waits_above_the_high_water_mark_and_loses_nothing(fresh_redis):
+    """With the server stopped, 3,000 concurrent sends of ~1 KB (3 MB) queue
+    at most high + one command on the connection; the rest wait; once the
+    server resumes every message arrives, each once."""
+    import os
+    import signal
+
+    high, low = 128 * 1024, 32 * 1024
+    async with await Channel.connect(fresh_redis.url, town="alpha",
+                                     write_buffer_limits=(high, low)) as channel:
+        agent = AgentId.new()
+        messages = [Message.new(AgentId.supervisor(), agent, MessageType.Custom(
+            kind="flood", payload=f"{i:05d}" + "p" * 1000)) for i in range(3000)]
+        conn = channel._conn
+        assert conn.get_write_buffer_limits() == (high, low)
+        one_command = 2 * len(messages[0].to_json()) + 200
+        os.kill(fresh_redis.pid, signal.SIGSTOP)
+        try:
+            sends = [asyncio.ensure_future(channel.send(m)) for m in messages[:2000]]
+            sends.append(asyncio.ensure_future(channel.send_many(messages[2000:2500])))
+            sends += [asyncio.ensure_future(channel.execute("RPUSH", f"tt:alpha:inbox:{agent}",
+                                                            m.to_json())) for m in messages[2500:]]
+            peak = 0
+            for _ in range(40):
+                await asyncio.sleep(0.005)
+                peak = max(peak, conn.write_buffer_size)
+            assert not any(s.done() for s in sends)
+            assert conn.pending_replies < 1000  # most sends wait before queueing anything
+        finally:
+            os.kill(fresh_redis.pid, signal.SIGCONT)
+        while not all(s.done() for s in sends):
+            peak = max(peak, conn.write_buffer_size)
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*sends)
+        assert peak <= high + one_command + 500 * one_command  # the send_many is one command
+        assert await channel.inbox_len(agent) == 3000
+        got = {(await channel.try_receive(agent)).id for _ in range(3000)}
+        assert got == {m.id for m in messages}
+
+
+async def test_write_buffer_limits_are_checked(redis_url):
+    for bad in [(1, 2), (-1, -1), (1.5, 1), "big", (1, 1, 1)]:
+        with pytest.raises(InvalidArgumentError, match="write_buffer_limits"):
+            await Channel.connect(redis_url, town="alpha", write_buffer_limits=bad)
+    async with await Channel.connect(redis_url, town="alpha", write_buffer_limits=None) as channel:
+        assert channel._conn.wait_writable() is None
+        await channel.send(msg(AgentId.new(), "hi"))

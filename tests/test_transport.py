@@ -8,10 +8,13 @@ parametrized, so the two are checked against the same expectations.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import threading
 
 import pytest
+from memory import memory_growth
 
 from tinytown import _pytransport, _transport
 from tinytown.errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
@@ -360,3 +363,151 @@ async def test_orphan_gets_the_reply_of_a_cancelled_command(Connection, redis_se
     assert await conn.execute("PING") == b"PONG"  # replies in order: BLPOP's came first
     assert orphaned == [[b"q", b"kept"]]
     conn.close()
+
+
+# -- write path and backpressure (issue 14) -----------------------------------
+
+OBUF_BOUND = 256 * 1024     # ext/connection.pyx: hiredis's buffer is refilled below this
+CHUNK = 256 * 1024          # ... by pieces of at most this
+
+
+async def test_drain_after_a_stall_keeps_order_and_bounds_hiredis_buffer(Connection, fresh_redis):
+    """Commands queued while the server is stopped all arrive, in order, once
+    it resumes; the extension keeps hiredis's output buffer (moved in full
+    after each partial write) under its bound, queueing the rest itself."""
+    conn = await connect(Connection, fresh_redis)
+    count, pad = 20_000, "x" * 1000
+    os.kill(fresh_redis.pid, signal.SIGSTOP)
+    try:
+        futures = [conn.execute("RPUSH", "drain", f"{i}:{pad}") for i in range(count)]
+        await asyncio.sleep(0.2)
+        # 20 MB cannot all be in the socket: the rest waits, counted.
+        assert conn.write_buffer_size > 10 * 2**20
+        assert conn.pending_replies == count
+        biggest = getattr(conn, "output_buffer_size", 0)
+    finally:
+        os.kill(fresh_redis.pid, signal.SIGCONT)
+    while not all(f.done() for f in futures):
+        biggest = max(biggest, getattr(conn, "output_buffer_size", 0))
+        await asyncio.sleep(0.001)
+    assert biggest <= OBUF_BOUND + CHUNK
+    assert [f.result() for f in futures] == list(range(1, count + 1))
+    assert conn.write_buffer_size == 0 and conn.pending_replies == 0
+    values = await conn.execute("LRANGE", "drain", 0, -1)
+    assert [int(v.split(b":")[0]) for v in values] == list(range(count))
+    conn.close()
+
+
+async def test_large_commands_interleave_in_order(Connection, redis_server, redis_url):
+    """Commands larger than hiredis's buffer bound (handed over in pieces)
+    between small ones: every reply in order, every value intact."""
+    conn = await connect(Connection, redis_server)
+    big = [bytes([65 + i]) * (3 * 2**20 + i) for i in range(4)]
+    futures = []
+    for i, value in enumerate(big):
+        futures.append(conn.execute("SET", f"big{i}", value))
+        futures.append(conn.execute("INCR", "n"))
+    futures.append(conn.execute_many([("GET", f"big{i}") for i in range(4)]))
+    results = await asyncio.gather(*futures)
+    assert results[:-1] == [b"OK", 1, b"OK", 2, b"OK", 3, b"OK", 4]
+    assert results[-1] == big
+    assert conn.write_buffer_size == 0
+    conn.close()
+
+
+async def test_close_fails_queued_commands_and_leaks_nothing(Connection, fresh_redis):
+    """close() with thousands of commands queued behind a stopped server fails
+    every one with ConnectionError (single commands and batches) and keeps
+    no memory or reference."""
+    conn = await connect(Connection, fresh_redis)
+    pad = b"y" * 1024
+
+    async def round_() -> None:
+        c = await connect(Connection, fresh_redis)
+        os.kill(fresh_redis.pid, signal.SIGSTOP)
+        try:
+            futures = [c.execute("RPUSH", "q", pad) for _ in range(5000)]
+            futures.append(c.execute_many([("RPUSH", "q", pad)] * 500))
+            futures.append(c.execute("SET", "big", pad * 4096))
+            await asyncio.sleep(0.05)
+            assert c.write_buffer_size > 2**20
+            c.close()
+        finally:
+            os.kill(fresh_redis.pid, signal.SIGCONT)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(isinstance(r, ConnectionError) for r in results)
+        assert c.write_buffer_size == 0 and c.pending_replies == 0
+
+    for _ in range(3):
+        await round_()
+    with memory_growth() as grown:
+        for _ in range(10):
+            await round_()
+    # A leak would keep 5,500 futures (> 0.5 MB) and 10 MB of commands a round;
+    # about 0.8 MB is the last round's, whatever the number of rounds.
+    assert grown.python < 2 * 2**20
+    assert grown.rss < 32 * 2**20
+    conn.close()
+
+
+async def test_wait_writable_holds_writers_above_the_high_water_mark(Connection, fresh_redis, loop_kind):
+    """Past the high-water mark wait_writable() returns a future that
+    resolves once the queue is down to the low-water mark; a flood of writers
+    that wait on it keeps the queue under high + one command and loses nothing."""
+    conn = await connect(Connection, fresh_redis)
+    conn.set_write_buffer_limits(256 * 1024, 64 * 1024)
+    assert conn.get_write_buffer_limits() == (256 * 1024, 64 * 1024)
+    with pytest.raises(InvalidArgumentError):
+        conn.set_write_buffer_limits(10, 20)
+    assert conn.wait_writable() is None
+    command_bytes = len(b"*3\r\n$5\r\nRPUSH\r\n$5\r\nflood\r\n$1030\r\n\r\n") + 1030
+    peak = 0
+
+    async def writer(i: int) -> None:
+        nonlocal peak
+        # First come, first served, as many as fit under the high mark.
+        waiter = conn.wait_writable(command_bytes)
+        if waiter is not None:
+            await waiter
+        peak = max(peak, conn.write_buffer_size + command_bytes)
+        await conn.execute("RPUSH", "flood", f"{i:06d}".encode() + b"z" * 1024)
+
+    os.kill(fresh_redis.pid, signal.SIGSTOP)
+    try:
+        tasks = [asyncio.ensure_future(writer(i)) for i in range(3000)]
+        await asyncio.sleep(0.2)
+        # The socket took what it could; the rest of the writers wait.
+        assert conn.write_buffer_size <= 256 * 1024 + command_bytes
+        assert sum(t.done() for t in tasks) == 0
+        waiting = conn.wait_writable()
+        assert waiting is not None and not waiting.done()
+    finally:
+        os.kill(fresh_redis.pid, signal.SIGCONT)
+    await asyncio.gather(*tasks)
+    await waiting
+    # uvloop's transport does not count what it has handed to libuv's write
+    # queue (resume_writing comes early): the Python transport there can
+    # reach about twice the high mark.
+    slack = 2 if Connection is _pytransport.Connection and loop_kind == "uvloop" else 1
+    assert peak <= slack * 256 * 1024 + command_bytes
+    values = await conn.execute("LRANGE", "flood", 0, -1)
+    assert len(values) == 3000 and len(set(values)) == 3000
+    conn.close()
+
+
+async def test_close_fails_writers_waiting_for_the_queue(Connection, fresh_redis):
+    conn = await connect(Connection, fresh_redis)
+    conn.set_write_buffer_limits(64 * 1024, 0)
+    os.kill(fresh_redis.pid, signal.SIGSTOP)
+    try:
+        futures = [conn.execute("RPUSH", "w", b"v" * 4096) for _ in range(2000)]
+        await asyncio.sleep(0.05)
+        waiter = conn.wait_writable()
+        assert waiter is not None
+        conn.close()
+    finally:
+        os.kill(fresh_redis.pid, signal.SIGCONT)
+    with pytest.raises(ConnectionError):
+        await waiter
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)

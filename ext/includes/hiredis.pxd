@@ -30,6 +30,15 @@ cdef extern from "hiredis/hiredis.h" nogil:
         char *errstr
         int fd
         int flags
+        char *obuf          # the output buffer (an sds string)
+
+    # Returns int in hiredis 0.14, long long in 1.x: commands are < 2 GiB.
+    int redisFormatCommandArgv(char **target, int argc, const char **argv, const size_t *argvlen)
+    void redisFreeCommand(char *cmd)
+    int redisAppendFormattedCommand(redisContext *c, const char *cmd, size_t len)
+
+cdef extern from "hiredis/sds.h" nogil:
+    size_t sdslen(char *s)
 
 # The callbacks and event hooks are called by hiredis from inside
 # redisAsyncHandleRead/Write, which tinytown only calls with the GIL held:
@@ -69,6 +78,8 @@ cdef extern from "hiredis/async.h" nogil:
     void redisAsyncHandleWrite(redisAsyncContext *ac)
     int redisAsyncCommandArgv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata,
                               int argc, const char **argv, const size_t *argvlen)
+    int redisAsyncFormattedCommand(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata,
+                                   const char *cmd, size_t len)
 
 # The blocking API of a plain redisContext, used by SyncConnection. The
 # calls that do I/O (connect, redisBufferRead/Write) are made without the GIL.

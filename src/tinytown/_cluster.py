@@ -911,6 +911,23 @@ class ClusterConnection:
         """Commands sent (or waiting for their node) whose replies have not arrived."""
         return len(self._tasks) + sum(conn.pending_replies for conn in self._nodes.values())
 
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes queued on the node connections, not yet written to their sockets."""
+        return sum(conn.write_buffer_size for conn in self._nodes.values())
+
+    def set_write_buffer_limits(self, high: int, low: int | None = None) -> None:
+        """Nothing: each node connection has the channel's limits (Channel._connect_one)."""
+
+    def wait_writable(self, nbytes: int = 0) -> asyncio.Future[None] | None:
+        """A future of the first node connection over its high-water mark, or None."""
+        for conn in self._nodes.values():
+            if not conn.is_closed:
+                waiter = conn.wait_writable(nbytes)
+                if waiter is not None:
+                    return waiter
+        return None
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return (f"<tinytown ClusterConnection {self._topology.address} {state} "

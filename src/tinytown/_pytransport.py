@@ -124,6 +124,15 @@ class Connection(asyncio.Protocol):
         self._waiting: deque[Any] = deque()   # futures, batches and _SUBSCRIBED, in command order
         self._pending = 0
         self._out: list[bytes] = []           # commands waiting for the end-of-iteration flush
+        self._out_bytes = 0                   # their length
+        # Backpressure (wait_writable): high- and low-water marks in bytes, and
+        # the futures of writers waiting for the low one. asyncio's transport
+        # is told to pause at the low mark (pause_writing/resume_writing), so
+        # that its resume_writing says when the buffer is down to it.
+        self._high_water = 4 * 2**20
+        self._low_water = 2**20
+        self._drain_waiters: deque[tuple[asyncio.Future[None], int]] = deque()  # first come first
+        self._recheck_scheduled = False
         self._flush_scheduled = False
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None
@@ -262,6 +271,7 @@ class Connection(asyncio.Protocol):
             transport.abort()  # type: ignore[attr-defined]
             return
         self._transport = transport  # type: ignore[assignment]
+        self._set_transport_limits()
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -347,6 +357,7 @@ class Connection(asyncio.Protocol):
         self._connected = False
         self._push_handler = None
         self._out.clear()
+        self._out_bytes = 0
         transport = self._transport
         sock = self._sock
         if sock is not None:
@@ -384,6 +395,9 @@ class Connection(asyncio.Protocol):
                 slot.add(error)
             else:
                 deliver(slot, error, True)
+        waiters, self._drain_waiters = self._drain_waiters, deque()
+        for fut, _ in waiters:
+            deliver(fut, error, True)
 
     # -- writing ----------------------------------------------------------
 
@@ -396,9 +410,13 @@ class Connection(asyncio.Protocol):
                 self._out.append(data)
                 data = b"".join(self._out)
                 self._out.clear()
+                self._out_bytes = 0
             self._transport.write(data)  # type: ignore[union-attr]
+            if self._drain_waiters:
+                self._wake_writers()
             return
         self._out.append(data)
+        self._out_bytes += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -410,7 +428,102 @@ class Connection(asyncio.Protocol):
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
+        self._out_bytes = 0
         self._transport.write(data)
+        if self._drain_waiters:
+            self._wake_writers()
+
+    # -- backpressure -----------------------------------------------------
+
+    def _set_transport_limits(self) -> None:
+        transport = self._transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=self._low_water, low=self._low_water)
+
+    def pause_writing(self) -> None:
+        pass  # writers look at write_buffer_size (wait_writable)
+
+    def resume_writing(self) -> None:
+        # The transport's buffer is down to the low-water mark.
+        if self._drain_waiters:
+            self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        # Down to the low-water mark: wake the first waiting writers, in
+        # order, as many as the bytes they announced fit under the high mark
+        # (at least one); waking all would have each look again: quadratic.
+        size = self.write_buffer_size
+        if size > self._low_water or self._recheck_scheduled:
+            # Above: the transport calls resume_writing when it is down to
+            # it. Recheck pending: writers woken before have not written yet.
+            return
+        budget = self._high_water - size
+        woke = False
+        waiters = self._drain_waiters
+        while waiters:
+            fut, n = waiters[0]
+            if fut.done():  # its caller was cancelled
+                waiters.popleft()
+                continue
+            if woke and n > budget:
+                break
+            waiters.popleft()
+            deliver(fut, None, False)
+            budget -= n
+            woke = True
+        if woke and waiters and not self._recheck_scheduled:
+            # Once the woken writers have run: wake more if there is room.
+            self._recheck_scheduled = True
+            self._loop.call_soon(self._recheck_writers)
+
+    def _recheck_writers(self) -> None:
+        self._recheck_scheduled = False
+        if self._drain_waiters and not self._closed:
+            self._wake_writers()
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes issued but not yet written to the socket (this connection's
+        pending flush plus asyncio's transport buffer)."""
+        transport = self._transport
+        if transport is None or self._closed:
+            return self._out_bytes
+        return self._out_bytes + transport.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int, low: int | None = None) -> None:
+        """Set the high- and low-water marks (bytes) of :meth:`wait_writable`.
+
+        ``low`` defaults to ``high // 4``; raises InvalidArgumentError unless
+        ``0 <= low <= high``.
+        """
+        if low is None:
+            low = high // 4
+        if not 0 <= low <= high:
+            raise InvalidArgumentError(
+                f"write buffer limits need 0 <= low <= high, got high={high}, low={low}")
+        self._high_water, self._low_water = high, low
+        self._set_transport_limits()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """``(high, low)`` in bytes."""
+        return (self._high_water, self._low_water)
+
+    def wait_writable(self, nbytes: int = 0) -> asyncio.Future[None] | None:
+        """None while :attr:`write_buffer_size` is at most the high-water mark
+        and no writer waits; else a future, resolved (first come, first
+        served) once the size is down to the low-water mark and the
+        ``nbytes`` (int, the caller's estimate of what it will write) of the
+        writers before it and its own fit under the high-water mark (the
+        first writer always goes). Failed with ConnectionError if the
+        connection goes first. A woken writer writes without asking again."""
+        if self._closed or (not self._drain_waiters and self.write_buffer_size <= self._high_water):
+            return None
+        fut: asyncio.Future[None] = self._create_future()
+        self._drain_waiters.append((fut, nbytes))
+        if not self._recheck_scheduled and self.write_buffer_size <= self._low_water:
+            self._recheck_scheduled = True  # nothing left to write that would wake it
+            self._loop.call_soon(self._recheck_writers)
+        return fut
 
     # -- commands ---------------------------------------------------------
 

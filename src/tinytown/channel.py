@@ -22,7 +22,7 @@ import sys
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -203,6 +203,16 @@ def _cancelling() -> bool:
     return task is not None and sys.version_info >= (3, 11) and task.cancelling() > 0
 
 
+#: ``write_buffer_limits`` of :meth:`Channel.connect`: (high, low) in bytes.
+DEFAULT_WRITE_BUFFER_LIMITS = (4 * 2**20, 2**20)
+_NO_WRITE_LIMIT = 2**62
+
+
+def _command_bytes(args: Sequence[Any]) -> int:
+    """About the bytes of ``args`` on the wire, for wait_writable."""
+    return sum(len(a) if isinstance(a, (bytes, str)) else 20 for a in args) + 16 * len(args)
+
+
 class Channel:
     """Tinytown's message transport on one Redis server, scoped to one town.
 
@@ -225,8 +235,11 @@ class Channel:
     def __init__(self, address: Address, town: str, *, loop: asyncio.AbstractEventLoop,
                  max_receivers: int, connect_timeout: float, transport: str | None = None,
                  backoff: Backoff = Backoff(), reconnect_timeout: float = 5.0,
-                 max_message_bytes: int = 16 * 2**20, layout: str = "hash") -> None:
+                 max_message_bytes: int = 16 * 2**20, layout: str = "hash",
+                 write_buffer_limits: tuple[int, int] | None = DEFAULT_WRITE_BUFFER_LIMITS) -> None:
         # Use Channel.connect(); this only wires the parts together.
+        self._write_limits = (_NO_WRITE_LIMIT, _NO_WRITE_LIMIT) if write_buffer_limits is None \
+            else write_buffer_limits
         self._layout = _ops_state.check_layout(layout)
         self._transport = (tls_connection_class(transport, address) if address.tls
                            else connection_class(transport))
@@ -276,7 +289,9 @@ class Channel:
                       ssl_ca_file: str | os.PathLike[str] | None = None,
                       ssl_certfile: str | os.PathLike[str] | None = None,
                       ssl_keyfile: str | os.PathLike[str] | None = None,
-                      ssl_check_hostname: bool = True) -> Channel:
+                      ssl_check_hostname: bool = True,
+                      write_buffer_limits: tuple[int, int] | None = DEFAULT_WRITE_BUFFER_LIMITS,
+                      ) -> Channel:
         """Connect to the Redis at ``url`` for the town ``town``.
 
         ``url`` is ``unix:///abs/path/redis.sock``,
@@ -307,6 +322,16 @@ class Channel:
         agent or task that this channel writes: a bigger one raises
         :class:`InvalidArgumentError` and nothing is written.
 
+        ``write_buffer_limits`` is ``(high, low)`` in bytes (default 4 MiB,
+        1 MiB): when more than ``high`` bytes of commands are queued on a
+        connection but not yet written to its socket (a slow or stopped
+        server, a flood of concurrent sends), :meth:`send`,
+        :meth:`send_many` and :meth:`execute` wait until the queue is down
+        to ``low`` before they queue their command, as asyncio's transports
+        do; so a connection queues at most ``high`` bytes plus one command.
+        None: no limit. Waiting writers fail with :class:`ConnectionError` if
+        the connection drops meanwhile (nothing of theirs was sent).
+
         ``layout`` is how agent and task state and broadcasts are stored:
         ``"hash"`` (the default) as Tinytown 0.7-0.10 release it, each agent
         and task a Redis Hash (spec section 6 field order and spelling) and
@@ -334,6 +359,13 @@ class Channel:
                 or max_message_bytes < 1:
             raise InvalidArgumentError(
                 f"max_message_bytes must be a positive int, not {max_message_bytes!r}")
+        if write_buffer_limits is not None and not (
+                isinstance(write_buffer_limits, tuple) and len(write_buffer_limits) == 2
+                and all(type(n) is int for n in write_buffer_limits)
+                and 0 <= write_buffer_limits[1] <= write_buffer_limits[0]):
+            raise InvalidArgumentError(
+                "write_buffer_limits must be None or a tuple (high, low) of ints with "
+                f"0 <= low <= high, not {write_buffer_limits!r}")
         if backoff is None:
             backoff = Backoff()
         elif not isinstance(backoff, Backoff):
@@ -341,7 +373,8 @@ class Channel:
         channel = cls(address, town, loop=asyncio.get_running_loop(),
                       max_receivers=max_receivers, connect_timeout=connect_timeout,
                       transport=transport, backoff=backoff, reconnect_timeout=reconnect_timeout,
-                      max_message_bytes=max_message_bytes, layout=layout)
+                      max_message_bytes=max_message_bytes, layout=layout,
+                      write_buffer_limits=write_buffer_limits)
         channel._conn = await channel._open_connection()
         return channel
 
@@ -402,6 +435,7 @@ class Channel:
 
     async def _connect_one(self, start: Any, timeout: float) -> Connection:
         conn = self._transport(self._loop)
+        conn.set_write_buffer_limits(*self._write_limits)
         try:
             await _within(start(conn), timeout)
         except asyncio.TimeoutError:
@@ -471,6 +505,9 @@ class Channel:
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
+        waiter = conn.wait_writable(len(payload) + len(key) + 48)
+        if waiter is not None:
+            await waiter    # backpressure: the queue is over its high-water mark
         await conn.execute(LPUSH if message.priority.is_front else RPUSH, key, payload)
 
     async def send_many(self, messages: Iterable[Message]) -> None:
@@ -495,6 +532,9 @@ class Channel:
             return
         try:
             conn = await self._main()
+            waiter = conn.wait_writable(sum(map(_command_bytes, commands)))
+            if waiter is not None:
+                await waiter
             await conn.execute_many(commands, False)
         except ConnectionError as exc:
             # A new exception: the one given may be shared with other calls
@@ -1538,8 +1578,13 @@ class Channel:
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list; an error reply raises :class:`ReplyError`. Do not send blocking
         or subscribing commands here: they would hold up every other call.
+        Waits first while the connection's write queue is over its high-water
+        mark (``write_buffer_limits`` of :meth:`connect`).
         """
         conn = await self._main()
+        waiter = conn.wait_writable(_command_bytes(args))
+        if waiter is not None:
+            await waiter
         return await conn.execute(*args)
 
     @property
