@@ -44,7 +44,7 @@ say "built $(basename "$sdist")"
 listing="$(tar -tzf "$sdist")"
 needed=(setup.py pyproject.toml MANIFEST.in README.md)
 for f in ext/*.pyx ext/*.h ext/includes/* src/tinytown/*.py src/tinytown/*.pyi src/tinytown/py.typed \
-         tests/*.py tests/data/wire/* scripts/*.sh scripts/*.py examples/*.py; do
+         tests/*.py tests/data/wire/*.jsonl tests/data/wire/*/*.jsonl scripts/*.sh scripts/*.py examples/*.py; do
     needed+=("$f")
 done
 for f in "${needed[@]}"; do
