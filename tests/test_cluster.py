@@ -503,9 +503,10 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
     """Poll ``predicate`` (blocking: run it in a thread) until it is true."""
     import time
 
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout  # a liveness guard, not a measured time
     while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
+        if time.monotonic() >= deadline:
+            pytest.fail(f"condition not reached in {timeout:g} s")
         time.sleep(0.05)
 
 
