@@ -60,14 +60,14 @@ say "the sdist holds every file of ext/, the package, its stubs, tests and scrip
 # ------------------------------------------------------------------ 2. install
 say "2. a fresh virtualenv; pip install the sdist[test] (compiles against the system libhiredis)"
 "$PYTHON" -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q "$sdist[test,bench]" >"$WORK/install.log" 2>&1 \
+"$WORK/venv/bin/python" -m pip install -q "$sdist[test,bench,peers]" >"$WORK/install.log" 2>&1 \
     || { tail -60 "$WORK/install.log"; fail "pip install the sdist"; }
 
 # ------------------------------------------------------------------ 3. the suite
 mkdir -p "$WORK/unpacked" "$WORK/suite"
 tar -xzf "$sdist" -C "$WORK/unpacked"
 src="$(ls -d "$WORK"/unpacked/tinytown-*)"
-cp -r "$src/tests" "$src/scripts" "$src/examples" "$src/pyproject.toml" "$WORK/suite/"
+cp -r "$src/tests" "$src/scripts" "$src/examples" "$src/benches" "$src/docs" "$src/README.md" "$src/pyproject.toml" "$WORK/suite/"
 cd "$WORK/suite"
 "$WORK/venv/bin/python" - "$WORK/venv" <<'PY'
 import os, sys
