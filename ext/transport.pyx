@@ -1,7 +1,8 @@
 # cython: language_level=3, freethreading_compatible=False
 """tinytown's transport: Redis connections on hiredis, driven by asyncio.
 
-Private module; the public API is :mod:`tinytown.channel`.
+The module ``tinytown._transport.ext`` (see the map in ``tinytown._transport``).
+Private; the public API is :mod:`tinytown.channel`.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -25,7 +26,7 @@ from tinytown.errors import (
     InvalidArgumentError,
     ReplyError,
 )
-from tinytown._resp import coerce_arg
+from tinytown._transport.resp import coerce_arg
 
 include "reply.pyx"
 include "future.pyx"
