@@ -18,6 +18,15 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_CheckExact
 
 from hiredis cimport *
+from misuse cimport (
+    TT_MAX_COMMAND_BYTES,
+    tt_fork_generation,
+    tt_refused,
+    tt_track_fd,
+    tt_untrack_fd,
+    tt_watch_forks,
+    tt_wire_size,
+)
 from reply_guard cimport tt_guard, tt_guard_install, tt_guard_remove
 
 from tinytown.errors import (
@@ -28,7 +37,10 @@ from tinytown.errors import (
 )
 from tinytown._transport.resp import coerce_arg
 
-include "reply.pyx"
-include "future.pyx"
-include "connection.pyx"
-include "sync_connection.pyx"
+# One module from these files, in this order; each says at its head what it
+# uses from the ones before it.
+include "reply.pyx"            # hiredis replies -> Python objects
+include "future.pyx"           # ReplyFuture
+include "argv.pyx"             # command arguments -> hiredis argv (both connections)
+include "connection.pyx"       # Connection (asyncio, hiredis async context)
+include "sync_connection.pyx"  # SyncConnection (blocking, redisContext)
