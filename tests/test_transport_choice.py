@@ -1,8 +1,10 @@
-"""Choosing the transport: argument, TINYTOWN_TRANSPORT, automatic fallback."""
+"""Choosing the transport: argument, TINYTOWN_TRANSPORT, automatic fallback; the
+transport package's layering (futures is a leaf, no import cycle, distinct class names)."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 
 import pytest
@@ -13,7 +15,7 @@ from tinytown import (
     SyncChannel,
     TransportUnavailableError,
 )
-from tinytown._transport import choose, ext, pyasync, pysync
+from tinytown._transport import choose, cluster, ext, futures, pyasync, pysync
 
 
 @pytest.fixture
@@ -148,3 +150,31 @@ def test_sync_connection_contract(redis_server, redis_url, cls):
         conn.execute("PING")
     with pytest.raises(ConnectionError, match="cannot connect"):
         cls().connect_unix(redis_server.unix_path + ".missing", 1.0)
+
+
+# ---------------------------------------------------------------- layering
+
+
+def test_transport_modules_import_without_a_cycle():
+    # futures is the leaf: the Python transports and the cluster router load
+    # without the chooser (which loads them), and nothing loads the extension.
+    code = (
+        "import sys\n"
+        "import tinytown._transport.futures\n"
+        "assert not [m for m in sys.modules if m.startswith('tinytown._transport.')\n"
+        "            and m != 'tinytown._transport.futures'], sorted(sys.modules)\n"
+        "import tinytown._transport.pyasync, tinytown._transport.pysync, tinytown._transport.cluster\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('tinytown._transport.'))\n"
+        "assert 'tinytown._transport.choose' not in loaded, loaded\n"
+        "assert 'tinytown._transport.ext' not in loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_each_connection_class_has_its_own_name():
+    classes = [ext.Connection, ext.SyncConnection, ext.ReplyFuture, pyasync.PyConnection,
+               pysync.PySyncConnection, futures.PyReplyFuture, cluster.ClusterConnection,
+               choose.OpenConnection]
+    names = [cls.__name__ for cls in classes]
+    assert len(set(names)) == len(names), names
