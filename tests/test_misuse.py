@@ -17,12 +17,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import pytest
 
 from conftest import new_event_loop
-from tinytown._transport import ext, pyasync
+from tinytown._transport import ext, pyasync, pysync
 from tinytown.errors import ConnectionError, InvalidArgumentError, ReplyError, TinytownError
 
 CLASSES = {"hiredis": ext.Connection, "python": pyasync.PyConnection}
@@ -476,32 +477,45 @@ def test_a_forked_child_closing_an_inherited_channel_leaves_the_parent_alone(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_a_sync_channel_used_by_parent_and_child_after_fork_does_not_cross_replies(redis_url):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_sync_channel_used_by_parent_and_child_after_fork_does_not_cross_replies(transport, redis_url):
+    # The child reconnects by itself on its first call; the parent never notices.
     out = run_child("""
         import os, sys
-        from tinytown import SyncChannel
+        from tinytown import AgentId, SyncChannel
 
         channel = SyncChannel.connect(sys.argv[1], "fork")
+        agent = AgentId.new()
         assert channel.execute("PING") == b"PONG"
-        pid = os.fork()
-        who = "child" if pid == 0 else "parent"
-        bad = 0
-        for i in range(2000):
-            token = f"{who}-{i}"
-            if channel.execute("ECHO", token) != token.encode():
-                bad += 1
-        if pid == 0:
-            os._exit(0 if bad == 0 else 1)
-        _, status = os.waitpid(pid, 0)
-        print("child", os.waitstatus_to_exitcode(status), "parent crossed", bad)
+        for round_ in range(5):
+            pid = os.fork()
+            who = "child" if pid == 0 else "parent"
+            bad = 0
+            for i in range(500):
+                token = f"{who}-{i}"
+                try:
+                    if channel.execute("ECHO", token) != token.encode():
+                        bad += 1
+                    if channel.inbox_len(agent) != 0:
+                        bad += 1
+                except Exception as exc:
+                    print(who, type(exc).__name__, exc, flush=True)
+                    bad += 1
+            if pid == 0:
+                os._exit(0 if bad == 0 else 1)
+            _, status = os.waitpid(pid, 0)
+            print("child", os.waitstatus_to_exitcode(status), "parent crossed", bad)
         channel.close()
-    """, redis_url, transport="hiredis")
-    assert "child 0 parent crossed 0" in out, out
+    """, redis_url, transport=transport)
+    assert out.count("child 0 parent crossed 0") == 5, out
+
+
+SYNC_CLASSES = {"hiredis": ext.SyncConnection, "python": pysync.PySyncConnection}
 
 
 async def test_a_connection_used_in_a_forked_child_is_dropped_there(Connection, redis_server, redis_url):
     conn = await connect(Connection, redis_server)
-    sync = ext.SyncConnection()
+    sync = SYNC_CLASSES["python" if Connection is pyasync.PyConnection else "hiredis"]()
     sync.connect_unix(redis_server.unix_path)
     # The child's verdict comes through a pipe: under scripts/valgrind.sh the
     # child's exit status reports CPython's own after-fork leaks instead.
@@ -561,6 +575,48 @@ def test_a_connection_used_from_another_loop_raises_a_tinytown_error_and_sends_n
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_channel_used_from_another_threads_loop_while_its_own_runs_raises_event_loop_error(
+        transport, redis_server, redis_url):
+    # Its own loop is running (blocked in join) in this thread; another thread
+    # runs a second loop and calls in: EventLoopError, nothing written.
+    from channel_cases import msg
+    from tinytown import AgentId, Channel, EventLoopError
+
+    agent = AgentId.new()
+    outcomes: dict[str, str] = {}
+
+    async def main() -> None:
+        channel = await Channel.connect(redis_url, "alpha", transport=transport)
+        await channel.inbox_len(agent)
+
+        def other() -> None:
+            async def go() -> None:
+                for name, call in (("inbox_len", lambda: channel.inbox_len(agent)),
+                                   ("send", lambda: channel.send(msg(agent, "hello")))):
+                    try:
+                        await asyncio.wait_for(call(), 5)
+                        outcomes[name] = "returned"
+                    except BaseException as exc:
+                        outcomes[name] = type(exc).__name__ + (
+                            " tinytown" if isinstance(exc, EventLoopError) else "")
+            asyncio.run(go())
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(30)
+        assert await channel.inbox_len(agent) == 0
+        await channel.close()
+
+    loop = new_event_loop("asyncio")
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert outcomes == {"inbox_len": "EventLoopError tinytown", "send": "EventLoopError tinytown"}
+    assert redis_server.command("LLEN", f"tt:alpha:inbox:{agent}") == 0
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -114,6 +114,19 @@ async def test_activity_lines_keep_newlines_and_empty_is_none(redis_url, kind):
 
 
 @kinds
+async def test_activity_on_a_wrong_type_key_raises_the_error_inside_exec(redis_url, redis_server, kind):
+    # LPUSH fails inside MULTI/EXEC (WRONGTYPE): EXEC's reply holds the error.
+    async with open_channel(kind, redis_url) as channel:
+        agent = AgentId.new()
+        key = f"tt:golden:activity:{agent}"
+        redis_server.command("SADD", key, "foreign")
+        with pytest.raises(ReplyError, match="WRONGTYPE"):
+            await channel.log_agent_activity(agent, "line")
+        assert redis_server.command("TYPE", key) == "set"
+        redis_server.command("DEL", key)
+
+
+@kinds
 async def test_activity_bad_arguments_send_nothing(redis_url, kind):
     monitor = Monitor(redis_url)
     try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar, Union
 
+from .errors import DecodeError
 from .ids import AgentId
 from .keys import TownKeys
 
@@ -75,6 +76,15 @@ class Pop:
 Step = Union[Command, list[Command], Pipeline, Pop]
 Op = Generator[Step, Any, T]
 
+def int_reply(reply: Any, command: str) -> int:
+    """``reply`` if it is an integer reply; else :class:`~tinytown.DecodeError`
+    (a peer that is not Redis answered ``command`` with another type)."""
+    if type(reply) is int:
+        return reply
+    raise DecodeError(f"Redis answered {command} with a {type(reply).__name__} "
+                      f"({reply!r:.60}), not an integer")
+
+
 #: Seconds a stop flag lives (Tinytown's ``SETEX ... 3600 1``).
 STOP_TTL = 3600
 
@@ -88,7 +98,7 @@ def request_stop(keys: TownKeys, agent_id: Any) -> Op[None]:
 
 def should_stop(keys: TownKeys, agent_id: Any) -> Op[bool]:
     key = keys.stop(AgentId(agent_id))
-    return (yield (b"EXISTS", key)) > 0
+    return int_reply((yield (b"EXISTS", key)), "EXISTS") > 0
 
 
 def clear_stop(keys: TownKeys, agent_id: Any) -> Op[None]:

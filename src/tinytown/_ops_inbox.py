@@ -15,7 +15,7 @@ import logging
 from typing import Any, NoReturn
 
 from ._commands import LPUSH, RPUSH, check_message, too_big
-from ._ops import Command, Op, Pop
+from ._ops import Command, Op, Pop, int_reply
 from .errors import DecodeError, InvalidArgumentError, ReplyError
 from .ids import AgentId
 from .keys import TownKeys
@@ -135,7 +135,7 @@ def send_urgent(keys: TownKeys, message: Message, max_bytes: int | None) -> Op[N
 
 
 def urgent_len(keys: TownKeys, agent_id: Any) -> Op[int]:
-    return (yield (b"LLEN", keys.urgent(AgentId(agent_id))))  # type: ignore[no-any-return]
+    return int_reply((yield (b"LLEN", keys.urgent(AgentId(agent_id)))), "LLEN")
 
 
 def move_message_to_inbox(keys: TownKeys, message: Message, to: Any,

@@ -17,7 +17,7 @@ import logging
 import re
 from typing import Any
 
-from ._ops import Op, Pop
+from ._ops import Op, Pop, int_reply
 from ._ops_inbox import dead_letter
 from .errors import DecodeError, EncodeError, InvalidArgumentError, ReplyError
 from .events import TownEvent
@@ -126,8 +126,10 @@ def log_agent_activity(keys: TownKeys, agent_id: Any, text: object, *,
         (b"EXPIRE", key, ACTIVITY_TTL),
     ]
     if transaction:
-        commands = [_MULTI, *commands, _EXEC]
-    yield commands
+        # Redis answers WRONGTYPE for LPUSH *inside* EXEC's reply: raise it.
+        _exec_results((yield [_MULTI, *commands, _EXEC]), "activity line")
+    else:
+        yield commands
 
 
 def get_agent_activity_lines(keys: TownKeys, agent_id: Any,
@@ -175,16 +177,23 @@ def emit_event(keys: TownKeys, event: TownEvent, *, transaction: bool = True) ->
     does not roll back, so the XADDs that succeeded stay."""
     commands = emit_commands(keys, event)
     if transaction:
-        replies = yield [_MULTI, *commands, _EXEC]
-        results = replies[-1]
-        if results is None:  # EXEC of an aborted transaction
-            raise ReplyError("EXECABORT the event's transaction was discarded")
+        results = _exec_results((yield [_MULTI, *commands, _EXEC]), "event")
     else:
         results = yield commands
+    return _as_str(results[0])
+
+
+def _exec_results(replies: Any, what: str) -> list[Any]:
+    """The replies inside EXEC's (the last of a ``MULTI ... EXEC`` list step);
+    the first error reply inside it is raised (Redis does not roll back: the
+    commands before it stay done)."""
+    results = replies[-1]
+    if results is None:  # EXEC of an aborted transaction
+        raise ReplyError(f"EXECABORT the {what}'s transaction was discarded")
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    return _as_str(results[0])
+    return results  # type: ignore[no-any-return]
 
 
 def _decode_entries(entries: Any) -> list[tuple[str, TownEvent]]:
@@ -271,7 +280,7 @@ def backlog_list(keys: TownKeys) -> Op[list[TaskId]]:
 
 
 def backlog_len(keys: TownKeys) -> Op[int]:
-    return (yield (b"LLEN", keys.backlog))  # type: ignore[no-any-return]
+    return int_reply((yield (b"LLEN", keys.backlog)), "LLEN")
 
 
 def backlog_pop(keys: TownKeys) -> Op[TaskId | None]:
@@ -361,7 +370,7 @@ def docket_ack(keys: TownKeys, entry_id: object) -> Op[bool]:
 
 
 def docket_len(keys: TownKeys) -> Op[int]:
-    return (yield (b"XLEN", keys.docket_tasks))  # type: ignore[no-any-return]
+    return int_reply((yield (b"XLEN", keys.docket_tasks)), "XLEN")
 
 
 def docket_pending_count(keys: TownKeys) -> Op[int]:

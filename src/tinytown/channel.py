@@ -972,7 +972,8 @@ class Channel:
     async def processing_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages received reliably by the agent and not yet acked."""
         conn = await self._main()
-        return await conn.execute(b"LLEN", self._keys.processing(AgentId(agent_id)))
+        return _ops.int_reply(await conn.execute(b"LLEN", self._keys.processing(AgentId(agent_id))),
+                              "LLEN")
 
     async def inbox_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages waiting in the agent's inbox (LLEN)."""
@@ -980,7 +981,8 @@ class Channel:
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
-        return await conn.execute(b"LLEN", key)
+        n = await conn.execute(b"LLEN", key)
+        return n if type(n) is int else _ops.int_reply(n, "LLEN")
 
     async def broadcast(self, message: Message) -> int:
         """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:

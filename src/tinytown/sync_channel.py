@@ -380,7 +380,8 @@ class SyncChannel:
         conn = self._conn
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
-        return conn.execute(_LLEN, key)  # type: ignore[no-any-return]
+        n = conn.execute(_LLEN, key)
+        return n if type(n) is int else _ops.int_reply(n, "LLEN")
 
     def broadcast(self, message: Message) -> int:
         """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:

@@ -40,6 +40,8 @@ import hiredis
 from ..errors import ConnectionError, EventLoopError, InvalidArgumentError, ReplyError
 from .futures import FORKS, PyReplyFuture, check_loop, deliver
 from .resp import PLAIN_NAMES, check_command, encode_command
+from .resp import RESP2_SCALARS as _RESP2_SCALARS
+from .resp import resp2_shaped as _resp2_shaped
 
 __all__ = ["PyConnection"]
 
@@ -68,17 +70,6 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-_RESP2_SCALARS = (bytes, int, type(None), ReplyError)
-
-
-def _resp2_shaped(reply: Any) -> bool:
-    """True if ``reply`` has a RESP2 shape (hiredis-py also returns RESP3
-    doubles, booleans, maps and pushes, which a RESP2 connection never gets:
-    the extension's guard refuses them too)."""
-    kind = type(reply)
-    if kind in _RESP2_SCALARS:
-        return True
-    return kind is list and all(_resp2_shaped(item) for item in reply)
 
 class _Batch:
     """One future for many commands: resolved when the last reply is in."""
@@ -568,11 +559,12 @@ class PyConnection(asyncio.Protocol):
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list. An error reply sets :class:`tinytown.ReplyError` on the future.
         """
-        # (the loop test of _in_own_loop, cheaper: a running loop, not which
-        # thread runs it, as this connection is for its loop's thread only)
+        # (the loop test of _in_own_loop: the caller is in the thread running
+        # this connection's loop; a call from another thread's loop would
+        # write here and then await a future of the wrong loop)
         if self._closed or self._push_handler is not None or self._fork_gen != FORKS[0] \
-                or not self._connected or (self._loop._thread_id is None if self._loop_has_thread_id
-                                           else not self._loop.is_running()):
+                or not self._connected or (self._loop._thread_id != get_ident() if self._loop_has_thread_id
+                                           else not self._in_own_loop()):
             self._check_open()  # the exact tests, which raise the right error
             if self._push_handler is not None:
                 raise InvalidArgumentError("this connection is subscribed: it takes no other command")

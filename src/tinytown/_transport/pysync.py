@@ -33,7 +33,8 @@ from typing import Any
 import hiredis
 
 from ..errors import ConcurrentUseError, ConnectionError, InvalidArgumentError, ReplyError
-from .resp import encode_command
+from .futures import FORKS
+from .resp import RESP2_SCALARS, encode_command, resp2_shaped
 
 __all__ = ["PySyncConnection"]
 
@@ -75,6 +76,7 @@ class PySyncConnection:
         self._claim: dict[str, int] = {}
         self._closing = False               # close() came while busy
         self._last_reply_at = 0.0
+        self._fork_gen = FORKS[0]           # FORKS[0] when connected (see _drop_forked)
 
     # -- opening ----------------------------------------------------------
 
@@ -138,10 +140,16 @@ class PySyncConnection:
             reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
             raise ConnectionError(f"cannot connect to Redis at {self.where}: {reason}") from None
         self._sock = sock
+        self._fork_gen = FORKS[0]
 
     # -- state --------------------------------------------------------------
 
     def _enter(self) -> socket.socket:
+        if self._fork_gen != FORKS[0]:
+            self._drop_forked()
+            raise ConnectionError(
+                "this connection to Redis was inherited across fork(): the child may not "
+                "use it (the parent's replies would be read here); open a new one")
         me = threading.get_ident()
         if self._claim.setdefault("owner", me) != me:
             raise ConcurrentUseError(
@@ -160,6 +168,27 @@ class PySyncConnection:
         if self._closing:
             self._closing = False
             self._free()
+
+    def _drop_forked(self) -> None:
+        """In the child of a fork: let go of the inherited socket without any
+        I/O on it. Only this process's copy of the descriptor is closed (never
+        shutdown(2) nor a TLS close_notify, which would cut the parent's)."""
+        sock = self._sock
+        self._sock = None
+        self._fork_gen = FORKS[0]
+        self.pending = 0
+        self._ready.clear()
+        # Half a reply of the parent's may be buffered: start parsing afresh.
+        self._reader = hiredis.Reader(replyError=ReplyError, notEnoughData=_NOT_ENOUGH)
+        self._claim.clear()     # a claim of a parent's thread, which the child has not
+        self._closing = False
+        if sock is not None:
+            try:
+                # detach() hands over the fd without closing it (for an
+                # SSLSocket, without touching the TLS session).
+                os.close(sock.detach())
+            except OSError:
+                pass
 
     def _free(self) -> None:
         sock = self._sock
@@ -212,6 +241,12 @@ class PySyncConnection:
             except hiredis.ProtocolError as exc:
                 raise self._lost(ValueError(f"protocol error: {exc}")) from None
             if ready:
+                for reply in ready:
+                    if type(reply) not in RESP2_SCALARS and not resp2_shaped(reply):
+                        self._free()
+                        raise ConnectionError(
+                            "connection to Redis dropped: the server sent a RESP3 reply "
+                            f"({type(reply).__name__}) on a RESP2 connection (protocol violation)")
                 break
             if self._closing:
                 raise self._lost()
@@ -376,9 +411,13 @@ class PySyncConnection:
 
     def close(self) -> None:
         """Close the connection. Safe from any thread: a call blocked in
-        another thread wakes up with ConnectionError."""
+        another thread wakes up with ConnectionError. In the child of a
+        fork(), only the child's copy of the socket is closed."""
         sock = self._sock
         if sock is None:
+            return
+        if self._fork_gen != FORKS[0]:
+            self._drop_forked()
             return
         if "owner" in self._claim:
             # The thread inside the call closes the socket when it leaves;
@@ -395,7 +434,9 @@ class PySyncConnection:
 
     @property
     def is_closed(self) -> bool:
-        """True once the connection is closed or lost."""
+        """True once the connection is closed or lost (or inherited across fork())."""
+        if self._fork_gen != FORKS[0]:
+            self._drop_forked()
         return self._sock is None
 
     def is_usable(self) -> bool:
@@ -404,7 +445,10 @@ class PySyncConnection:
         An idle connection has nothing to read: if the socket is readable,
         the server closed it (or it broke), so it is closed here and False
         is returned. Probed only when the last reply is more than 50 ms old.
+        In the child of a fork() the inherited connection is dropped (False).
         """
+        if self._fork_gen != FORKS[0]:
+            self._drop_forked()
         sock = self._sock
         if sock is None:
             return False

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import EncodeError, InvalidArgumentError
+from ..errors import EncodeError, InvalidArgumentError, ReplyError
 
-__all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "check_command", "coerce_arg", "encode_command"]
+__all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "RESP2_SCALARS", "check_command", "coerce_arg",
+           "encode_command", "resp2_shaped"]
 
 _CRLF = b"\r\n"
 
@@ -144,3 +145,17 @@ def encode_command(args: Sequence[Any]) -> bytes:
             and 16 + sum(len(p) + 24 for p in parts[2::3]) >= MAX_COMMAND_BYTES:
         _too_big()
     return b"".join(parts)
+
+
+RESP2_SCALARS = (bytes, int, type(None), ReplyError)
+
+
+def resp2_shaped(reply: Any) -> bool:
+    """True if ``reply`` (as hiredis-py's Reader parsed it) has a RESP2 shape.
+    hiredis-py also returns RESP3 doubles, booleans, maps and pushes, which a
+    RESP2 connection never gets: both Python transports drop the connection
+    on them, as the extension's guard does."""
+    kind = type(reply)
+    if kind in RESP2_SCALARS:
+        return True
+    return kind is list and all(resp2_shaped(item) for item in reply)
