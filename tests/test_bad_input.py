@@ -182,3 +182,33 @@ async def test_subscription_after_close(redis_url):
             await sub.start()
         with pytest.raises(StopAsyncIteration):
             await sub.__anext__()
+
+
+# ------------------------------------------------- the QA battery's leftovers
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_bad_counts_timeouts_and_names_are_refused_before_anything_is_sent(redis_url, kind):
+    from streams_harness import Monitor, open_channel
+
+    monitor = Monitor(redis_url)
+    agent = AgentId.new()
+    try:
+        async with open_channel(kind, redis_url, town="alpha") as channel:
+            cases = {
+                "send_many(None)": lambda: channel.send_many(None),
+                "send_many(42)": lambda: channel.send_many(42),
+                # Redis counts a blocking timeout in ms on a long long: past it,
+                # "ERR timeout is negative" (or "out of range").
+                "receive(10**20 s)": lambda: channel.receive(agent, 10**20),
+                "receive(1e17 s)": lambda: channel.receive(agent, 1e17),
+                "docket_reclaim('')": lambda: channel.docket_reclaim("", 0),
+                "docket_read('')": lambda: channel.docket_read("", 100),
+            }
+            for name, call in cases.items():
+                with pytest.raises(InvalidArgumentError):
+                    await call()
+                    pytest.fail(f"{name} was accepted")
+            assert await monitor.commands(channel, transactions=True) == []
+    finally:
+        monitor.close()

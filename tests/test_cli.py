@@ -485,3 +485,19 @@ def test_bench_is_reachable():
     result = run("bench", "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: tinytown bench")
+
+
+def test_out_of_range_counts_and_empty_names_are_usage_errors(tt, redis_server):
+    # Usage errors (exit status 2, one line), refused before any write.
+    agent_id = "3f0c1a52-7d0e-4b8a-9c1d-2e5f6a7b8c9d"
+    for args in (["peek", agent_id, "-n", "99999999999999999999"],
+                 ["peek", agent_id, "-n", "9223372036854775808"],
+                 ["events", "-n", "99999999999999999999"],
+                 ["register", ""], ["register", "   "]):
+        result = tt(*args)
+        assert result.returncode == 2, (args, result.returncode, result.stderr)
+        one_line_error(result)
+    keys = redis_server.command("KEYS", "tt:cli:agent:*")
+    names = [redis_server.command("HGET", k, "name") for k in keys
+             if redis_server.command("TYPE", k) == "hash"]
+    assert "" not in names and "   " not in names, names

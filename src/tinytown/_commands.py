@@ -42,12 +42,21 @@ def too_big(what: str, payload: bytes, limit: int) -> InvalidArgumentError:
         "(see Channel.connect); nothing was written")
 
 
+def check_batch(messages: object) -> Iterable[Message]:
+    """``messages`` if it can be an iterable of Messages (send_many's argument)."""
+    if isinstance(messages, (str, bytes, Message)) or not isinstance(messages, Iterable):
+        raise InvalidArgumentError(
+            f"send_many() takes an iterable of Messages, not {type(messages).__name__}")
+    return messages  # type: ignore[return-value]
+
+
 def push_commands(messages: Iterable[Message], inbox_prefix: str,
                   max_bytes: int | None = None) -> list[list[Any]]:
     """The pushes of ``send_many``: one variadic push per run of messages with
     the same inbox and end, which leaves every inbox exactly as one push per
     message would. Everything is encoded (and checked against ``max_bytes``)
     before anything is sent."""
+    check_batch(messages)
     commands: list[list[Any]] = []
     current: list[Any] = []
     for message in messages:
@@ -67,6 +76,12 @@ def push_commands(messages: Iterable[Message], inbox_prefix: str,
     return commands
 
 
+#: The longest blocking timeout sent, in seconds (about 285 million years):
+#: Redis turns it into milliseconds and adds its clock, in a C long long
+#: (2**63-1 ms); past that it answers "ERR timeout is negative" or "out of range".
+MAX_BLOCK_SECONDS = 9e15
+
+
 def blpop_timeout(timeout: float | timedelta) -> str:
     """BLPOP's timeout argument; rejects values that would block forever by accident."""
     if isinstance(timeout, timedelta):
@@ -80,6 +95,10 @@ def blpop_timeout(timeout: float | timedelta) -> str:
         raise InvalidArgumentError(
             f"timeout must be a positive, finite number of seconds, not {timeout!r}"
             " (Redis would read 0 as 'wait forever')")
+    if seconds > MAX_BLOCK_SECONDS:
+        raise InvalidArgumentError(
+            f"timeout must be at most {MAX_BLOCK_SECONDS:.0e} seconds, not {timeout!r} "
+            "(Redis adds it, in ms, to its clock in a 64-bit integer)")
     # Redis counts blocking timeouts in milliseconds; round tiny ones up so
     # that they do not become 0.
     return f"{max(seconds, 0.001):.3f}"

@@ -62,6 +62,15 @@ def _text(value: object, what: str) -> bytes:
         raise EncodeError(f"{what} cannot be written as UTF-8: {exc}") from None
 
 
+def _consumer(value: object) -> bytes:
+    """A docket consumer name: a non-empty str (XREADGROUP/XAUTOCLAIM would
+    take "" as a consumer of its own, and XAUTOCLAIM moves entries to it)."""
+    name = _text(value, "consumer")
+    if not name:
+        raise InvalidArgumentError("consumer must be a non-empty str (the worker's name)")
+    return name
+
+
 #: The largest number Redis takes as a count or a time (a C long long).
 REDIS_INT_MAX = 2**63 - 1
 
@@ -336,7 +345,7 @@ def docket_block_ms(block_ms: object) -> int:
 
 
 def docket_read_command(keys: TownKeys, consumer: object, block_ms: int) -> tuple[Any, ...]:
-    return (b"XREADGROUP", b"GROUP", DOCKET_GROUP, _text(consumer, "consumer"),
+    return (b"XREADGROUP", b"GROUP", DOCKET_GROUP, _consumer(consumer),
             b"COUNT", b"1", b"BLOCK", block_ms, b"STREAMS", keys.docket_tasks, b">")
 
 
@@ -413,7 +422,7 @@ def docket_reclaim(keys: TownKeys, consumer: object, min_idle_ms: object,
     ``consumer`` and are returned, up to ``count``, oldest first. Entries
     deleted from the stream meanwhile are dropped from the pending list by
     Redis and not returned."""
-    name = _text(consumer, "consumer")
+    name = _consumer(consumer)
     idle = _count(min_idle_ms, "min_idle_ms", 0)
     wanted = _count(count, "count")
     out: list[tuple[str, dict[str, str]]] = []

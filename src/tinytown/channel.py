@@ -34,6 +34,7 @@ from ._commands import (
     LPUSH,
     RPUSH,
     blpop_timeout,
+    check_batch,
     check_message,
     login_commands,
     push_commands,
@@ -524,7 +525,7 @@ class Channel:
         the messages Redis confirmed and the rest (on a Redis Cluster, each
         node confirms its own pushes).
         """
-        batch = messages if isinstance(messages, (list, tuple)) else list(messages)
+        batch = messages if isinstance(messages, (list, tuple)) else list(check_batch(messages))
         commands = push_commands(batch, self._keys.inbox_prefix, self._max_bytes)
         if not commands:
             if self._closed:

@@ -50,6 +50,27 @@ SUPERVISOR = "00000000-0000-0000-0000-000000000001"
 BATCH = 500
 
 
+def _count_arg(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int in ``minimum``..2**63-1 (what Redis takes as
+    a count); anything else is a usage error (exit status 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not minimum <= value <= 2**63 - 1:
+            raise argparse.ArgumentTypeError(f"must be an integer in {minimum}..2**63-1, not {text}")
+        return value
+    return parse
+
+
+def _name_arg(text: str) -> str:
+    """An argparse type: an agent name, not empty or blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an agent name cannot be empty or blank")
+    return text
+
+
 class UsageError(Exception):
     """Bad command-line usage: exit status 2."""
 
@@ -353,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     register = _command(sub, "register", "register an agent by name (stores its state)",
                         "Stores a new agent (state 'starting', fresh id) so that it can be "
                         "named in other commands. Names must be unique in the town.")
-    register.add_argument("name", metavar="NAME", help="the agent's name, e.g. worker-1")
+    register.add_argument("name", metavar="NAME", type=_name_arg,
+                          help="the agent's name, e.g. worker-1")
     register.add_argument("--cli", default="claude", help="the agent's CLI (default: claude)")
     register.add_argument("--agent-type", default="worker", type=str.lower,
                           choices=("worker", "supervisor"), help="default: worker")
@@ -390,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     peek = _command(sub, "peek", "show the first messages of an inbox without removing them")
     peek.add_argument("agent", metavar="AGENT", help="agent id or name")
-    peek.add_argument("-n", type=int, default=10, metavar="N", help="how many (default 10)")
+    peek.add_argument("-n", type=_count_arg(1), default=10, metavar="N", help="how many (default 10)")
     peek.add_argument("--urgent", action="store_true", help="the urgent inbox instead")
     peek.add_argument("--json", action="store_true", help="print JSON (the messages' wire JSON)")
     peek.set_defaults(func=cmd_peek)
@@ -414,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "The last N events of the town, oldest first; with --follow, then every "
                       "new one as it comes (XREAD BLOCK, each event once) until Ctrl-C. "
                       "--json: a JSON document, or with --follow one JSON object per line.")
-    events.add_argument("-n", type=int, default=20, metavar="N", help="how many past events (default 20)")
+    events.add_argument("-n", type=_count_arg(0), default=20, metavar="N", help="how many past events (default 20)")
     events.add_argument("--follow", "-f", action="store_true", help="keep showing new events")
     events.add_argument("--json", action="store_true", help="print JSON")
     events.set_defaults(func=cmd_events)
