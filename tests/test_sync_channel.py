@@ -294,6 +294,15 @@ def test_bad_connect_timeouts(redis_url, timeout):
         SyncChannel.connect(redis_url, town="alpha", connect_timeout=timeout)
 
 
+@pytest.mark.parametrize("transport", ["hiredis", "python"])
+@pytest.mark.parametrize("timeout", [1e300, 10**30])
+def test_a_huge_finite_connect_timeout_connects(redis_url, transport, timeout):
+    # (socket.settimeout overflowed on the Python transport: OverflowError)
+    with SyncChannel.connect(redis_url, town="alpha", connect_timeout=timeout,
+                             transport=transport) as channel:
+        assert channel.execute("PING") == b"PONG"
+
+
 def test_bad_arguments(redis_url):
     with SyncChannel.connect(redis_url, town="alpha") as channel:
         for bad_id in BAD_IDS:

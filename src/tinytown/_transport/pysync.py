@@ -45,6 +45,8 @@ _READ_SIZE = 65536
 # can be anything else, 0 and False included).
 _NOT_ENOUGH = object()
 _CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
+#: The longest connect wait, in seconds (about 31 years).
+_LONGEST_CONNECT_WAIT = 1e9
 #: The longest single poll(2) wait, in milliseconds (one day).
 _POLL_STEP_MS = 86_400_000.0
 
@@ -119,7 +121,9 @@ class PySyncConnection:
     def _open(self, sock: socket.socket, address: Any, timeout: float,
               tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
         try:
-            sock.settimeout(timeout)
+            # settimeout() overflows (OverflowError) past time_t: a longer
+            # wait is as good as forever, as in the extension.
+            sock.settimeout(min(timeout, _LONGEST_CONNECT_WAIT))
             sock.connect(address)
             if tls is not None:
                 # wrap_socket takes over the socket (sock is detached from it).
