@@ -638,3 +638,44 @@ def test_a_channel_used_from_a_second_loop_writes_nothing(transport, redis_serve
     finally:
         first.close()
         second.close()
+
+
+# ------------------------------------------------ 13. replies nobody waits for
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_client_unblock_answer_nobody_needs_is_not_reported_as_never_retrieved(
+        transport, redis_server, redis_url):
+    # A cancelled receive sends CLIENT UNBLOCK on the main connection; when its
+    # reply came by itself first and the main connection then dies, the
+    # UNBLOCK's ConnectionError has no reader: it must not be logged as
+    # "exception was never retrieved" (seen under CLIENT KILL).
+    import gc
+
+    from tinytown import Channel
+
+    loop = new_event_loop("asyncio")
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    async def scenario() -> None:
+        channel = await Channel.connect(redis_url, "misuse", transport=transport)
+        receivers = channel._receivers
+        conn = await receivers.acquire(loop.time() + 5)
+        assert conn is not None and receivers.client_id(conn) is not None
+        fut = loop.create_future()
+        fut.orphan = lambda reply: None  # type: ignore[attr-defined]
+        channel._unblock(conn, fut, 1)   # CLIENT UNBLOCK queued on the main connection
+        fut.orphan = None                # ... its reply came by itself meanwhile
+        channel._conn.close()            # ... and the main connection dies
+        await asyncio.sleep(0.05)
+        receivers.release(conn)
+        await channel.close()
+
+    try:
+        loop.run_until_complete(scenario())
+        gc.collect()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    assert [c["message"] for c in reported if "never retrieved" in c["message"]] == [], reported

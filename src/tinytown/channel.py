@@ -697,9 +697,12 @@ class Channel:
             return
 
         def answered(f: asyncio.Future[Any]) -> None:
+            # Retrieved even when no longer needed, or asyncio would log the
+            # error (main connection lost) as "never retrieved".
+            failed = f.cancelled() or f.exception() is not None
             if getattr(fut, "orphan", None) is None:
                 return
-            if f.cancelled() or f.exception() is not None:  # denied, or main connection lost
+            if failed:  # denied, or main connection lost
                 self._drop_blocked(conn, fut)
             elif f.result() == 0:
                 # Not blocked: Redis has not read the command yet (it went on
