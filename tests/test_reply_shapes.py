@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from channel_cases import msg
 from tinytown import AgentId, Channel, SyncChannel
 from tinytown._transport.choose import TRANSPORTS
 from tinytown.errors import ConnectionError, DecodeError, TinytownError
 
-HOSTILE = {b"LLEN", b"XLEN", b"EXISTS"}
+HOSTILE = {b"LLEN", b"XLEN", b"EXISTS", b"PUBLISH"}
 
 
 class ShapeFake:
@@ -136,6 +137,7 @@ def _calls(channel: Any) -> dict[str, Any]:
         "backlog_len": lambda: channel.backlog_len(),
         "docket_len": lambda: channel.docket_len(),
         "should_stop": lambda: channel.should_stop(AGENT),
+        "broadcast": lambda: channel.broadcast(msg(AGENT, "hello")),
     }
 
 

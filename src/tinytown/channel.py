@@ -997,7 +997,7 @@ class Channel:
         if len(payload) > self._max_bytes:
             raise too_big("message", payload, self._max_bytes)
         conn = await self._main()
-        return await conn.execute(b"PUBLISH", self._broadcast_name, payload)
+        return _ops.int_reply(await conn.execute(b"PUBLISH", self._broadcast_name, payload), "PUBLISH")
 
     def broadcasts(self) -> BroadcastSubscription:
         """Subscribe to broadcasts: ``async for message in channel.broadcasts(): ...``.

@@ -389,7 +389,7 @@ class SyncChannel:
         layout); returns how many subscribers got it."""
         check_message(message, "broadcast")
         payload = message.to_json()
-        return self._main().execute(b"PUBLISH", self._broadcast_name, payload)  # type: ignore[no-any-return]
+        return _ops.int_reply(self._main().execute(b"PUBLISH", self._broadcast_name, payload), "PUBLISH")
 
     def broadcasts(self) -> SyncBroadcastSubscription:
         """Subscribe to broadcasts: ``for message in channel.broadcasts(): ...``.
