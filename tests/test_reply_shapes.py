@@ -59,7 +59,7 @@ class ShapeFake:
             while not self.stop.is_set():
                 try:
                     data = client.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     return

@@ -47,7 +47,7 @@ def check_batch(messages: object) -> Iterable[Message]:
     if isinstance(messages, (str, bytes, Message)) or not isinstance(messages, Iterable):
         raise InvalidArgumentError(
             f"send_many() takes an iterable of Messages, not {type(messages).__name__}")
-    return messages  # type: ignore[return-value]
+    return messages
 
 
 def push_commands(messages: Iterable[Message], inbox_prefix: str,
