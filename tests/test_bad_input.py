@@ -203,7 +203,6 @@ async def test_bad_counts_timeouts_and_names_are_refused_before_anything_is_sent
                 "receive(10**20 s)": lambda: channel.receive(agent, 10**20),
                 "receive(1e17 s)": lambda: channel.receive(agent, 1e17),
                 "docket_reclaim('')": lambda: channel.docket_reclaim("", 0),
-                "docket_read('')": lambda: channel.docket_read("", 100),
             }
             for name, call in cases.items():
                 with pytest.raises(InvalidArgumentError):

@@ -345,7 +345,9 @@ def docket_block_ms(block_ms: object) -> int:
 
 
 def docket_read_command(keys: TownKeys, consumer: object, block_ms: int) -> tuple[Any, ...]:
-    return (b"XREADGROUP", b"GROUP", DOCKET_GROUP, _consumer(consumer),
+    # "" is sent as upstream does (the wire vectors): it only names a
+    # consumer; docket_reclaim, which moves entries to one, refuses it.
+    return (b"XREADGROUP", b"GROUP", DOCKET_GROUP, _text(consumer, "consumer"),
             b"COUNT", b"1", b"BLOCK", block_ms, b"STREAMS", keys.docket_tasks, b">")
 
 

@@ -32,6 +32,7 @@ from ._transport.cluster import ClusterConnection, ClusterTopology
 from ._transport.choose import OpenConnection, connection_class, tls_connection_class
 from ._commands import (
     LPUSH,
+    MAX_BLOCK_SECONDS,
     RPUSH,
     blpop_timeout,
     check_batch,
@@ -1526,13 +1527,17 @@ class Channel:
         ms = _streams.docket_block_ms(block_ms)
         _streams.docket_read_command(keys, consumer, ms)  # argument checks, nothing sent
 
+        # The channel's own wait for the reply, within what a BLPOP timeout
+        # may be (BLOCK itself may be up to 2**63-1 ms: Redis takes that).
+        wait = min(ms / 1000, MAX_BLOCK_SECONDS)
+
         def command(seconds: str) -> tuple[Any, ...]:
             # Tinytown's exact BLOCK, unless getting a connection used a real
             # share of it: up to 100 ms late stays well inside RECEIVE_GRACE.
-            left = max(1, round(float(seconds) * 1000))
-            return _streams.docket_read_command(keys, consumer, ms if ms - left < 100 else left)
+            late = (wait - float(seconds)) * 1000
+            return _streams.docket_read_command(keys, consumer, ms if late < 100 else max(1, round(ms - late)))
 
-        reply = await self._blocking(ms / 1000, command,
+        reply = await self._blocking(wait, command,
                                      lambda conn, reply: self._receivers.release(conn))
         return _streams.docket_read_reply(reply)
 
