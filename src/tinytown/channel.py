@@ -1933,6 +1933,9 @@ class Channel:
             pass
 
     async def __aenter__(self) -> Channel:
+        """The channel itself; ``__aexit__`` calls :meth:`close`. No Redis command:
+        :meth:`connect` already connected (AUTH and SELECT when the URL has them).
+        Raises nothing."""
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -2082,6 +2085,11 @@ class BroadcastSubscription:
         return self
 
     async def __anext__(self) -> Message:
+        """The next broadcast, waiting as long as it takes; subscribes first
+        (``SUBSCRIBE <channel>``) if :meth:`start` was not called. Raises
+        :class:`DecodeError` (with ``raw``) for a broadcast that is not a Message,
+        :class:`ConnectionError` once when the connection drops (it re-subscribes
+        by itself), and ``StopAsyncIteration`` once closed."""
         if self._subscribed is None and not self._closed:
             await self.start()
         while not self._queue:
@@ -2103,7 +2111,11 @@ class BroadcastSubscription:
             raise
 
     async def close(self) -> None:
-        """Unsubscribe and close the subscription's connection."""
+        """Unsubscribe and close the subscription's connection.
+
+        No Redis command (no UNSUBSCRIBE): closing the connection ends the subscription
+        on the server. Idempotent; ``aclose`` is the same call. Raises nothing.
+        """
         self._shut(ChannelClosedError("the subscription is closed"))
 
     aclose = close
@@ -2123,6 +2135,10 @@ class BroadcastSubscription:
                 pass
 
     async def __aenter__(self) -> BroadcastSubscription:
+        """Subscribe (``SUBSCRIBE <channel>``, as :meth:`start`) and return the
+        subscription; ``__aexit__`` calls :meth:`close`. Raises
+        :class:`ChannelClosedError` if it is closed, :class:`ConnectionError` if it
+        cannot connect."""
         return await self.start()
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -1397,7 +1397,15 @@ class SyncBroadcastSubscription:
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The next broadcast; waits at most ``timeout`` seconds (None: no limit)
-        and returns None if nothing came. Raises ChannelClosedError once closed."""
+        and returns None if nothing came. Raises ChannelClosedError once closed.
+
+        Subscribes first if needed (``SUBSCRIBE <channel>``, as :meth:`start`); then
+        reads the ``message`` pushes of that connection, sending no command. Raises
+        :class:`InvalidArgumentError` for a negative or non-number ``timeout``
+        (seconds), :class:`DecodeError` (with ``raw``) for a broadcast that is not a
+        Message (the next call goes on), :class:`ConnectionError` if the connection is
+        lost or cannot be made, :class:`ChannelClosedError` once closed.
+        """
         if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
             raise InvalidArgumentError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout

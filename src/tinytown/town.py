@@ -706,6 +706,8 @@ class Town:
         self._pid = None
 
     async def __aenter__(self) -> "Town":
+        """The town itself (its server is already running); ``__aexit__`` calls
+        :meth:`stop`. Raises nothing."""
         return self
 
     async def __aexit__(
