@@ -555,7 +555,11 @@ class Message:
 
     @classmethod
     def new(cls, from_id: AgentId | Any, to_id: AgentId | Any, msg_type: MessageType) -> Message:
-        """A new message with a fresh id, normal priority, created now."""
+        """A new message with a fresh id, normal priority, created now.
+
+        Raises :class:`~tinytown.InvalidArgumentError` if ``msg_type`` is not a
+        MessageType or an id is malformed.
+        """
         if not isinstance(msg_type, MessageType):
             raise InvalidArgumentError(f"Message: msg_type must be a MessageType, got {msg_type!r}")
         self = _object_new(cls)
@@ -569,7 +573,11 @@ class Message:
         return self
 
     def with_priority(self, priority: Priority | str) -> Message:
-        """A copy of this message with another priority."""
+        """A copy of this message with another priority.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for anything but a Priority or
+        ``'low'``, ``'normal'``, ``'high'``, ``'urgent'``.
+        """
         if type(priority) is not Priority:
             priority = _coerce_priority(priority)
         return _make(
@@ -578,7 +586,10 @@ class Message:
         )
 
     def with_correlation(self, message_id: MessageId | Any) -> Message:
-        """A copy of this message correlated to ``message_id`` (request/response)."""
+        """A copy of this message correlated to ``message_id`` (request/response).
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a malformed id.
+        """
         corr = message_id if type(message_id) is MessageId else MessageId(message_id)
         return _make(
             type(self), self.id, self.from_, self.to, self.msg_type, self.priority,

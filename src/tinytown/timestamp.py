@@ -267,6 +267,8 @@ class Timestamp(datetime):
         """The current time, with the nanoseconds the system clock gives.
 
         Always UTC: ``tz`` is accepted for datetime compatibility and ignored.
+
+        Raises nothing.
         """
         global _now_cache
         sec, sub = divmod(_time_ns(), 1_000_000_000)
@@ -290,12 +292,20 @@ class Timestamp(datetime):
 
     @classmethod
     def fromtimestamp(cls, t: float, tz: Any = None) -> Timestamp:  # type: ignore[override]
-        """The instant ``t`` seconds after the Unix epoch (``tz`` is ignored: always UTC)."""
+        """The instant ``t`` seconds after the Unix epoch (``tz`` is ignored: always UTC).
+
+        Raises ``OverflowError`` or ``ValueError`` (as :meth:`datetime.fromtimestamp`)
+        for a ``t`` out of range and ``TypeError`` for a non-number.
+        """
         return cls.from_datetime(datetime.fromtimestamp(t, UTC))
 
     @classmethod
     def from_timestamp_ns(cls, ns: int) -> Timestamp:
-        """The instant ``ns`` nanoseconds after the Unix epoch."""
+        """The instant ``ns`` nanoseconds after the Unix epoch.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a non-int or an instant
+        outside years 0000-9999.
+        """
         if isinstance(ns, bool) or not isinstance(ns, int):
             raise InvalidArgumentError(f"Timestamp: expected an int of nanoseconds, got {type(ns).__name__}")
         result = _from_epoch_ns(ns)
@@ -335,7 +345,11 @@ class Timestamp(datetime):
 
     @classmethod
     def from_datetime(cls, dt: datetime) -> Timestamp:
-        """A Timestamp for ``dt``; a naive datetime is taken to be UTC."""
+        """A Timestamp for ``dt``; a naive datetime is taken to be UTC.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a non-datetime or one out of
+        range once converted to UTC.
+        """
         if isinstance(dt, Timestamp):
             return dt
         if not isinstance(dt, datetime):
@@ -409,7 +423,11 @@ class Timestamp(datetime):
     # -- datetime methods that would otherwise drop the nanoseconds -----------
 
     def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:  # type: ignore[override]
-        """Like :meth:`datetime.replace`, plus ``nanosecond=``; the result is a UTC Timestamp."""
+        """Like :meth:`datetime.replace`, plus ``nanosecond=``; the result is a UTC Timestamp.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for arguments
+        :meth:`datetime.replace` rejects or a ``nanosecond`` outside 0..999.
+        """
         if args or kwargs:
             try:
                 dt = datetime.replace(self.to_datetime(), *args, **kwargs)
@@ -429,7 +447,10 @@ class Timestamp(datetime):
         return result
 
     def astimezone(self, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
-        """This instant in another time zone, as a plain datetime (microsecond precision)."""
+        """This instant in another time zone, as a plain datetime (microsecond precision).
+
+        Raises ``TypeError`` if ``tz`` is neither None nor a tzinfo (as datetime does).
+        """
         return self.to_datetime().astimezone(tz)
 
     def __add__(self, other: Any) -> Any:
