@@ -1625,7 +1625,8 @@ class Channel:
         """Like :meth:`read_town_events`, on the agent's stream
         ``tt:<town>:events:agent:<agent>``.
 
-        ``XRANGE tt:<town>:events:agent:<agent> (<last_id> + COUNT <count>``. Raises
+        ``XRANGE tt:<town>:events:agent:<agent> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
         :class:`InvalidArgumentError` for a bad id, a malformed ``last_id`` or a
         ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
         if the key holds another type, :class:`ConnectionError` if the connection is
@@ -1638,7 +1639,8 @@ class Channel:
         """Like :meth:`read_town_events`, on the mission's stream
         ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID).
 
-        ``XRANGE tt:<town>:events:mission:<mission> (<last_id> + COUNT <count>``. Raises
+        ``XRANGE tt:<town>:events:mission:<mission> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
         :class:`InvalidArgumentError` for a bad mission id, a malformed ``last_id`` or a
         ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
         if the key holds another type, :class:`ConnectionError` if the connection is

@@ -618,8 +618,7 @@ class SyncChannel:
         state, a name that is not ``agent:<uuid>``) is skipped with a
         logged warning.
 
-        Raises :class:`InvalidArgumentError` on a Redis Cluster,
-        :class:`ConnectionError` if the connection is lost or cannot be made,
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
         another thread is in a call on this channel.
         """
@@ -631,8 +630,8 @@ class SyncChannel:
 
         Commands: those of :meth:`list_agents` (``SCAN ... MATCH tt:<town>:agent:*``,
         then ``HGETALL`` in the hash layout or ``GET`` in the json layout per key).
-        Raises :class:`InvalidArgumentError` for a non-str ``name`` or on a Redis
-        Cluster, :class:`ConnectionError` if the connection is lost or cannot be made,
+        Raises :class:`InvalidArgumentError` for a non-str ``name``,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
         another thread is in a call on this channel.
         """
@@ -653,7 +652,7 @@ class SyncChannel:
 
         Commands: ``HGETALL tt:<town>:agent:<id>`` (or ``GET``) for a UUID, else those of
         :meth:`list_agents`. Raises :class:`AmbiguousAgentRefError` if several agents match,
-        :class:`InvalidArgumentError` for a non-str ``ref`` or on a Redis Cluster,
+        :class:`InvalidArgumentError` for a non-str ``ref``,
         :class:`DecodeError` for a UUID whose stored state cannot be read,
         :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
@@ -679,8 +678,7 @@ class SyncChannel:
         """Every task of the town, in no particular order; either layout
         (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`).
 
-        Raises :class:`InvalidArgumentError` on a Redis Cluster,
-        :class:`ConnectionError` if the connection is lost or cannot be made,
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
         another thread is in a call on this channel.
         """
@@ -752,8 +750,7 @@ class SyncChannel:
         returns the number scanned. Not atomic: keys written meanwhile may
         survive.
 
-        Raises :class:`InvalidArgumentError` on a Redis Cluster,
-        :class:`ConnectionError` if the connection is lost or cannot be made,
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
         another thread is in a call on this channel.
         """
@@ -765,8 +762,7 @@ class SyncChannel:
         processing lists), keeping tasks, backlog, docket and event streams;
         returns how many were deleted. One SCAN per kind, as :meth:`reset_all`.
 
-        Raises :class:`InvalidArgumentError` on a Redis Cluster,
-        :class:`ConnectionError` if the connection is lost or cannot be made,
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
         another thread is in a call on this channel.
         """
@@ -1042,7 +1038,8 @@ class SyncChannel:
         """Like :meth:`read_town_events`, on the agent's stream
         ``tt:<town>:events:agent:<agent>``.
 
-        ``XRANGE tt:<town>:events:agent:<agent> (<last_id> + COUNT <count>``. Raises
+        ``XRANGE tt:<town>:events:agent:<agent> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
         :class:`InvalidArgumentError` for a bad id, a malformed ``last_id`` or a
         ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
         if the key holds another type, :class:`ConnectionError` if the connection is
@@ -1056,7 +1053,8 @@ class SyncChannel:
         """Like :meth:`read_town_events`, on the mission's stream
         ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID).
 
-        ``XRANGE tt:<town>:events:mission:<mission> (<last_id> + COUNT <count>``. Raises
+        ``XRANGE tt:<town>:events:mission:<mission> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
         :class:`InvalidArgumentError` for a bad mission id, a malformed ``last_id`` or a
         ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
         if the key holds another type, :class:`ConnectionError` if the connection is
