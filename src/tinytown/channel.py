@@ -227,7 +227,8 @@ class Channel:
     as it is.
 
     A Channel belongs to the event loop it was connected on and is not
-    thread-safe. If the connection drops, calls in flight fail with
+    thread-safe: a call from another loop raises
+    :class:`tinytown.EventLoopError` before anything is sent. If the connection drops, calls in flight fail with
     :class:`tinytown.ConnectionError` and the next call reconnects, with
     exponential backoff (see :class:`tinytown.Backoff`).
     """
@@ -1857,7 +1858,11 @@ class Channel:
         mark (``write_buffer_limits`` of :meth:`connect`).
 
         No Redis command of its own: ``args`` is sent as the command, e.g.
-        ``execute("GET", key)``. Raises :class:`ReplyError` for an error reply,
+        ``execute("GET", key)``; each argument bytes, str (UTF-8), int or float.
+        Raises :class:`InvalidArgumentError` (nothing is sent) for another argument
+        type (bool included), for a command that changes the connection's protocol
+        state (the SUBSCRIBE family, MONITOR, RESET, QUIT, HELLO 3, CLIENT REPLY
+        OFF/SKIP) or one of 2 GiB - 64 KiB or more; :class:`ReplyError` for an error reply,
         :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`.
         """

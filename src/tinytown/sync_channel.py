@@ -1307,7 +1307,11 @@ class SyncChannel:
         subscribing commands (SUBSCRIBE, MONITOR) here.
 
         No Redis command of its own: ``args`` is sent as the command, e.g.
-        ``execute("GET", key)``. Raises :class:`ReplyError` for an error reply,
+        ``execute("GET", key)``; each argument bytes, str (UTF-8), int or float.
+        Raises :class:`InvalidArgumentError` (nothing is sent) for another argument
+        type (bool included), for a command that changes the connection's protocol
+        state (the SUBSCRIBE family, MONITOR, RESET, QUIT, HELLO 3, CLIENT REPLY
+        OFF/SKIP) or one of 2 GiB - 64 KiB or more; :class:`ReplyError` for an error reply,
         :class:`ConnectionError` if the connection is lost or cannot be made,
         :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
         another thread is in a call on this channel.
