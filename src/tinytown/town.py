@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, AsyncIterator
 
+from ._resp import encode_command
 from .errors import ConnectionError, InvalidArgumentError, ReplyError, ServerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,25 +80,14 @@ def validate_town_name(name: object) -> str:
 
 
 # ------------------------------------------------------------------ RESP
+# Commands are encoded by _resp.encode_command, tinytown's one encoder. The
+# reply is read here from the asyncio stream (readline/readexactly wait for
+# every byte), not with hiredis.Reader: the town works without the optional
+# hiredis package.
 
 
 class _Closed(Exception):
     """The server closed the connection before replying."""
-
-
-def _encode(args: tuple[object, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int):
-            data = str(arg).encode()
-        else:  # pragma: no cover - internal use only
-            raise TypeError(type(arg).__name__)
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> object:
@@ -133,7 +123,7 @@ async def _call(path: Path, *args: object, timeout: float = 5.0) -> object:
     async def run() -> object:
         reader, writer = await asyncio.open_unix_connection(str(path))
         try:
-            writer.write(_encode(args))
+            writer.write(encode_command(args))
             await writer.drain()
             try:
                 return await _read_reply(reader)
