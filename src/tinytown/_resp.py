@@ -117,6 +117,8 @@ def encode_command(args: Sequence[Any]) -> bytes:
     of another type or a command of :data:`MAX_COMMAND_BYTES` or more,
     :class:`EncodeError` for a str that is not valid UTF-8 (a lone surrogate).
     """
+    # Not hiredis.pack_command: it is faster on small commands but 30 to 200
+    # times slower on arguments of 1 MiB or more (benches/pack_command.py).
     if not args:
         raise InvalidArgumentError("empty Redis command")
     parts = [b"*%d\r\n" % len(args)]
