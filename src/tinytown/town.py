@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from ._resp import encode_command
 from .errors import ConnectionError, InvalidArgumentError, ReplyError, ServerError
+from .keys import validate_town_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .channel import Channel
@@ -56,27 +57,6 @@ TOWN_FILE_NAME = "town.json"
 APPENDFSYNC_POLICIES = ("always", "everysec", "no")
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
-_FORBIDDEN_IN_NAME = frozenset(":*?[")
-
-
-def validate_town_name(name: object) -> str:
-    """Return ``name`` if it is a valid town name, else raise InvalidArgumentError.
-
-    A town name is part of every Redis key (``tt:<town>:inbox:<id>``), so it
-    must be a non-empty string without ``:`` (the key separator), without the
-    glob characters ``*``, ``?`` and ``[`` (so ``KEYS tt:<town>:*`` matches
-    only that town) and without whitespace.
-    """
-    if not isinstance(name, str):
-        raise InvalidArgumentError(f"town name must be a str, not {type(name).__name__}")
-    if not name:
-        raise InvalidArgumentError("town name must not be empty")
-    bad = sorted({c for c in name if c in _FORBIDDEN_IN_NAME or c.isspace()})
-    if bad:
-        raise InvalidArgumentError(
-            f"invalid town name {name!r}: it must not contain {' '.join(map(repr, bad))}"
-        )
-    return name
 
 
 # ------------------------------------------------------------------ RESP
