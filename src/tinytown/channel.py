@@ -16,7 +16,6 @@ import asyncio
 import logging
 import math
 import os
-import socket
 import ssl as ssl_module
 import sys
 import warnings
@@ -39,7 +38,7 @@ from ._commands import (
     too_big,
 )
 from ._transports import Connection, connection_class, tls_connection_class
-from .address import Address, parse_url, with_tls
+from .address import Address, connect_each_ip_async, parse_url, with_tls
 from .agent import Agent
 from .backoff import Backoff, ReconnectSchedule
 from .errors import (
@@ -399,13 +398,6 @@ class Channel:
         if address.unix_path is not None:
             conn = await self._connect_one(lambda c: c.connect_unix(address.unix_path), timeout)
         else:
-            try:
-                infos = await self._loop.getaddrinfo(
-                    address.host, address.port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
-            # Try every address in order ("localhost" may give ::1 first).
-            error: ConnectionError | None = None
             if address.tls:
                 def start(c: Any, ip: str) -> Any:
                     return c.connect_tcp(ip, address.port, tls=address.ssl_context,
@@ -413,14 +405,8 @@ class Channel:
             else:
                 def start(c: Any, ip: str) -> Any:
                     return c.connect_tcp(ip, address.port)
-            for ip in dict.fromkeys(info[4][0] for info in infos):
-                try:
-                    conn = await self._connect_one(lambda c: start(c, ip), timeout)
-                    break
-                except ConnectionError as exc:
-                    error = exc
-            else:
-                raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
+            conn = await connect_each_ip_async(
+                address, lambda ip: self._connect_one(lambda c: start(c, ip), timeout), self._loop)
         try:
             await _within(self._log_in(conn), timeout)
         except asyncio.TimeoutError:
