@@ -35,6 +35,7 @@ from ._commands import (
     check_message,
     login_commands,
     push_commands,
+    push_verb,
     too_big,
 )
 from ._transports import Connection, connection_class, tls_connection_class
@@ -494,7 +495,7 @@ class Channel:
         waiter = conn.wait_writable(len(payload) + len(key) + 48)
         if waiter is not None:
             await waiter    # backpressure: the queue is over its high-water mark
-        await conn.execute(LPUSH if message.priority.is_front else RPUSH, key, payload)
+        await conn.execute(push_verb(message), key, payload)
 
     async def send_many(self, messages: Iterable[Message]) -> None:
         """Send many messages in one pipelined round trip, in order.

@@ -27,6 +27,7 @@ from ._commands import (
     check_message,
     login_commands,
     push_commands,
+    push_verb,
 )
 from ._transports import sync_connection_class, tls_sync_connection_class
 from .address import Address, connect_each_ip, parse_url, with_tls
@@ -219,7 +220,7 @@ class SyncChannel:
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
         # message.to is an AgentId already: Message checks its fields.
-        conn.execute(LPUSH if message.priority.is_front else RPUSH,
+        conn.execute(push_verb(message),
                      self._inbox_prefix + message.to, message.to_json())
 
     def send_many(self, messages: Iterable[Message]) -> None:
