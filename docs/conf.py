@@ -32,5 +32,5 @@ _STDLIB = ("asyncio", "collections", "datetime", "os", "pathlib", "ssl", "subpro
            "typing", "uuid")
 nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_STDLIB)})(\..*)?"),
-    (r"py:class", r"tinytown\.(enums\._WireEnum|ids\._UuidId|keys\.TownKeys|address\.Address)"),
+    (r"py:class", r"tinytown\.(enums\.WireEnum|ids\.UuidId|keys\.TownKeys|address\.Address)"),
 ]

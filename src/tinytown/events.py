@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _json
 from ._json import as_enum, as_opt_id, as_opt_str, as_str, as_ts, encode_str
-from .enums import SpawnMode, _WireEnum
+from .enums import SpawnMode, WireEnum
 from .errors import EncodeError, InvalidArgumentError
 from .ids import AgentId, MissionId, TaskId
 from .timestamp import Timestamp
@@ -29,7 +29,7 @@ __all__ = ["EventType", "TownEvent"]
 _new = object.__new__
 
 
-class EventType(_WireEnum):
+class EventType(WireEnum):
     """Kind of a town event; the value is the snake_case wire name (the
     Stream field ``event_type`` and the JSON ``"event_type"``)."""
 
