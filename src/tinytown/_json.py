@@ -236,13 +236,22 @@ def put_str(value: Any, owner: str, field: str) -> bytes:
     raise EncodeError(f"{owner}.{field} must be a str, got {type(value).__name__}")
 
 
+def checked_id(value: Any, cls: type[_IdT], owner: str, field: str,
+               optional: bool = False) -> _IdT:
+    """``value`` as the id type ``cls`` (a UUID in any spelling ``cls`` takes);
+    :class:`EncodeError` naming ``owner.field`` if it is not one. The writers
+    call it only for a value that is not a ``cls`` already."""
+    try:
+        return cls(value)
+    except Exception:
+        raise EncodeError(f"{owner}.{field} must be a {cls.__name__}"
+                          f"{' or None' if optional else ''}, got {value!r}") from None
+
+
 def put_id(value: Any, cls: type[UuidId], owner: str, field: str) -> bytes:
     """A UUID, lowercase hyphenated."""
     if type(value) is not cls:
-        try:
-            value = cls(value)
-        except Exception:
-            raise EncodeError(f"{owner}.{field} must be a {cls.__name__}, got {value!r}") from None
+        value = checked_id(value, cls, owner, field)
     return str.encode(value)
 
 
@@ -443,10 +452,7 @@ def enc_field_opt_str(value: Any, owner: str, field: str) -> str:
 def enc_field_id(value: Any, cls: type[UuidId], owner: str, field: str) -> str:
     """The id as a JSON string; ids that are not canonical text are checked first."""
     if type(value) is not cls:
-        try:
-            value = cls(value)
-        except Exception:
-            raise EncodeError(f"{owner}.{field} must be a {cls.__name__}, got {value!r}") from None
+        value = checked_id(value, cls, owner, field)
     return f'"{value}"'
 
 
