@@ -11,12 +11,11 @@ import socket
 from pathlib import Path
 
 import pytest
+from resp_fake import FakeRedis
 
 from tinytown import ConnectionError, InvalidArgumentError, ReplyError
 from tinytown._resp import call
 from tinytown.bench import RedisServer
-
-from resp_fake import FakeRedis
 
 
 def _connect(path: str) -> socket.socket:

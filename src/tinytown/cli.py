@@ -747,8 +747,8 @@ class AgentBook:
         name or nickname, a unique prefix (4+ hex digits) of a registered
         agent's id, else as Tinytown's ``tt`` does (SyncChannel.resolve_agent_ref:
         name, display name or label ignoring ASCII case, 4-character short id)."""
-        from .errors import AmbiguousAgentRefError
         from ._uuid import normalize
+        from .errors import AmbiguousAgentRefError
         from .ids import AgentId
         if text == "supervisor":
             return AgentId.supervisor()

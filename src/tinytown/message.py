@@ -13,9 +13,9 @@ from typing import Any, Callable, ClassVar
 
 from . import _json
 from ._json import FieldError, as_enum, as_id, as_opt_str, as_str, as_ts, missing
+from ._uuid import match_canonical, new_uuid4_text
 from .enums import Priority
 from .errors import EncodeError, InvalidArgumentError
-from ._uuid import match_canonical, new_uuid4_text
 from .ids import AgentId, MessageId
 from .timestamp import Timestamp
 

@@ -181,7 +181,7 @@ class SyncChannel:
         def attempt(ip: str) -> SyncConnection:
             conn = self._connection_class()
             if address.tls:   # the Python SyncConnection (see __init__)
-                conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg,arg-type]
+                conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg]
                                  tls=address.ssl_context, server_hostname=address.host)
             else:
                 conn.connect_tcp(ip, address.port, self._connect_timeout)
