@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""tinytown's RESP encoder (tinytown._resp.encode_command) against hiredis-py's
+"""tinytown's RESP encoder (tinytown._transport.resp.encode_command) against hiredis-py's
 ``pack_command`` (C), on commands of the shapes tinytown sends; medians of
 several runs, in microseconds. Usage:
 
@@ -24,7 +24,7 @@ import timeit
 
 import hiredis
 
-from tinytown._resp import encode_command
+from tinytown._transport.resp import encode_command
 
 COMMANDS = {
     "RPUSH key 1 KB": ("RPUSH", "tt:t:inbox:x", b"x" * 1024),

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from tinytown._resp import encode_command
+from tinytown._transport.resp import encode_command
 
 __all__ = [
     "RedisProcess",

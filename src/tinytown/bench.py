@@ -42,7 +42,7 @@ from typing import Any
 
 from ._ops_state import CAS_SHA, CAS_SCRIPT
 from ._ops_streams import DOCKET_GROUP
-from ._resp import call
+from ._transport.resp import call
 from .agent import Agent
 from .channel import Channel
 from .errors import ReplyError

@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, AsyncIterator
 
-from ._resp import encode_command
+from ._transport.resp import encode_command
 from .errors import ConnectionError, InvalidArgumentError, ReplyError, ServerError
 from .keys import validate_town_name
 
@@ -60,7 +60,7 @@ MAX_SOCKET_PATH = 107
 
 
 # ------------------------------------------------------------------ RESP
-# Commands are encoded by _resp.encode_command, tinytown's one encoder. The
+# Commands are encoded by _transport.resp.encode_command, tinytown's one encoder. The
 # reply is read here from the asyncio stream (readline/readexactly wait for
 # every byte), not with hiredis.Reader: the town works without the optional
 # hiredis package.

@@ -1,9 +1,9 @@
 """RESP encoding of commands, with the argument rules of the hiredis extension.
 
 Used by the pure-Python transport to write commands, by the cluster router to
-reject bad arguments before it waits for a node connection, and (through
-:func:`call`) by the code that speaks to a redis-server without a transport:
-the managed town and the benchmark's servers.
+reject bad arguments before it waits for a node connection, and by the code
+that speaks to a redis-server without a transport: the managed town
+(:func:`encode_command`) and the benchmark's servers (:func:`call`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
+from ..errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
 
 __all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "call", "check_command", "coerce_arg",
            "encode_command"]

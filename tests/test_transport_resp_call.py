@@ -1,4 +1,4 @@
-"""tinytown._resp.call: one command on a blocking socket, its reply read whole.
+"""tinytown._transport.resp.call: one command on a blocking socket, its reply read whole.
 
 The benchmark's server setup (tinytown.bench.RedisServer.cli) talks to
 redis-server through it; it once read a reply with one recv(), which returns
@@ -14,7 +14,7 @@ import pytest
 from resp_fake import FakeRedis
 
 from tinytown import ConnectionError, InvalidArgumentError, ReplyError
-from tinytown._resp import call
+from tinytown._transport.resp import call
 from tinytown.bench import RedisServer
 
 
