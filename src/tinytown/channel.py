@@ -16,7 +16,6 @@ import asyncio
 import logging
 import math
 import os
-import socket
 import ssl as ssl_module
 import sys
 import warnings
@@ -37,9 +36,10 @@ from ._commands import (
     check_message,
     login_commands,
     push_commands,
+    push_verb,
     too_big,
 )
-from .address import Address, parse_url, with_tls
+from .address import Address, connect_each_ip_async, parse_url, with_tls
 from .agent import Agent
 from .backoff import Backoff, ReconnectSchedule
 from .errors import (
@@ -400,13 +400,6 @@ class Channel:
         if address.unix_path is not None:
             conn = await self._connect_one(lambda c: c.connect_unix(address.unix_path), timeout)
         else:
-            try:
-                infos = await self._loop.getaddrinfo(
-                    address.host, address.port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
-            # Try every address in order ("localhost" may give ::1 first).
-            error: ConnectionError | None = None
             if address.tls:
                 def start(c: Any, ip: str) -> Any:
                     return c.connect_tcp(ip, address.port, tls=address.ssl_context,
@@ -414,14 +407,8 @@ class Channel:
             else:
                 def start(c: Any, ip: str) -> Any:
                     return c.connect_tcp(ip, address.port)
-            for ip in dict.fromkeys(info[4][0] for info in infos):
-                try:
-                    conn = await self._connect_one(lambda c: start(c, ip), timeout)
-                    break
-                except ConnectionError as exc:
-                    error = exc
-            else:
-                raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
+            conn = await connect_each_ip_async(
+                address, lambda ip: self._connect_one(lambda c: start(c, ip), timeout), self._loop)
         try:
             await _within(self._log_in(conn), timeout)
         except asyncio.TimeoutError:
@@ -516,7 +503,7 @@ class Channel:
         waiter = conn.wait_writable(len(payload) + len(key) + 48)
         if waiter is not None:
             await waiter    # backpressure: the queue is over its high-water mark
-        await conn.execute(LPUSH if message.priority.is_front else RPUSH, key, payload)
+        await conn.execute(push_verb(message), key, payload)
 
     async def send_many(self, messages: Iterable[Message]) -> None:
         """Send many messages in one pipelined round trip, in order.

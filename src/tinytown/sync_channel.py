@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import ssl as ssl_module
 import time
 import weakref
@@ -28,9 +27,10 @@ from ._commands import (
     check_message,
     login_commands,
     push_commands,
+    push_verb,
 )
 from ._transport.choose import sync_connection_class, tls_sync_connection_class
-from .address import Address, parse_url, with_tls
+from .address import Address, connect_each_ip, parse_url, with_tls
 from .agent import Agent
 from .errors import (
     ChannelClosedError,
@@ -177,24 +177,17 @@ class SyncChannel:
             conn = self._connection_class()
             conn.connect_unix(address.unix_path, self._connect_timeout)
             return conn
-        try:
-            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
-        # Try every address in order, as Channel does ("localhost" may give ::1 first).
-        error: ConnectionError | None = None
-        for ip in dict.fromkeys(info[4][0] for info in infos):
+
+        def attempt(ip: str) -> SyncConnection:
             conn = self._connection_class()
-            try:
-                if address.tls:   # the Python SyncConnection (see __init__)
-                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg,arg-type]
-                                     tls=address.ssl_context, server_hostname=address.host)
-                else:
-                    conn.connect_tcp(ip, address.port, self._connect_timeout)
-                return conn
-            except ConnectionError as exc:
-                error = exc
-        raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
+            if address.tls:   # the Python SyncConnection (see __init__)
+                conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg]
+                                 tls=address.ssl_context, server_hostname=address.host)
+            else:
+                conn.connect_tcp(ip, address.port, self._connect_timeout)
+            return conn
+
+        return connect_each_ip(address, attempt)
 
     def _reconnect(self) -> SyncConnection:
         """The main connection, (re)opened."""
@@ -235,7 +228,7 @@ class SyncChannel:
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
         # message.to is an AgentId already: Message checks its fields.
-        conn.execute(LPUSH if message.priority.is_front else RPUSH,
+        conn.execute(push_verb(message),
                      self._inbox_prefix + message.to, message.to_json())
 
     def send_many(self, messages: Iterable[Message]) -> None:

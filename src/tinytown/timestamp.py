@@ -85,9 +85,11 @@ def _head_fields(head: str) -> tuple[int, int, int, int, int, int]:
     return fields
 
 
-def _parse(text: str, strict: bool = False) -> Timestamp:
+def parse_text(text: str, strict: bool = False) -> Timestamp:
     """Parse RFC 3339 text; raises ValueError saying what is wrong.
 
+    For tinytown's readers (:class:`Timestamp` itself and the JSON and Hash
+    readers of ``tinytown._json``); not part of the public API (``__all__``).
     ``strict`` rejects an offset without its colon (``+0000``), as chrono's
     ``parse_from_rfc3339`` does; serde's reader (JSON) accepts it."""
     # Fast path: the canonical form chrono writes. Characters 4, 7, 10, 13, 16
@@ -112,7 +114,7 @@ def _parse(text: str, strict: bool = False) -> Timestamp:
         canonical = True
     elif text[-6:] == "+00:00":
         # What chrono's to_rfc3339() writes into Hashes: the same instant as "Z".
-        return _parse(text[:-6] + "Z", strict)
+        return parse_text(text[:-6] + "Z", strict)
     else:
         return _parse_slow(text, strict)
     fields = _HEAD_CACHE.get(text[:19])
@@ -171,10 +173,10 @@ def _parse_slow(text: str, strict: bool = False) -> Timestamp:
     return Timestamp._from_parts(year, dt.month, dt.day, dt.hour, dt.minute, dt.second, nanos // 1000, nanos % 1000)
 
 
-def _parse_rfc3339(text: str) -> Timestamp:
+def parse_rfc3339(text: str) -> Timestamp:
     """Parse as chrono's ``DateTime::parse_from_rfc3339`` (the Hash reader):
-    like :func:`_parse` but the offset needs its colon."""
-    return _parse(text, True)
+    like :func:`parse_text` but the offset needs its colon."""
+    return parse_text(text, True)
 
 
 class Timestamp(datetime):
@@ -228,7 +230,7 @@ class Timestamp(datetime):
         if month is None and day is None:
             if isinstance(year, str):
                 try:
-                    return _parse(year)
+                    return parse_text(year)
                 except ValueError as exc:
                     raise InvalidArgumentError(f"Timestamp: invalid RFC 3339 text {year!r}: {exc}") from None
             if isinstance(year, datetime):
@@ -337,7 +339,7 @@ class Timestamp(datetime):
             else:
                 raise DecodeError(f"invalid timestamp: expected a string, got {type(text).__name__}")
         try:
-            return _parse(text)
+            return parse_text(text)
         except ValueError as exc:
             raise DecodeError(
                 f"invalid timestamp {text!r}: {exc}", raw=text.encode("utf-8", "surrogatepass")
