@@ -23,6 +23,7 @@ __all__ = ["Message", "MessageType", "ConfirmationType"]
 _enc = _json.encode_str
 _benc = _json.encode_str_bytes
 _join = "".join
+_bjoin = b"".join
 _loads = _json.loads
 _str_new = str.__new__
 _now = Timestamp.now
@@ -624,12 +625,12 @@ class Message:
         # priority and timestamp are ASCII; the body (the only free text)
         # comes encoded from the variant.
         try:
-            return (
-                _join(('{"id":"', self.id, '","from":"', self.from_, '","to":"', self.to, '",')).encode()
-                + self.msg_type._body_json()
-                + _join((',"priority":"', self.priority._value_, '","created_at":"', self.created_at.rfc3339(),
-                         '","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')).encode()
-            )
+            return _bjoin((
+                _join(('{"id":"', self.id, '","from":"', self.from_, '","to":"', self.to, '",')).encode(),
+                self.msg_type._body_json(),
+                _join((',"priority":"', self.priority._value_, '","created_at":"', self.created_at.rfc3339(),
+                       '","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')).encode(),
+            ))
         except UnicodeEncodeError as exc:
             raise EncodeError(
                 f"Message contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry"
