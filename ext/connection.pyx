@@ -37,6 +37,12 @@ cdef struct _Queued:
     void *privdata            # owns one reference (NULL for _on_push)
 
 
+cdef extern from "tt_format.h" nogil:
+    size_t tt_format_command(int argc, const char **argv, const size_t *lens, char *buf, size_t cap)
+
+cdef enum:
+    FORMAT_BUF = 4096       # commands up to about this size are formatted here (tt_format.h)
+
 cdef extern from "tt_misuse.h" nogil:
     size_t TT_MAX_COMMAND_BYTES
     const char *tt_refused(int argc, const char **argv, const size_t *lens)
@@ -709,6 +715,8 @@ cdef class Connection:
     cdef int _issue(self, object args, redisCallbackFn *fn, void *privdata) except -1:
         cdef _ArgvBuf argv
         cdef int rc
+        cdef size_t n
+        cdef char formatted[FORMAT_BUF]
         cdef tuple targs = _argv_init(&argv, args)
         try:
             # Python code may run while converting (and close this
@@ -722,7 +730,11 @@ cdef class Connection:
                 self._enqueue(argv.argc, argv.ptrs, argv.lens, fn, privdata)
                 return 0
             self.in_command = True
-            rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
+            n = tt_format_command(argv.argc, argv.ptrs, argv.lens, formatted, FORMAT_BUF)
+            if n:
+                rc = redisAsyncFormattedCommand(self.ac, fn, privdata, formatted, n)
+            else:
+                rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
         finally:
             self.in_command = False
             _argv_close(&argv)
