@@ -537,9 +537,9 @@ async def test_commands_round_trip_byte_exact_at_every_size(Connection, redis_se
 
 @pytest.mark.parametrize("kind", ["hiredis", "python"])
 def test_sync_commands_round_trip_byte_exact_at_every_size(redis_server, kind):
-    from tinytown import _pysync
+    from tinytown._transport import pysync
 
-    conn = (_transport.SyncConnection if kind == "hiredis" else _pysync.SyncConnection)()
+    conn = (ext.SyncConnection if kind == "hiredis" else pysync.PySyncConnection)()
     conn.connect_unix(redis_server.unix_path)
     try:
         for size in _FORMAT_SIZES:
