@@ -1014,11 +1014,10 @@ class TlsBench:
         except ImportError:
             pass
         else:
-            tls = {"host": "localhost", "port": self.server.tls_port, "ssl": True,
-                   "ssl_ca_certs": ca}
-            self.redis_py = aredis.Redis(**tls)
+            port = self.server.tls_port
+            self.redis_py = aredis.Redis(host="localhost", port=port, ssl=True, ssl_ca_certs=ca)
             await self.redis_py.ping()
-            self.redis_py_sync = redis.Redis(**tls)
+            self.redis_py_sync = redis.Redis(host="localhost", port=port, ssl=True, ssl_ca_certs=ca)
             self.redis_py_sync.ping()
         return self
 
