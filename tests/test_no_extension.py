@@ -19,6 +19,9 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.slow
+# Two whole test files in a child process (about a minute and a half on a
+# loaded 2-core machine): the child's own limit, not the suite's 120 s per test.
+@pytest.mark.timeout(600)
 def test_channel_and_sync_channel_suites_without_the_extension() -> None:
     env = dict(os.environ)
     env.pop("TINYTOWN_TRANSPORT", None)   # the automatic choice is what is tested
