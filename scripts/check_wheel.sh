@@ -91,7 +91,7 @@ echo "wheel: $(basename "$wheel")"
 sdist_files="$(tar -tzf "$sdist")"
 # (scripts/check_sdist.sh checks every file; here, those the wheel's build needs)
 for needed in ext/connection.pyx ext/reply.pyx ext/tt_reply_guard.h ext/includes/hiredis.pxd \
-              ext/includes/reply_guard.pxd src/tinytown/py.typed tests/conftest.py; do
+              ext/includes/reply_guard.pxd src/tinytown/py.typed src/tinytown/_transport/ext.pyi tests/conftest.py; do
     grep -q "/$needed\$" <<<"$sdist_files" || fail "the sdist lacks $needed"
 done
 
@@ -163,7 +163,7 @@ cd "$work/suite"
 printf '\ncheck_wheel: 4. the loader takes the bundled libhiredis\n'
 LD_DEBUG=libs "$work/venv/bin/python" -c "$LOADED_CHECK" "$work/venv" 2>"$work/ld_debug.log"
 grep -E 'calling init: .*hiredis' "$work/ld_debug.log" | sed 's/^ *[0-9]*: *//'
-grep -qE "calling init: $work/venv/.*/site-packages/tinytown/(\.\./)?(tinytown\.libs/)?libhiredis-[0-9a-f]+\.so\.1\.1\.0\$" "$work/ld_debug.log" \
+grep -qE "calling init: $work/venv/.*/site-packages/tinytown/(_transport/)?(\.\./)*(tinytown\.libs/)?libhiredis-[0-9a-f]+\.so\.1\.1\.0\$" "$work/ld_debug.log" \
     || { echo "check_wheel: FAILED: the bundled libhiredis was not the one loaded" >&2; exit 1; }
 if grep -E 'calling init: .*libhiredis' "$work/ld_debug.log" | grep -v "$work/venv/" >&2; then
     echo "check_wheel: FAILED: a libhiredis other than the bundled one was loaded" >&2; exit 1
@@ -240,7 +240,7 @@ say "4. the loader takes the bundled libhiredis"
 in_root env LD_DEBUG=libs sh -c 'cd /opt/tinytown-tests && /opt/venv/bin/python -c "$1" /opt/venv' - "$LOADED_CHECK" \
     2>"$WORK/ld_debug.log" || { cat "$WORK/ld_debug.log" | grep -v '^ *[0-9]*:' >&2; fail "the installed extension"; }
 grep -E 'find library=libhiredis|calling init: .*hiredis' "$WORK/ld_debug.log" | sed 's/^ *[0-9]*: *//' || true
-grep -qE 'calling init: /opt/venv/.*/site-packages/tinytown/(\.\./)?(tinytown\.libs/)?libhiredis-[0-9a-f]+\.so\.1\.1\.0$' "$WORK/ld_debug.log" \
+grep -qE 'calling init: /opt/venv/.*/site-packages/tinytown/(_transport/)?(\.\./)*(tinytown\.libs/)?libhiredis-[0-9a-f]+\.so\.1\.1\.0$' "$WORK/ld_debug.log" \
     || fail "the bundled libhiredis was not the one loaded"
 
 say "4. the suite against the installed wheel, over: $TRANSPORTS"
