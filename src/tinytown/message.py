@@ -13,14 +13,18 @@ from typing import Any, Callable, ClassVar
 
 from . import _json
 from ._json import FieldError, as_enum, as_id, as_opt_str, as_str, as_ts, missing
+from ._uuid import match_canonical, new_uuid4_text
 from .enums import Priority
 from .errors import EncodeError, InvalidArgumentError
-from .ids import AgentId, MessageId, _canonical, _new_uuid4_text
+from .ids import AgentId, MessageId
 from .timestamp import Timestamp
 
 __all__ = ["Message", "MessageType", "ConfirmationType"]
 
 _enc = _json.encode_str
+_benc = _json.encode_str_bytes
+_join = "".join
+_bjoin = b"".join
 _loads = _json.loads
 _str_new = str.__new__
 _now = Timestamp.now
@@ -190,6 +194,12 @@ class MessageType:
         """The JSON members this variant contributes to the flattened Message."""
         return '"type":"' + self._tag + '"'
 
+    def _body_json(self) -> bytes:
+        """:meth:`_body` as UTF-8 (UnicodeEncodeError on a lone surrogate).
+        The variants with text fields build it as bytes directly: their text
+        goes from orjson into the message without a round trip through str."""
+        return self._body().encode()
+
 
 @dataclass(frozen=True, slots=True)
 class _Task(MessageType):
@@ -205,6 +215,9 @@ class _Task(MessageType):
 
     def _body(self) -> str:
         return '"type":"task","description":' + _enc(self.description)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"task","description":' + _benc(self.description)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +235,9 @@ class _Query(MessageType):
     def _body(self) -> str:
         return '"type":"query","question":' + _enc(self.question)
 
+    def _body_json(self) -> bytes:
+        return b'"type":"query","question":' + _benc(self.question)
+
 
 @dataclass(frozen=True, slots=True)
 class _Informational(MessageType):
@@ -237,6 +253,9 @@ class _Informational(MessageType):
 
     def _body(self) -> str:
         return '"type":"informational","summary":' + _enc(self.summary)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"informational","summary":' + _benc(self.summary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +310,9 @@ class _TaskDone(MessageType):
     def _body(self) -> str:
         return '"type":"task_done","task_id":' + _enc(self.task_id) + ',"result":' + _enc(self.result)
 
+    def _body_json(self) -> bytes:
+        return b'"type":"task_done","task_id":' + _benc(self.task_id) + b',"result":' + _benc(self.result)
+
 
 @dataclass(frozen=True, slots=True)
 class _TaskFailed(MessageType):
@@ -308,6 +330,9 @@ class _TaskFailed(MessageType):
 
     def _body(self) -> str:
         return '"type":"task_failed","task_id":' + _enc(self.task_id) + ',"error":' + _enc(self.error)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"task_failed","task_id":' + _benc(self.task_id) + b',"error":' + _benc(self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +411,9 @@ class _Custom(MessageType):
 
     def _body(self) -> str:
         return '"type":"custom","kind":' + _enc(self.kind) + ',"payload":' + _enc(self.payload)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"custom","kind":' + _benc(self.kind) + b',"payload":' + _benc(self.payload)
 
 
 _VARIANTS = (
@@ -555,11 +583,15 @@ class Message:
 
     @classmethod
     def new(cls, from_id: AgentId | Any, to_id: AgentId | Any, msg_type: MessageType) -> Message:
-        """A new message with a fresh id, normal priority, created now."""
+        """A new message with a fresh id, normal priority, created now.
+
+        Raises :class:`~tinytown.InvalidArgumentError` if ``msg_type`` is not a
+        MessageType or an id is malformed.
+        """
         if not isinstance(msg_type, MessageType):
             raise InvalidArgumentError(f"Message: msg_type must be a MessageType, got {msg_type!r}")
         self = _object_new(cls)
-        _set_id(self, _str_new(MessageId, _new_uuid4_text()))
+        _set_id(self, _str_new(MessageId, new_uuid4_text()))
         _set_from(self, from_id if type(from_id) is AgentId else AgentId(from_id))
         _set_to(self, to_id if type(to_id) is AgentId else AgentId(to_id))
         _set_msg_type(self, msg_type)
@@ -569,7 +601,11 @@ class Message:
         return self
 
     def with_priority(self, priority: Priority | str) -> Message:
-        """A copy of this message with another priority."""
+        """A copy of this message with another priority.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for anything but a Priority or
+        ``'low'``, ``'normal'``, ``'high'``, ``'urgent'``.
+        """
         if type(priority) is not Priority:
             priority = _coerce_priority(priority)
         return _make(
@@ -578,7 +614,10 @@ class Message:
         )
 
     def with_correlation(self, message_id: MessageId | Any) -> Message:
-        """A copy of this message correlated to ``message_id`` (request/response)."""
+        """A copy of this message correlated to ``message_id`` (request/response).
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a malformed id.
+        """
         corr = message_id if type(message_id) is MessageId else MessageId(message_id)
         return _make(
             type(self), self.id, self.from_, self.to, self.msg_type, self.priority,
@@ -594,17 +633,16 @@ class Message:
     def to_json(self) -> bytes:
         """The message as compact JSON, byte-identical to Rust's serde_json."""
         corr = self.correlation_id
-        text = (
-            '{"id":"' + self.id
-            + '","from":"' + self.from_
-            + '","to":"' + self.to
-            + '",' + self.msg_type._body()
-            + ',"priority":"' + self.priority._value_
-            + '","created_at":"' + self.created_at.rfc3339()
-            + ('","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')
-        )
+        # Built as bytes in three pieces, each joined in one copy: the ids,
+        # priority and timestamp are ASCII; the body (the only free text)
+        # comes encoded from the variant.
         try:
-            return text.encode()
+            return _bjoin((
+                _join(('{"id":"', self.id, '","from":"', self.from_, '","to":"', self.to, '",')).encode(),
+                self.msg_type._body_json(),
+                _join((',"priority":"', self.priority._value_, '","created_at":"', self.created_at.rfc3339(),
+                       '","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')).encode(),
+            ))
         except UnicodeEncodeError as exc:
             raise EncodeError(
                 f"Message contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry"
@@ -629,15 +667,15 @@ class Message:
             except KeyError as exc:
                 missing(exc.args[0])
             # Ids in canonical form (all that Rust writes) skip the helper call.
-            if type(mid) is str and _canonical(mid) is not None:
+            if type(mid) is str and match_canonical(mid) is not None:
                 mid = _str_new(MessageId, mid)
             else:
                 mid = as_id(mid, MessageId, "id")
-            if type(from_) is str and _canonical(from_) is not None:
+            if type(from_) is str and match_canonical(from_) is not None:
                 from_ = _str_new(AgentId, from_)
             else:
                 from_ = as_id(from_, AgentId, "from")
-            if type(to) is str and _canonical(to) is not None:
+            if type(to) is str and match_canonical(to) is not None:
                 to = _str_new(AgentId, to)
             else:
                 to = as_id(to, AgentId, "to")
@@ -649,7 +687,7 @@ class Message:
                     priority = as_enum(obj["priority"], _PRIORITIES, "priority")
             corr = obj.get("correlation_id")
             if corr is not None:
-                if type(corr) is str and _canonical(corr) is not None:
+                if type(corr) is str and match_canonical(corr) is not None:
                     corr = _str_new(MessageId, corr)
                 else:
                     corr = as_id(corr, MessageId, "correlation_id")
