@@ -524,7 +524,11 @@ cdef class Connection:
     cdef inline void _after_issue(self, bint was_idle) noexcept:
         if not self.needs_flush or self.writing or self.flush_scheduled or self.ac == NULL:
             return
-        if was_idle:
+        # Inside a reply callback (a command issued by an orphan handler that
+        # hiredis's read called), hiredis must not be re-entered: 1.x asserts
+        # in redisAsyncHandleWrite. The command is queued already, so the
+        # order of the stream holds; only its write waits for the loop.
+        if was_idle and not (self.ac.c.flags & REDIS_IN_CALLBACK):
             redisAsyncHandleWrite(self.ac)
             self._after_write()
         else:

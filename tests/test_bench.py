@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tinytown.bench import Result, render_instructions, render_table
+from tinytown.bench import Result, TlsFiles, render_instructions, render_table, tls_rows
 
 
 def test_bench_command_json_and_plot(tmp_path):
@@ -56,7 +56,27 @@ def test_bench_command_json_and_plot(tmp_path):
     for row in ("100 coroutines, one Channel", "send_many(10000)"):
         rate = report["results"][names.index(row)]
         assert rate["glide"] > 0 and rate["coredis"] > 0 and rate["cpu"]["tinytown"] > 0
+    # The TLS rows: tinytown beside redis-py on the same rediss:// server (Debian's
+    # redis-server, which CI uses, has TLS; a build without it is reported, below).
+    assert report["tls"] == {"ran": True, "reason": None}, report["tls"]
+    for name in ("send (TLS)", "send + receive (TLS)", "sync send (TLS)", "sync send + receive (TLS)"):
+        row = report["results"][names.index(name)]
+        assert row["tinytown"] > 0 and row["redis_py"] > 0, name
+        assert row["cpu"]["tinytown"] > 0 and row["cpu"]["redis_py"] > 0, name
+        assert row["ratio_redis_py"] == pytest.approx(row["tinytown"] / row["redis_py"])
+        assert row["extra"]["tinytown_transport"] == "python"
+    assert report["results"][names.index("send (TLS)")]["c_client"] > 0  # redis-benchmark --tls
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_tls_rows_that_cannot_run_say_why(tmp_path):
+    """A redis-server that does not start with --tls-port gives no TLS rows and
+    says why, in its own words (here: a certificate it cannot load)."""
+    missing = tmp_path / "missing.pem"
+    files = TlsFiles(ca=missing, cert=missing, key=missing)
+    rows, why = await tls_rows(tmp_path, 1, 5, lambda label: None, files=files)
+    assert rows == []
+    assert why is not None and "did not start" in why and "certificate" in why, why
 
 
 def test_table_marks_the_target_and_ratios():
@@ -73,11 +93,16 @@ def test_table_marks_the_target_and_ratios():
 def test_bench_load_rows():
     proc = subprocess.run(
         [sys.executable, "-m", "tinytown.bench", "--rounds", "1", "--per-round", "5",
-         "--e2e-messages", "5", "--no-tcp", "--load", "--drain-sizes", "3000",
+         "--e2e-messages", "5", "--no-tcp", "--no-tls", "--load", "--drain-sizes", "3000",
          "--large-counts", "2", "--json"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
     assert proc.returncode == 0, proc.stderr
-    rows = {r["name"]: r for r in json.loads(proc.stdout)["results"]}
+    report = json.loads(proc.stdout)
+    rows = {r["name"]: r for r in report["results"]}
+    # TLS rows left out are said to be left out, never dropped silently.
+    assert report["tls"] == {"ran": False, "reason": "--no-tls"}
+    assert "TLS rows not run: --no-tls" in proc.stderr
+    assert not [name for name in rows if "TLS" in name]
     for name in ("drain 3,000 x 1 KB after a stall", "send_many 2 x 1 MB"):
         row = rows[name]
         assert row["unit"] == "s"

@@ -9,6 +9,10 @@ cdef extern from "hiredis/hiredis.h" nogil:
         REDIS_OK
         REDIS_ERR
 
+    # redisContext.flags: set while hiredis runs a reply callback.
+    enum:
+        REDIS_IN_CALLBACK
+
     enum:
         REDIS_REPLY_STRING
         REDIS_REPLY_ARRAY

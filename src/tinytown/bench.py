@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import shutil
@@ -112,26 +113,71 @@ class Result:
 # --------------------------------------------------------------------------- servers
 
 
-class RedisServer:
-    """A private redis-server for benchmarking, on a Unix socket or a TCP port."""
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throwaway CA and of a server certificate it signed for ``localhost``."""
 
-    def __init__(self, directory: Path, tcp: bool = False, cpus: set[int] | None = None) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A throwaway CA and a ``localhost`` server certificate, written to ``directory``.
+
+    Made with ``trustme`` (in the ``bench`` extra). Raises RuntimeError when
+    it is not installed.
+    """
+    try:
+        import trustme
+    except ImportError:
+        raise RuntimeError("trustme is not installed (pip install 'tinytown[bench]')") from None
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca))
+    files.cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
+class RedisServer:
+    """A private redis-server for benchmarking, on a Unix socket or a TCP port.
+
+    With ``tls`` (a :class:`TlsFiles`), the server also listens for TLS on
+    ``127.0.0.1:tls_port`` (``--tls-port``; clients need no certificate);
+    :meth:`cli` and :attr:`url` keep using its Unix socket, :attr:`tls_url`
+    and :meth:`target_args` reach the TLS port. Raises RuntimeError, with
+    redis-server's own last words, when the server does not start (a
+    redis-server built without TLS refuses ``--tls-port``).
+    """
+
+    def __init__(self, directory: Path, tcp: bool = False, cpus: set[int] | None = None,
+                 tls: TlsFiles | None = None) -> None:
         from .town import Town
 
         self.directory = directory
         self.tcp = tcp
+        self.tls = tls
         self.port: int | None = None
+        self.tls_port: int | None = None
         self.socket_path = directory / "redis.sock"
         args = [Town.find_server_binary(), "--save", "", "--appendonly", "no",
                 "--dir", str(directory), "--logfile", str(directory / "redis.log")]
         if tcp:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                self.port = s.getsockname()[1]
+            self.port = _free_port()
             args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         else:
             args += ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if tls is not None:
+            self.tls_port = _free_port()
+            args += ["--bind", "127.0.0.1", "--tls-port", str(self.tls_port),
+                     "--tls-cert-file", str(tls.cert), "--tls-key-file", str(tls.key),
+                     "--tls-ca-cert-file", str(tls.ca), "--tls-auth-clients", "no"]
+        # Start-up errors (a directive this build does not know) go to stderr.
+        stderr_path = directory / "redis.stderr"
+        with open(stderr_path, "wb") as stderr:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr)
         if cpus:
             os.sched_setaffinity(self.proc.pid, cpus)
         deadline = time.monotonic() + 10
@@ -142,15 +188,27 @@ class RedisServer:
             except (OSError, ReplyError):  # not listening yet, or still loading its data
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
-                    raise RuntimeError("redis-server for the benchmark did not start") from None
+                    why = _last_words(stderr_path, directory / "redis.log")
+                    raise RuntimeError("redis-server for the benchmark did not start"
+                                       + (f": {why}" if why else "")) from None
                 time.sleep(0.02)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}" if self.tcp else f"unix://{self.socket_path}"
 
+    @property
+    def tls_url(self) -> str:
+        """``rediss://localhost:<tls_port>`` (the certificate names ``localhost``)."""
+        if self.tls_port is None:
+            raise ValueError("this server has no TLS port")
+        return f"rediss://localhost:{self.tls_port}"
+
     def target_args(self) -> list[str]:
-        """redis-benchmark/redis-cli arguments that reach this server."""
+        """redis-benchmark/redis-cli arguments that reach this server (its TLS port if it has one)."""
+        if self.tls is not None:
+            return ["-h", "127.0.0.1", "-p", str(self.tls_port), "--tls", "--sni", "localhost",
+                    "--cacert", str(self.tls.ca)]
         return ["-h", "127.0.0.1", "-p", str(self.port)] if self.tcp else ["-s", str(self.socket_path)]
 
     def cli(self, *args: str) -> object:
@@ -172,6 +230,29 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _last_words(*logs: Path) -> str:
+    """The last two lines of the first of ``logs`` that has any, without
+    redis-server's "pid:role date #" prefixes ("" if none)."""
+    for log in logs:
+        try:
+            text = log.read_text(errors="replace")
+        except OSError:
+            continue
+        lines = [re.sub(r"^\d+:[A-Z] .*?\d\d:\d\d:\d\d\.\d+ [#*.-] ", "", line.strip())
+                 for line in text.splitlines()]
+        lines = [line for line in lines if line and not line.startswith("***")]
+        if lines:
+            return " / ".join(lines[-2:])
+    return ""
 
 
 def redis_benchmark(server: RedisServer, command: list[str], *, clients: int = 1,
@@ -889,6 +970,145 @@ def _rate_result(name: str, rates: dict[str, list[tuple[float, float]]],
                   c_client=median(c, 0), cpu={k: v for k, v in cpu.items() if v is not None})
 
 
+# --------------------------------------------------------------------------- TLS
+
+#: The TLS rows: an operation and its two sides, tinytown's Channel (or
+#: SyncChannel) call and redis-py's same commands.
+TLS_OPERATIONS = ("send", "send + receive")
+
+
+class TlsBench:
+    """``send`` and a round trip (``send`` then ``receive``: RPUSH, BLPOP) over TLS.
+
+    tinytown's Channel and SyncChannel (over TLS both run on the pure-Python
+    transports: asyncio's and ``ssl``'s TLS) beside redis-py's asyncio and
+    blocking clients (``ssl=True``), all on the same ``rediss://`` server
+    (a :class:`RedisServer` made with ``tls``), ``rounds`` interleaved rounds
+    of ``per_round`` operations each, the order of the two contenders swapped
+    every round as in :meth:`Bench.single_operations`. The ``send`` rows also
+    have the C client (``redis-benchmark --tls``).
+    """
+
+    def __init__(self, server: RedisServer, *, rounds: int = 7, per_round: int = 300,
+                 town: str = "bench", progress: Callable[[str], None] | None = None) -> None:
+        if server.tls is None:
+            raise ValueError("TlsBench needs a RedisServer started with tls")
+        self.server = server
+        self.rounds = rounds
+        self.per_round = per_round
+        self.town = town
+        self.progress = progress or (lambda label: None)
+        self.agent = AgentId.new()
+        self.message = Message.new(AgentId.supervisor(), self.agent,
+                                   MessageType.Task(description="Review the pull request #1234"))
+        self.payload = self.message.to_json()
+        self.inbox = f"tt:{town}:inbox:{self.agent}"
+        self.channel: Channel | None = None
+        self.sync_channel: SyncChannel | None = None
+        self.redis_py: Any = None       # redis.asyncio.Redis over TLS
+        self.redis_py_sync: Any = None  # redis.Redis over TLS
+
+    async def __aenter__(self) -> TlsBench:
+        assert self.server.tls is not None and self.server.tls_port is not None
+        url, ca = self.server.tls_url, str(self.server.tls.ca)
+        self.channel = await Channel.connect(url, town=self.town, layout="json", ssl_ca_file=ca)
+        self.sync_channel = SyncChannel.connect(url, town=self.town, layout="json", ssl_ca_file=ca)
+        try:  # optional, as every peer of `tinytown bench`
+            import redis
+            import redis.asyncio as aredis
+        except ImportError:
+            pass
+        else:
+            port = self.server.tls_port
+            self.redis_py = aredis.Redis(host="localhost", port=port, ssl=True, ssl_ca_certs=ca)
+            await self.redis_py.ping()
+            self.redis_py_sync = redis.Redis(host="localhost", port=port, ssl=True, ssl_ca_certs=ca)
+            self.redis_py_sync.ping()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+        if self.sync_channel is not None:
+            self.sync_channel.close()
+        if self.redis_py is not None:
+            await self.redis_py.aclose()
+        if self.redis_py_sync is not None:
+            self.redis_py_sync.close()
+
+    def _ops(self, name: str, sync: bool) -> dict[str, Any]:
+        """contender -> zero-argument call (a coroutine function unless ``sync``)."""
+        agent, message, inbox, payload = self.agent, self.message, self.inbox, self.payload
+        ch, sch, rp, rps = self.channel, self.sync_channel, self.redis_py, self.redis_py_sync
+        assert ch is not None and sch is not None
+        if name == "send":
+            if sync:
+                return {"tinytown": lambda: sch.send(message),
+                        "redis_py": rps and (lambda: rps.rpush(inbox, payload))}
+            return {"tinytown": lambda: ch.send(message),
+                    "redis_py": rp and (lambda: rp.rpush(inbox, payload))}
+        if sync:
+            def tt_sync() -> Any:
+                sch.send(message)
+                return sch.receive(agent, 1)
+
+            def rp_sync() -> Any:
+                rps.rpush(inbox, payload)
+                return rps.blpop([inbox], 1)
+
+            return {"tinytown": tt_sync, "redis_py": rps and rp_sync}
+
+        async def tt() -> Any:
+            await ch.send(message)
+            return await ch.receive(agent, 1)
+
+        async def rp_round_trip() -> Any:
+            await rp.rpush(inbox, payload)
+            return await rp.blpop([inbox], 1)
+
+        return {"tinytown": tt, "redis_py": rp and rp_round_trip}
+
+    async def run(self) -> list[Result]:
+        """One :class:`Result` per TLS row: ``send (TLS)``, ``send + receive (TLS)``
+        and their ``sync`` twins (SyncChannel beside redis-py's blocking client)."""
+        results = []
+        n = self.per_round
+        for name in TLS_OPERATIONS:
+            for sync in (False, True):
+                row = f"{'sync ' if sync else ''}{name} (TLS)"
+                ops = {who: op for who, op in self._ops(name, sync).items() if op}
+                samples: dict[str, list[int]] = {who: [] for who in ops}
+                cpu: dict[str, list[float]] = {who: [] for who in (*ops, "c_client")}
+                c_p50s: list[float] = []
+                for r in range(self.rounds):
+                    self.progress(f"{row} round {r + 1}/{self.rounds}")
+                    for who in (reversed(list(ops)) if r % 2 else list(ops)):
+                        self.server.cli("DEL", self.inbox)
+                        if sync:
+                            spent = Bench._time_sync_ops(ops[who], n, samples[who])
+                        else:
+                            spent = await Bench._time_ops(ops[who], n, samples[who])
+                        cpu[who].append(spent / n)
+                    if name == "send" and not sync:  # the C client, once per round
+                        self.server.cli("DEL", self.inbox)
+                        before = _children_cpu_ns()
+                        c = redis_benchmark(self.server, ["RPUSH", self.inbox, self.payload.decode()],
+                                            requests=max(n, 1000))
+                        if c is not None:
+                            c_p50s.append(c["p50_ms"] * 1e6)
+                            cpu["c_client"].append((_children_cpu_ns() - before) / max(n, 1000))
+                self.server.cli("DEL", self.inbox)
+                results.append(Result(
+                    name=row, unit="ns", tinytown=statistics.median(samples["tinytown"]),
+                    tinytown_p99=_p(samples["tinytown"], 0.99),
+                    redis_py=statistics.median(samples["redis_py"]) if "redis_py" in samples else None,
+                    c_client=statistics.median(c_p50s) if c_p50s else None,
+                    cpu={who: statistics.median(v) for who, v in cpu.items() if v},
+                    extra={"samples": samples | ({"c_client_p50": c_p50s} if c_p50s else {}),
+                           "tls": True, "tinytown_transport": "python"}))
+        return results
+
+
 def _children_cpu_ns() -> int:
     """User + system CPU time of every waited-for child process so far (ns)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -1329,11 +1549,40 @@ class _Progress:
             self.stream.flush()
 
 
-async def run_all(args: argparse.Namespace, progress: Callable[[str], None]) -> list[Result]:
+async def tls_rows(directory: Path, rounds: int, per_round: int, progress: Callable[[str], None],
+                   cpus: set[int] | None = None,
+                   files: TlsFiles | None = None) -> tuple[list[Result], str | None]:
+    """The TLS rows (:class:`TlsBench`) on a TLS redis-server started in ``directory``
+    (with ``files``, or a throwaway CA made by :func:`make_tls_files`).
+
+    Returns (rows, None), or ([], why) when they cannot run here: no
+    ``trustme`` to make the certificates, or a redis-server that does not
+    start with ``--tls-port`` (built without TLS; redis-server's own words
+    are in ``why``). Other failures raise.
+    """
+    try:
+        files = files or make_tls_files(directory)
+        server = RedisServer(directory, tls=files, cpus=cpus)
+    except RuntimeError as exc:
+        return [], str(exc)
+    try:
+        async with TlsBench(server, rounds=rounds, per_round=per_round, progress=progress) as bench:
+            return await bench.run(), None
+    finally:
+        server.stop()
+
+
+async def run_all(args: argparse.Namespace, progress: Callable[[str], None],
+                  notes: dict[str, Any] | None = None) -> list[Result]:
+    """Every row asked for by ``args``. ``notes`` (if given) receives ``"tls"``:
+    ``{"ran": bool, "reason": str | None}``, so that rows that could not run
+    are reported, never dropped silently."""
+    notes = {} if notes is None else notes
     with tempfile.TemporaryDirectory(prefix="tinytown-bench-") as tmp:
-        unix_dir, tcp_dir = Path(tmp) / "unix", Path(tmp) / "tcp"
+        unix_dir, tcp_dir, tls_dir = Path(tmp) / "unix", Path(tmp) / "tcp", Path(tmp) / "tls"
         unix_dir.mkdir()
         tcp_dir.mkdir()
+        tls_dir.mkdir()
         pinned = None if args.no_pin else placement()
         if pinned is not None:
             os.sched_setaffinity(0, pinned[0])
@@ -1348,6 +1597,13 @@ async def run_all(args: argparse.Namespace, progress: Callable[[str], None]) -> 
                 results.append(await bench.end_to_end(args.e2e_messages))
                 if args.memory_pairs:
                     results.append(await bench.memory(args.memory_pairs))
+            if args.no_tls:
+                notes["tls"] = {"ran": False, "reason": "--no-tls"}
+            else:
+                rows, why = await tls_rows(tls_dir, args.rounds, args.per_round, progress,
+                                           cpus=pinned and pinned[1])
+                results += rows
+                notes["tls"] = {"ran": why is None, "reason": why}
             if args.load:
                 results += await load_rows(server, progress, _sizes(args.drain_sizes),
                                            _sizes(args.large_counts))
@@ -1386,6 +1642,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-pairs", type=int, default=0,
                         help="also measure RSS growth over this many send+receive (e.g. 1000000)")
     parser.add_argument("--no-tcp", action="store_true", help="skip the Unix-vs-TCP comparison")
+    parser.add_argument("--no-tls", action="store_true",
+                        help="skip the TLS rows (send and send + receive over rediss://, "
+                             "beside redis-py over the same TLS server)")
     parser.add_argument("--callgrind", action="store_true",
                         help="also count user-space instructions per send under valgrind's callgrind "
                              "(slow: a few minutes), beside a hiredis C loop")
@@ -1407,13 +1666,14 @@ def main(argv: list[str] | None = None) -> int:
         _sizes(args.drain_sizes), _sizes(args.large_counts)
     except ValueError:
         parser.error("--drain-sizes and --large-counts take positive whole numbers, comma-separated")
-    total = args.rounds * (18 + 2) + max(1, args.rounds) + 1
+    total = args.rounds * (18 + 2 + 2 * len(TLS_OPERATIONS)) + max(1, args.rounds) + 1
     progress = _Progress(total)
+    notes: dict[str, Any] = {}
     # With --json, stdout carries the JSON document alone: whatever a peer
     # client or a child process prints meanwhile goes to stderr instead.
     saved_stdout = _stdout_to_stderr() if args.json else None
     try:
-        results = asyncio.run(run_all(args, progress))
+        results = asyncio.run(run_all(args, progress, notes))
     except Exception as exc:  # one line, as every CLI error
         progress.close()
         print(f"tinytown bench: {exc}", file=sys.stderr)
@@ -1431,10 +1691,21 @@ def main(argv: list[str] | None = None) -> int:
             "results": [{k: v for k, v in r.as_dict().items() if k != "extra"}
                         | {"extra": {k: v for k, v in r.extra.items() if k != "samples"}}
                         for r in results],
+            "tls": notes.get("tls"),
         }
         print(json.dumps(payload, indent=2))
+        tls = notes.get("tls")
+        if tls and not tls["ran"]:
+            print(f"tinytown bench: TLS rows not run: {tls['reason']}", file=sys.stderr)
     else:
         print(render_table([r for r in results if r.unit != "instructions"]))
+        tls = notes.get("tls")
+        if tls and tls["ran"]:
+            print("(TLS) rows: rediss:// to a redis-server --tls-port on 127.0.0.1; tinytown on its "
+                  "pure-Python transports (the extension has no TLS), redis-py with ssl=True, "
+                  "the C client redis-benchmark --tls")
+        elif tls:
+            print(f"TLS rows not run: {tls['reason']}")
         for r in results:
             if r.unit == "instructions":
                 print()
