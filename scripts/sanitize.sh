@@ -41,7 +41,7 @@ if [ "$#" -eq 0 ]; then
     # (not the leak tests: ASan's quarantine of freed memory makes RSS grow;
     # they run in the normal suite and under scripts/valgrind.sh)
     group1=(tests/test_transport.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_reconnect.py
-            -k "not leak")
+            tests/test_cancel_pops.py tests/test_blocking_cancel.py -k "not leak")
     group2=(tests/test_channel.py tests/test_sync_channel.py
             -k "cancel or close or drop or lost or reconnect or interrupt or timeout")
     ngroups=2

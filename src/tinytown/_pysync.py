@@ -22,8 +22,10 @@ connection (``deque.extend(map(sock.recv, ...))``, ``reader.feed`` of a
 chunk together with its removal, ``(value,) = islice(...)`` for the reply
 handed out): wherever a handler raises, every byte sent is counted and every
 byte received is in the connection (socket, ``_rx``, the reader, ``_ready``)
-or already returned, so an interrupted reply can still be read (TLS sockets
-excepted: ``ssl.SSLSocket`` reads and writes through Python code).
+or already returned, so an interrupted reply can still be read. TLS
+sockets (``ssl.SSLSocket``) read and write through Python code, where a
+handler can drop what was just read or the count just sent: a handler
+raising inside a read or write there closes the connection instead.
 
 Needs the ``hiredis`` package: ``pip install 'tinytown[python]'``.
 """
@@ -233,7 +235,9 @@ class SyncConnection:
             done = sum(sent)
             if done == size:
                 self.pending += commands
-            elif done and self._sock is not None:
+            elif (done or isinstance(sock, ssl.SSLSocket)) and self._sock is not None:
+                # (SSLSocket.send returns through Python code, where a handler
+                # can drop its count: the write cannot be trusted.)
                 self._free()
             raise
         self.pending += commands
@@ -278,6 +282,12 @@ class SyncConnection:
                 rx.extend(map(sock.recv, (_READ_SIZE,)))
             except OSError as exc:   # ssl.SSLError is one
                 raise self._lost(exc) from None
+            except BaseException:
+                # SSLSocket.recv returns through Python code, where a handler
+                # can drop the bytes read: never go on out of step.
+                if isinstance(sock, ssl.SSLSocket) and self._sock is not None:
+                    self._free()
+                raise
         self._last_reply_at = time.monotonic()
 
     @staticmethod

@@ -322,6 +322,7 @@ class SyncChannel:
         read next, is then either nil or the popped message, which goes back
         to the front of the inbox (as Channel does for a cancelled receive).
         """
+        got: list[Any] = []   # the BLPOP's reply, kept in C (see receive)
         try:
             if client_id is not None:
                 side, _ = self._open_connection()
@@ -329,22 +330,26 @@ class SyncChannel:
                     side.execute(b"CLIENT", b"UNBLOCK", client_id)
                 finally:
                     side.close()
-                reply = conn.read_reply(_BLPOP_GRACE)
+                got.extend(map(conn.read_reply, (_BLPOP_GRACE,)))
             else:
                 # No CLIENT command for this user: take a reply that is here
                 # or on its way, then drop the connection, which ends the
                 # BLPOP (best effort: a pop after this wait would be lost).
                 try:
-                    reply = conn.read_reply(_FALLBACK_WAIT)
+                    got.extend(map(conn.read_reply, (_FALLBACK_WAIT,)))
                 except TimeoutError:
-                    reply = None
                     conn.close()
-            if reply is not None:
-                conn.execute(LPUSH, reply[0], reply[1])
         except BaseException as exc:
             log.error("tinytown: receive() interrupted and the BLPOP could not be ended "
                       "cleanly (%s); a message it took may be lost", exc)
             conn.close()
+        if got and got[0] is not None:
+            reply = got[0]
+            try:
+                self._main().execute(LPUSH, reply[0], reply[1])
+            except BaseException as exc:
+                log.error("tinytown: receive() interrupted after taking a message, which could "
+                          "not be put back (%s); lost: %r", exc, reply[1])
 
     def try_receive(self, agent_id: AgentId | Any) -> Message | None:
         """Take the first message of the inbox without waiting (``LPOP
