@@ -640,7 +640,10 @@ cdef class Connection:
     cdef inline void _after_issue(self, bint was_idle) noexcept:
         if not self.needs_flush or self.writing or self.flush_scheduled or self.ac == NULL:
             return
-        if was_idle:
+        # Not from inside a reply callback (an orphan hook or a done callback
+        # issuing a command): hiredis 1.x asserts in redisAsyncHandleWrite
+        # there (abort); the flush goes to the end of the iteration instead.
+        if was_idle and not (self.ac.c.flags & REDIS_IN_CALLBACK):
             redisAsyncHandleWrite(self.ac)
             self._after_write()
         else:

@@ -103,7 +103,10 @@ for version in $VERSIONS; do
             UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/$variant/ubsan:${UBSAN_OPTIONS:-}" \
             "$PY" -m pytest -q -p no:cacheprovider -o addopts= "${args[@]}" >>"$log" 2>&1 || run_status=$?
         unset -n args
-        grep -E "(passed|failed|error).* in [0-9.]+s" "$log" | tail -n 1 | sed 's/^/sanitize:   /'
+        # (no summary line when the interpreter died: say so instead of letting set -e end the script)
+        { grep -E "(passed|failed|error).* in [0-9.]+s" "$log" || echo "no pytest summary (exit $run_status)"; } \
+            | tail -n 1 | sed 's/^/sanitize:   /'
+        grep -E "^Fatal Python error|Assertion .* failed" "$log" | head -n 3 | sed 's/^/sanitize:   /' || true
     done
     reports=$(cat "$WORK/$variant"/asan.* "$WORK/$variant"/ubsan.* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
     # the loaded module must be the instrumented one
