@@ -77,6 +77,8 @@ build() {
 }
 
 status=0
+total_passed=0
+total_failed=0
 for version in $VERSIONS; do
     prefix=""
     if [ "$version" = 1.2 ]; then
@@ -107,6 +109,12 @@ for version in $VERSIONS; do
         { grep -E "(passed|failed|error).* in [0-9.]+s" "$log" || echo "no pytest summary (exit $run_status)"; } \
             | tail -n 1 | sed 's/^/sanitize:   /'
         grep -E "^Fatal Python error|Assertion .* failed" "$log" | head -n 3 | sed 's/^/sanitize:   /' || true
+        summary="$(grep -E "(passed|failed|error).* in [0-9.]+s" "$log" | tail -n 1 || true)"
+        n="$(grep -oE "[0-9]+ passed" <<<"$summary" | awk '{s += $1} END {print s + 0}' || true)"
+        total_passed=$((total_passed + n))
+        n="$(grep -oE "[0-9]+ (failed|errors?)" <<<"$summary" | awk '{s += $1} END {print s + 0}' || true)"
+        total_failed=$((total_failed + n))
+        [ "$run_status" = 0 ] || [ -n "$summary" ] || total_failed=$((total_failed + 1))  # died: count it
     done
     reports=$(cat "$WORK/$variant"/asan.* "$WORK/$variant"/ubsan.* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
     # the loaded module must be the instrumented one
@@ -122,4 +130,6 @@ for version in $VERSIONS; do
     [ "$run_status" = 0 ] || status=1
 done
 [ "$status" = 0 ] && say "clean" || say "FAILED"
+# The closing line, in the form CI reads: every run of every hiredis version.
+echo "sanitize: $total_passed passed, $total_failed failed"
 exit "$status"
