@@ -4,8 +4,8 @@ point, loses and duplicates nothing (issue 10, item 15)."""
 from __future__ import annotations
 
 import gc
-import os
 import itertools
+import os
 import random
 import signal
 import threading
@@ -13,8 +13,8 @@ import time
 import uuid
 
 import pytest
-
 from channel_cases import msg, text_of
+
 from tinytown import AgentId, SyncChannel, TaskId
 
 # TT_SIGNAL_ROUNDS: more alarms for a longer soak.

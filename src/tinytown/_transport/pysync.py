@@ -40,7 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
@@ -57,7 +57,7 @@ _READ_SIZE = 65536
 # can be anything else, 0 and False included).
 _NOT_ENOUGH = object()
 #: Consumes an iterator in C (a deque of maxlen 0 keeps nothing).
-_consume = collections.deque(maxlen=0).extend
+_consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
 #: The longest single poll(2) wait, in milliseconds (one day).
 _POLL_STEP_MS = 86_400_000.0
 
