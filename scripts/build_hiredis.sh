@@ -9,7 +9,10 @@
 # with their BSD-3-Clause COPYING) by the sdist of hiredis-py 3.1.0 on PyPI,
 # pinned by its sha256 (the one PyPI lists for that file). PyPI is a source
 # every builder here reaches; nothing of it is committed to this repository.
+# Fetched with pip (`pip download`, by name and version: pip's own index
+# settings apply), else straight from PyPI's file URL (curl, wget or urllib).
 # HIREDIS_TARBALL=path uses a copy already downloaded (still verified).
+# PYTHON: the Python whose pip downloads (default python3).
 #
 # Output: PREFIX/include/hiredis/*.h, PREFIX/lib/libhiredis.{so.1.1.0,1.1.0.dylib}
 # (+ the unversioned link), PREFIX/lib/pkgconfig/hiredis.pc and
@@ -21,6 +24,8 @@ HIREDIS_VERSION=1.2.0
 HIREDIS_SONAME=1.1.0
 SOURCE_URL="https://files.pythonhosted.org/packages/38/e5/789cfa8993ced0061a6ef7ea758302ef5cf3439629bf0d39c85a6ede4641/hiredis-3.1.0.tar.gz"
 SOURCE_SHA256=51d40ac3611091020d7dea6b05ed62cb152bff595fa4f931e7b6479d777acf7c
+SOURCE_PACKAGE=hiredis==3.1.0           # the same file, for pip
+SOURCE_FILE=hiredis-3.1.0.tar.gz
 SOURCE_DIR=hiredis-3.1.0/vendor/hiredis
 
 if [ $# -ne 1 ]; then
@@ -34,7 +39,13 @@ trap 'rm -rf "$WORK"' EXIT
 say() { printf 'build_hiredis: %s\n' "$*"; }
 
 tarball="${HIREDIS_TARBALL:-$WORK/source.tar.gz}"
-if [ -z "${HIREDIS_TARBALL:-}" ]; then
+if [ -z "${HIREDIS_TARBALL:-}" ] && "${PYTHON:-python3}" -m pip --version >/dev/null 2>&1 \
+        && "${PYTHON:-python3}" -m pip download -q --no-deps --no-binary :all: --no-build-isolation \
+            -d "$WORK/pip" "$SOURCE_PACKAGE" >"$WORK/pip.log" 2>&1 \
+        && [ -f "$WORK/pip/$SOURCE_FILE" ]; then
+    say "downloaded $SOURCE_FILE with pip"
+    tarball="$WORK/pip/$SOURCE_FILE"
+elif [ -z "${HIREDIS_TARBALL:-}" ]; then
     say "downloading $SOURCE_URL"
     if command -v curl >/dev/null 2>&1; then
         curl -fsSL --retry 3 -o "$tarball" "$SOURCE_URL"

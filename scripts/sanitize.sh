@@ -41,7 +41,7 @@ if [ "$#" -eq 0 ]; then
     # (not the leak tests: ASan's quarantine of freed memory makes RSS grow;
     # they run in the normal suite and under scripts/valgrind.sh)
     group1=(tests/test_transport_core.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_reconnect.py
-            -k "not leak")
+            tests/test_cancel_pops.py tests/test_blocking_cancel.py -k "not leak")
     group2=(tests/test_channel.py tests/test_sync_channel.py
             -k "cancel or close or drop or lost or reconnect or interrupt or timeout")
     ngroups=2
@@ -80,6 +80,8 @@ build() {
 }
 
 status=0
+total_passed=0
+total_failed=0
 for version in $VERSIONS; do
     prefix=""
     if [ "$version" = 1.2 ]; then
@@ -106,7 +108,16 @@ for version in $VERSIONS; do
             UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/$variant/ubsan:${UBSAN_OPTIONS:-}" \
             "$PY" -m pytest -q -p no:cacheprovider -o addopts= "${args[@]}" >>"$log" 2>&1 || run_status=$?
         unset -n args
-        grep -E "(passed|failed|error).* in [0-9.]+s" "$log" | tail -n 1 | sed 's/^/sanitize:   /'
+        # (no summary line when the interpreter died: say so instead of letting set -e end the script)
+        { grep -E "(passed|failed|error).* in [0-9.]+s" "$log" || echo "no pytest summary (exit $run_status)"; } \
+            | tail -n 1 | sed 's/^/sanitize:   /'
+        grep -E "^Fatal Python error|Assertion .* failed" "$log" | head -n 3 | sed 's/^/sanitize:   /' || true
+        summary="$(grep -E "(passed|failed|error).* in [0-9.]+s" "$log" | tail -n 1 || true)"
+        n="$(grep -oE "[0-9]+ passed" <<<"$summary" | awk '{s += $1} END {print s + 0}' || true)"
+        total_passed=$((total_passed + n))
+        n="$(grep -oE "[0-9]+ (failed|errors?)" <<<"$summary" | awk '{s += $1} END {print s + 0}' || true)"
+        total_failed=$((total_failed + n))
+        [ "$run_status" = 0 ] || [ -n "$summary" ] || total_failed=$((total_failed + 1))  # died: count it
     done
     reports=$(cat "$WORK/$variant"/asan.* "$WORK/$variant"/ubsan.* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
     # the loaded module must be the instrumented one
@@ -122,4 +133,6 @@ for version in $VERSIONS; do
     [ "$run_status" = 0 ] || status=1
 done
 [ "$status" = 0 ] && say "clean" || say "FAILED"
+# The closing line, in the form CI reads: every run of every hiredis version.
+echo "sanitize: $total_passed passed, $total_failed failed"
 exit "$status"

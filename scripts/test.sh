@@ -31,4 +31,12 @@ WHEEL_ENV=venv TRANSPORTS=hiredis scripts/check_wheel.sh "$@" || status=$?
 # The documentation, warnings as errors, every public name in the reference.
 scripts/build_docs.sh || status=$?
 .venv/bin/python -m pytest benches --benchmark-disable -q || status=$?
+# The sanitizer job (issue 10): the extension built with ASan + UBSan against
+# hiredis 0.14 (the system's) and 1.2 (scripts/build_hiredis.sh: the pinned
+# sdist from PyPI, sha256-checked), running the transport, reply-fuzz, misuse,
+# reconnect and cancellation tests (scripts/sanitize.sh; 8 to 15 minutes on 2
+# cores). TINYTOWN_SKIP_SANITIZE=1 leaves it out (e.g. for a quick local run).
+if [ "${TINYTOWN_SKIP_SANITIZE:-0}" != 1 ]; then
+    scripts/sanitize.sh || status=$?
+fi
 exit "$status"

@@ -26,7 +26,11 @@ if [ "$#" -eq 0 ]; then
         tests/test_channel.py::test_cancelled_receive_loses_nothing \
         tests/test_channel.py::test_broadcast_async_for_and_bad_payload \
         tests/test_reconnect.py::test_subscription_resubscribes_after_a_restart \
-        tests/test_reconnect.py::test_receive_raises_when_the_server_stops_answering
+        tests/test_reconnect.py::test_receive_raises_when_the_server_stops_answering \
+        -k "not test_close_fails_queued_commands_and_leaks_nothing"
+    # (not that memory-growth test: 13 rounds of 5,500 queued commands and 10 MB;
+    # 50x slower they pass their 60 s safety timeout, and memcheck's own leak
+    # check below is the finer measure here)
 fi
 LOG="${VALGRIND_LOG:-$ROOT/valgrind.log}"
 

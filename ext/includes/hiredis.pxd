@@ -8,6 +8,7 @@ cdef extern from "hiredis/hiredis.h" nogil:
     enum:
         REDIS_OK
         REDIS_ERR
+        REDIS_IN_CALLBACK   # redisContext.flags: hiredis is running a reply callback
 
     # redisContext.flags: set while hiredis runs a reply callback.
     enum:

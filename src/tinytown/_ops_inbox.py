@@ -51,8 +51,21 @@ def decode_popped(keys: TownKeys, agent: AgentId, key: str, raw: bytes) -> Op[Me
     try:
         return Message.from_json(raw)
     except DecodeError as exc:
+        _raise_if_interrupted(exc, raw)
         exc.raw = raw
         return (yield from dead_letter(keys.dead(agent), key, raw, exc))
+
+
+def _raise_if_interrupted(exc: DecodeError, raw: bytes) -> None:
+    """The decoder turns any Exception raised inside it into a DecodeError,
+    a signal handler's too (SyncChannel): if ``raw`` decodes on a second
+    try, the first failure was an interruption, which is raised instead
+    (the driver then gives back what was taken)."""
+    try:
+        Message.from_json(raw)
+    except DecodeError:
+        return
+    raise exc.__context__ or exc
 
 
 def dead_letter(dead_key: str, key: str, raw: bytes, error: DecodeError) -> Op[NoReturn]:
@@ -91,7 +104,8 @@ def _take_all(keys: TownKeys, agent: AgentId, key: str, what: str) -> Op[list[Me
         try:
             good.append(Message.from_json(raw))
             good_raw.append(raw)
-        except DecodeError:
+        except DecodeError as exc:
+            _raise_if_interrupted(exc, raw)
             bad.append(raw)
     if bad:
         log.warning("tinytown: %s: %d malformed element(s) of %s moved to %s",

@@ -14,7 +14,7 @@ import signal
 import ssl as ssl_module
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -341,6 +341,7 @@ class SyncChannel:
         read next, is then either nil or the popped message, which goes back
         to the front of the inbox (as Channel does for a cancelled receive).
         """
+        got: list[Any] = []   # the BLPOP's reply, kept in C (see receive)
         try:
             if client_id is not None:
                 side, _ = self._open_connection()
@@ -348,22 +349,26 @@ class SyncChannel:
                     side.execute(b"CLIENT", b"UNBLOCK", client_id)
                 finally:
                     side.close()
-                reply = conn.read_reply(_BLPOP_GRACE)
+                got.extend(map(conn.read_reply, (_BLPOP_GRACE,)))
             else:
                 # No CLIENT command for this user: take a reply that is here
                 # or on its way, then drop the connection, which ends the
                 # BLPOP (best effort: a pop after this wait would be lost).
                 try:
-                    reply = conn.read_reply(_FALLBACK_WAIT)
+                    got.extend(map(conn.read_reply, (_FALLBACK_WAIT,)))
                 except TimeoutError:
-                    reply = None
                     conn.close()
-            if reply is not None:
-                conn.execute(LPUSH, reply[0], reply[1])
         except BaseException as exc:
             log.error("tinytown: receive() interrupted and the BLPOP could not be ended "
                       "cleanly (%s); a message it took may be lost", exc)
             conn.close()
+        if got and got[0] is not None:
+            reply = got[0]
+            try:
+                self._main().execute(LPUSH, reply[0], reply[1])
+            except BaseException as exc:
+                log.error("tinytown: receive() interrupted after taking a message, which could "
+                          "not be put back (%s); lost: %r", exc, reply[1])
 
     def try_receive(self, agent_id: AgentId | Any) -> Message | None:
         """Take the first message of the inbox without waiting (``LPOP
@@ -771,47 +776,57 @@ class SyncChannel:
         except ReplyError as exc:
             return exc
 
-    def _pop(self, conn: SyncConnection, pop: _ops.Pop) -> Any:
-        """Run a Pop step. Its commands are sent, then their replies read; if a
-        signal handler raises while they are awaited, the replies are still
-        read (the exception then propagates) and what they took goes back."""
+    @staticmethod
+    def _read_into(conn: SyncConnection, into: list[Any], timeout: float | None) -> None:
+        """Append the next reply to ``into`` (an error reply as its ReplyError).
+
+        ``into.extend(map(conn.read_reply, ...))`` runs in C: no signal
+        handler can run between the reply being read and its being in
+        ``into`` (a handler runs between bytecodes, in the main thread,
+        whichever thread the signal went to)."""
+        try:
+            into.extend(map(conn.read_reply, (timeout,)))
+        except ReplyError as exc:
+            into.append(exc)
+
+    def _pop(self, conn: SyncConnection, pop: _ops.Pop, box: list[Any]) -> None:
+        """Run a Pop step: send its commands, then read their replies into
+        ``box`` (error replies as ReplyError instances).
+
+        If a signal handler raises on the way, the replies of the commands
+        that went out are still read into ``box`` before the exception
+        propagates (a MULTI cut before its EXEC ran nothing: the connection
+        is dropped, which discards it); the caller (:meth:`_run`) gives
+        back what ``box`` shows was taken."""
         step = pop.step
-        single = type(step) is tuple
-        commands = [step] if single else step
+        commands = [step] if type(step) is tuple else step
+        expected = len(commands)
+        before = conn.pending_replies
         try:
             for command in commands:
                 conn.send_command(*command)
-        except BaseException as exc:
-            # send_command drops the connection when it fails: a MULTI never
-            # reaches its EXEC; a single command either ran whole or not at all.
-            self._restore(pop.restore(exc))
+        except BaseException:
+            # send_command counts a command as pending once it went out whole
+            # and drops the connection when only part of one did.
+            sent = 0 if conn.is_closed else conn.pending_replies - before
+            if sent == expected:
+                self._finish_pop(conn, expected, box)
+            elif sent:
+                conn.close()
             raise
-        replies: list[Any] = []
         try:
-            for _ in commands:
-                # Bounded: signals are held (see _run), so Ctrl-C cannot end the wait.
-                replies.append(self._read_one(conn, _BLPOP_GRACE))
+            while len(box) < expected:
+                # Bounded: pops do not block on the server.
+                self._read_into(conn, box, _BLPOP_GRACE)
         except TimeoutError:
             conn.close()
             raise ConnectionError(
                 f"Redis at {self._address} did not answer in {_BLPOP_GRACE:g} s; connection "
                 "dropped (what the call may have taken is lost)") from None
-        except BaseException as exc:
-            if conn.is_closed:  # lost: nothing more will come
-                self._restore(pop.restore(exc))
-                raise
-            self._finish_pop(conn, len(commands), replies)
-            if len(replies) == len(commands):
-                self._restore(pop.restore(replies[0] if single else replies))
+        except BaseException:
+            if not conn.is_closed:
+                self._finish_pop(conn, expected, box)
             raise
-        if single:
-            if isinstance(replies[0], ReplyError):
-                raise replies[0]
-            return replies[0]
-        for reply in replies:
-            if isinstance(reply, ReplyError):
-                raise reply
-        return replies
 
     def _finish_pop(self, conn: SyncConnection, expected: int, replies: list[Any]) -> None:
         """Read the rest of an interrupted Pop step's replies (they come at once:
@@ -820,7 +835,7 @@ class SyncChannel:
         deadline = time.monotonic() + _BLPOP_GRACE
         while len(replies) < expected:
             try:
-                replies.append(self._read_one(conn, max(0.0, deadline - time.monotonic())))
+                self._read_into(conn, replies, max(0.0, deadline - time.monotonic()))
             except (TimeoutError, ConnectionError) as exc:
                 conn.close()
                 log.error("tinytown: an interrupted call could not read what it took (%s); "
@@ -887,12 +902,14 @@ class SyncChannel:
 
         An operation that pops (a :class:`~tinytown._ops.Pop` step) runs with
         the calling thread's signals held back (``pthread_sigmask``) from its
-        first Pop step to its return: a signal handler that raises (Ctrl-C)
-        cannot cut it between Redis's reply and the caller having the value.
-        The held handlers run last, once the result is ready; if one raises,
-        what the operation took goes back first (``restore``), then the
-        exception propagates. While signals are held, each reply is awaited at
-        most ``_BLPOP_GRACE`` seconds (pops do not block on the server).
+        first Pop step to its return; the held handlers run last, once the
+        result is ready. A handler can still run earlier, between any two
+        bytecodes, when another thread took the signal: wherever one raises,
+        the replies of the commands sent are read and what the operation
+        took goes back (``restore``) before the exception propagates, so the
+        caller either has the result or Redis has it back. While signals are
+        held, each reply is awaited at most ``_BLPOP_GRACE`` seconds (pops do
+        not block on the server).
         """
         try:
             step = next(op)  # argument checks run here, before anything is sent
@@ -901,11 +918,17 @@ class SyncChannel:
         conn = self._conn
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
-        # What the operation holds from its last Pop step, to hand back if it
-        # ends other than by returning (an error, or a held signal's handler
-        # raising at the end): the caller never gets it.
+        # A signal handler may raise between any two bytecodes (in the main
+        # thread, even while this thread holds signals: another thread may
+        # take the signal), so what a Pop step took is always findable:
+        # ``box`` gets its replies in C (_read_into), ``held`` what the
+        # operation would have to give back once they are all in. None:
+        # not worked out yet (then it comes from ``pop_step`` and ``box``).
+        pop_step: _ops.Pop | None = None
+        box: list[Any] = []
         held: list[tuple[Any, ...]] | None = None
-        mask: Any = _NOT_HOLDING  # the saved signal mask once a Pop step runs
+        mask: set[signal.Signals] | None = None  # the saved signal mask once a Pop step runs
+        result: Any = None
         try:
             while True:
                 try:
@@ -915,36 +938,54 @@ class SyncChannel:
                     elif kind is list:
                         reply = conn.execute_many(step, True)
                     elif kind is _ops.Pop:
-                        if mask is _NOT_HOLDING:
+                        if mask is None:
                             mask = _hold_signals()
-                        held = None  # while it runs, the step hands back by itself
-                        try:
-                            reply = self._pop(conn, step)  # type: ignore[arg-type]
-                        except ReplyError as exc:
-                            held = step.restore(exc)  # type: ignore[union-attr]
-                            raise
+                        # From here the step hands back by itself (no bytecode
+                        # between these stores can run a handler).
+                        held = None
+                        box = []
+                        pop_step = step  # type: ignore[assignment]
+                        self._pop(conn, step, box)  # type: ignore[arg-type]
+                        reply = _pop_reply(step, box)  # type: ignore[arg-type]  # ReplyError raised
                         held = step.restore(reply)  # type: ignore[union-attr]
                     else:
                         reply = self._pipeline(conn, step)  # type: ignore[arg-type]
                 except ReplyError as exc:
+                    if held is None and pop_step is not None:
+                        held = pop_step.restore(exc)
                     step = op.throw(exc)
                 else:
                     step = op.send(reply)
         except StopIteration as done:
-            op.close()
-            if mask is not _NOT_HOLDING:
-                give_back = held
-                _let_signals_through(mask, (lambda: self._restore(give_back)) if give_back else None)
-            return done.value  # type: ignore[no-any-return]
-        except BaseException:
-            op.close()
+            result = done.value
+        except BaseException as exc:
             try:
+                if held is None and pop_step is not None:
+                    expected = 1 if type(pop_step.step) is tuple else len(pop_step.step)
+                    held = pop_step.restore(
+                        _pop_reply_or_error(pop_step, box) if len(box) == expected else exc)
                 if held:
                     self._restore(held)
             finally:
-                if mask is not _NOT_HOLDING:
-                    _let_signals_through(mask)
+                if mask is not None:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                op.close()
             raise
+        if mask is not None:
+            # Let the held signals through: their handlers run inside this
+            # call, last. If one raises, the caller never gets the result, so
+            # what the operation took goes back before the exception propagates.
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            except BaseException:
+                if held:
+                    try:
+                        self._restore(held)
+                    except BaseException as exc:
+                        log.error("tinytown: a call interrupted by a signal could not give back "
+                                  "what it took (%s); it may be lost", exc)
+                raise
+        return result  # type: ignore[no-any-return]
 
     # -- events, docket, backlog, activity ----------------------------------------
 
@@ -1466,14 +1507,10 @@ class SyncBroadcastSubscription:
 
 
 
-#: SyncChannel._run's mark for "no signal mask saved yet".
-_NOT_HOLDING = object()
-
-
 def _hold_signals() -> set[signal.Signals] | None:
     """Hold back every signal (pthread_sigmask) for a call that must not be
     cut between taking something from Redis and returning it; the previous
-    mask, for :func:`_let_signals_through`. None where there is no
+    mask, to be set back with ``pthread_sigmask(SIG_SETMASK, ...)``. None where there is no
     pthread_sigmask (not POSIX): then nothing is held."""
     if not hasattr(signal, "pthread_sigmask"):
         return None
@@ -1488,29 +1525,22 @@ def _hold_signals() -> set[signal.Signals] | None:
     return old
 
 
-def _let_signals_through(held: set[signal.Signals] | None,
-                         undo: Callable[[], Any] | None = None) -> None:
-    """Restore the mask saved by :func:`_hold_signals`, which runs the handlers
-    of the signals held meanwhile. If one raises, ``undo`` (giving back what
-    the call took) runs first, signals held again, then the exception
-    propagates. Called last before ``return``: CPython checks for signals at
-    the end of this C call, inside the try, and not again before the
-    caller has the value."""
-    if held is None:
-        return
+def _pop_reply(pop: _ops.Pop, box: list[Any]) -> Any:
+    """A Pop step's reply from its replies in ``box``: the one reply of a
+    command, the list of a transaction's; an error reply is raised."""
+    if type(pop.step) is tuple:
+        if isinstance(box[0], ReplyError):
+            raise box[0]
+        return box[0]
+    for reply in box:
+        if isinstance(reply, ReplyError):
+            raise reply
+    return box
+
+
+def _pop_reply_or_error(pop: _ops.Pop, box: list[Any]) -> Any:
+    """What ``restore`` gets for a Pop step whose replies are all in ``box``."""
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    except BaseException:
-        if undo is not None:
-            try:
-                signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-            except BaseException:  # noqa: S110 - one interruption is propagating already
-                pass
-            try:
-                undo()
-            except Exception as exc:
-                log.error("tinytown: a call interrupted by a signal could not give back "
-                          "what it took (%s); it may be lost", exc)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        raise
+        return _pop_reply(pop, box)
+    except ReplyError as exc:
+        return exc

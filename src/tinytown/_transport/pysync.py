@@ -12,7 +12,20 @@ hiredis it is built against may have no TLS (Debian's 0.14 has none).
 
 Signals: Python retries a system call that a signal interrupted after
 running the handlers (PEP 475); if a handler raises (Ctrl-C), the exception
-propagates out of the wait, as in the extension.
+propagates out of the wait, as in the extension. A Python signal handler runs
+in the main thread between two bytecodes (after a call into C returns, at a
+function's start, at a loop's jump back), whichever thread the signal was
+delivered to, so ``pthread_sigmask`` in the calling thread cannot hold it
+back while another thread runs. Instead, each step that moves data off the
+socket or onto it is one chain of C calls that keeps its result in the
+connection (``deque.extend(map(sock.recv, ...))``, ``reader.feed`` of a
+chunk together with its removal, ``(value,) = islice(...)`` for the reply
+handed out): wherever a handler raises, every byte sent is counted and every
+byte received is in the connection (socket, ``_rx``, the reader, ``_ready``)
+or already returned, so an interrupted reply can still be read. TLS
+sockets (``ssl.SSLSocket``) read and write through Python code, where a
+handler can drop what was just read or the count just sent: a handler
+raising inside a read or write there closes the connection instead.
 
 Needs the ``hiredis`` package: ``pip install 'tinytown[python]'``.
 """
@@ -20,14 +33,14 @@ Needs the ``hiredis`` package: ``pip install 'tinytown[python]'``.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 import select
-import signal
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import hiredis
@@ -44,9 +57,10 @@ _READ_SIZE = 65536
 # What the reader's gets() returns while no whole reply is buffered (a reply
 # can be anything else, 0 and False included).
 _NOT_ENOUGH = object()
-_CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
 #: The longest connect wait, in seconds (about 31 years).
 _LONGEST_CONNECT_WAIT = 1e9
+#: Consumes an iterator in C (a deque of maxlen 0 keeps nothing).
+_consume: Callable[[Iterable[Any]], None] = collections.deque(maxlen=0).extend
 #: The longest single poll(2) wait, in milliseconds (one day).
 _POLL_STEP_MS = 86_400_000.0
 
@@ -71,6 +85,14 @@ class PySyncConnection:
         # the reader by deque.extend(iter(reader.gets, _NOT_ENOUGH)), all in
         # C: no signal handler can run between parsing a reply and keeping it.
         self._ready: collections.deque[Any] = collections.deque()
+        # Chunks received from the socket and not yet fed to the reader
+        # (b"": the server closed the connection). recv's result is kept here
+        # by deque.extend(map(sock.recv, ...)), in C, so a signal handler
+        # that raises right after the recv cannot drop the bytes.
+        self._rx: collections.deque[bytes] = collections.deque()
+        # What each send() of the current write returned, kept the same way:
+        # after an interruption, sum(_sent) says whether the command is out.
+        self._sent: list[int] = []
         # {"owner": thread id} while a thread is inside a call. Claimed with one
         # dict.setdefault (atomic under the GIL, no bytecode boundary between
         # the test and the claim), so a signal handler that raises right after
@@ -199,6 +221,7 @@ class PySyncConnection:
         self._sock = None
         self.pending = 0
         self._ready.clear()
+        self._rx.clear()
         if sock is not None:
             sock.close()
 
@@ -219,11 +242,38 @@ class PySyncConnection:
 
     # -- I/O ----------------------------------------------------------------
 
-    def _write(self, sock: socket.socket, data: bytes) -> None:
+    def _write(self, sock: socket.socket, data: bytes, commands: int) -> None:
+        """Send ``data`` (``commands`` whole commands); ``pending`` counts them
+        once they are all out.
+
+        If a signal handler raises meanwhile: when every byte went out, the
+        commands count as pending (their replies will come and can be read);
+        when none did, nothing changed; part of a command would leave the
+        server waiting for the rest, so the connection is closed.
+        """
+        sent = self._sent
+        sent.clear()
+        size = len(data)
+        view = memoryview(data)
         try:
-            sock.sendall(data)
+            done = 0
+            while done < size:
+                # send()'s count goes into ``sent`` in C: no handler runs
+                # between the bytes leaving and their being counted.
+                sent.extend(map(sock.send, (view[done:],)))
+                done = sum(sent)
         except OSError as exc:
             raise self._lost(exc) from None
+        except BaseException:
+            done = sum(sent)
+            if done == size:
+                self.pending += commands
+            elif (done or isinstance(sock, ssl.SSLSocket)) and self._sock is not None:
+                # (SSLSocket.send returns through Python code, where a handler
+                # can drop its count: the write cannot be trusted.)
+                self._free()
+            raise
+        self.pending += commands
         if self._closing:
             raise self._lost()
 
@@ -231,16 +281,25 @@ class PySyncConnection:
         """The next reply (an error reply as a ReplyError instance);
         TimeoutError at ``deadline`` (monotonic seconds; None: none)."""
         self._fill(sock, deadline)
-        reply = self._ready.popleft()
+        (reply,) = itertools.islice(iter(self._ready.popleft, _NOT_ENOUGH), 1)
         if self.pending:            # pub/sub messages answer no command
             self.pending -= 1
         return reply
 
     def _fill(self, sock: socket.socket, deadline: float | None) -> None:
-        """Read until at least one reply is parsed and kept in ``_ready``."""
-        reader, ready = self._reader, self._ready
+        """Read until at least one reply is parsed and kept in ``_ready``.
+
+        A signal handler may raise at any point: the bytes read so far stay
+        in ``_rx``, the reader or ``_ready``, for the next call."""
+        reader, ready, rx = self._reader, self._ready, self._rx
         while not ready:
             try:
+                while rx:
+                    if not rx[0]:
+                        raise self._lost()
+                    # Feeding a chunk and taking it off _rx is one C chain:
+                    # never fed twice, never dropped.
+                    _consume(map(reader.feed, itertools.islice(iter(rx.popleft, None), 1)))
                 ready.extend(iter(reader.gets, _NOT_ENOUGH))
             except hiredis.ProtocolError as exc:
                 raise self._lost(ValueError(f"protocol error: {exc}")) from None
@@ -259,12 +318,15 @@ class PySyncConnection:
                 if left <= 0 or not self._wait_readable(sock, left):
                     raise TimeoutError("no reply from Redis in time")
             try:
-                data = sock.recv(_READ_SIZE)
+                rx.extend(map(sock.recv, (_READ_SIZE,)))
             except OSError as exc:   # ssl.SSLError is one
                 raise self._lost(exc) from None
-            if not data:
-                raise self._lost()
-            reader.feed(data)
+            except BaseException:
+                # SSLSocket.recv returns through Python code, where a handler
+                # can drop the bytes read: never go on out of step.
+                if isinstance(sock, ssl.SSLSocket) and self._sock is not None:
+                    self._free()
+                raise
         self._last_reply_at = time.monotonic()
 
     @staticmethod
@@ -298,9 +360,8 @@ class PySyncConnection:
                 raise InvalidArgumentError(
                     f"{self.pending} replies are still unread on this connection (read_reply)")
             data = encode_command(args)
-            self.pending += 1
             try:
-                self._write(sock, data)
+                self._write(sock, data, 1)
                 value = self._read(sock, None)
             except BaseException:
                 if self._sock is not None and self.pending:
@@ -330,9 +391,8 @@ class PySyncConnection:
             encoded = [encode_command(command if isinstance(command, (tuple, list)) else tuple(command))
                        for command in commands]
             if encoded:
-                self.pending = len(encoded)
                 try:
-                    self._write(sock, b"".join(encoded))
+                    self._write(sock, b"".join(encoded), len(encoded))
                     while self.pending:
                         value = self._read(sock, None)
                         if type(value) is ReplyError and error is None:
@@ -358,13 +418,9 @@ class PySyncConnection:
         sock = self._enter()
         try:
             data = encode_command(args)
-            self.pending += 1
-            try:
-                self._write(sock, data)
-            except BaseException:
-                if self._sock is not None:
-                    self._free()
-                raise
+            # An interruption leaves the connection usable if the command
+            # went out whole (pending counts it) or not at all (see _write).
+            self._write(sock, data, 1)
         finally:
             self._leave()
 
@@ -390,26 +446,19 @@ class PySyncConnection:
         return self._deliver()
 
     def _deliver(self) -> Any:
-        """Hand the first kept reply to the caller. Signals are held (in this
-        thread) from taking it until the return: if a held handler raises
-        (Ctrl-C), the reply is kept for the next read_reply instead of
-        vanishing with the exception. Called as ``box.extend(map(conn.read_reply,
-        ...))`` the caller has it before any handler can run."""
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals()) \
-            if _CAN_HOLD_SIGNALS else None
-        value = self._ready.popleft()
-        counted = self.pending > 0
-        if counted:                 # pub/sub messages answer no command
+        """Hand the first kept reply to the caller.
+
+        No signal handler can run between taking the reply off ``_ready``
+        and returning it: the take is an unpacking (UNPACK_SEQUENCE calls the
+        iterator in C), and what follows has no call, no loop and no function
+        start, where CPython runs pending handlers. Called as
+        ``box.extend(map(conn.read_reply, ...))`` the caller has the reply
+        before any handler can run; interrupted earlier, the reply stays
+        here for the next read_reply."""
+        (value,) = itertools.islice(iter(self._ready.popleft, _NOT_ENOUGH), 1)
+        if self.pending:            # pub/sub messages answer no command
             self.pending -= 1
-        if held is not None:
-            try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            except BaseException:
-                self._ready.appendleft(value)
-                if counted:
-                    self.pending += 1
-                raise
-        if type(value) is ReplyError:
+        if value.__class__ is ReplyError:
             raise value
         return value
 
