@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import orjson
 
+from .enums import _WireEnum
 from .errors import DecodeError, EncodeError
 from .ids import _UuidId, _canonical, _normalize
 from .timestamp import Timestamp, _parse, _parse_rfc3339
@@ -252,7 +253,7 @@ def put_ts(value: Any, owner: str, field: str) -> bytes:
     raise EncodeError(f"{owner}.{field} must be a Timestamp, got {type(value).__name__}")
 
 
-def put_enum(value: Any, enum_cls: type, owner: str, field: str) -> bytes:
+def put_enum(value: Any, enum_cls: type[_WireEnum], owner: str, field: str) -> bytes:
     """An enum's bare wire name (no quotes)."""
     if type(value) is enum_cls:
         return value._value_.encode()
@@ -467,7 +468,7 @@ def enc_field_opt_ts(value: Any, owner: str, field: str) -> str:
     return enc_field_ts(value, owner, field)
 
 
-def enc_field_enum(value: Any, enum_cls: type, owner: str, field: str) -> str:
+def enc_field_enum(value: Any, enum_cls: type[_WireEnum], owner: str, field: str) -> str:
     if type(value) is enum_cls:
         return f'"{value._value_}"'
     raise EncodeError(f"{owner}.{field} must be a {enum_cls.__name__}, got {value!r}")

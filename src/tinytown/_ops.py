@@ -27,7 +27,7 @@ before their first ``yield``, so bad input raises before anything is sent.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from .ids import AgentId
 from .keys import TownKeys
@@ -36,7 +36,7 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 
 
-class Pipeline(list):  # type: ignore[type-arg]
+class Pipeline(list[Command]):
     """A step of several commands in one write whose error replies are
     returned in the reply list (as ReplyError instances), not raised."""
 
@@ -72,7 +72,7 @@ class Pop:
         self.restore = restore
 
 
-Step = Union[Command, list[Command], Pipeline, Pop]
+Step = Command | list[Command] | Pipeline | Pop
 Op = Generator[Step, Any, T]
 
 #: Seconds a stop flag lives (Tinytown's ``SETEX ... 3600 1``).
@@ -88,7 +88,8 @@ def request_stop(keys: TownKeys, agent_id: Any) -> Op[None]:
 
 def should_stop(keys: TownKeys, agent_id: Any) -> Op[bool]:
     key = keys.stop(AgentId(agent_id))
-    return (yield (b"EXISTS", key)) > 0
+    count: int = yield (b"EXISTS", key)
+    return count > 0
 
 
 def clear_stop(keys: TownKeys, agent_id: Any) -> Op[None]:

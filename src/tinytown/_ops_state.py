@@ -270,7 +270,8 @@ def delete_agent(keys: TownKeys, agent_id: Any) -> Op[None]:
 
 
 def delete_task(keys: TownKeys, task_id: Any) -> Op[bool]:
-    return (yield (b"DEL", keys.task(TaskId(task_id)))) > 0
+    deleted: int = yield (b"DEL", keys.task(TaskId(task_id)))
+    return deleted > 0
 
 
 def _delete(keys: list[bytes]) -> Op[int]:

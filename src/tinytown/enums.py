@@ -11,6 +11,8 @@ __all__ = ["Priority", "AgentState", "AgentType", "SpawnMode", "TaskState"]
 class _WireEnum(str, enum.Enum):
     """A str enum whose ``str()`` and ``format()`` are the wire string."""
 
+    _value_: str  # (an annotation, not a member: every value is a wire string)
+
     def __str__(self) -> str:
         return self._value_
 
