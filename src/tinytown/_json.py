@@ -196,7 +196,8 @@ def as_u64(value: Any, field: str) -> int:
         raise FieldError(field, f"integer {value} out of range for an unsigned 64-bit integer")
     if type(value) is float:
         # orjson turns integers beyond 64 bits into floats, so a float may be either.
-        raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)} (a float or an out-of-range number)")
+        raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)} "
+                                "(a float or an out-of-range number)")
     raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)}")
 
 
@@ -423,7 +424,8 @@ def encode_bytes(text: str, owner: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise EncodeError(f"{owner} contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry") from None
+        raise EncodeError(f"{owner} contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), "
+                          "which JSON cannot carry") from None
 
 
 def enc_field_str(value: Any, owner: str, field: str) -> str:

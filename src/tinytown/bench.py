@@ -423,7 +423,6 @@ class Bench:
         urgent, stop, docket = self.urgent, self.stop_key, self.docket
         hash_state, hkey = self.hash_agent_state, self.hash_agent_key
         hdel, pairs = (list(x) for x in hash_state.hash_fields())
-        pairs_text = [p.decode() for p in pairs]
         hash_map = dict(zip(pairs[::2], pairs[1::2]))
         # update_agent_heartbeat on a Hash: one EVALSHA of the compare-and-set script.
         beat = [CAS_SHA.decode(), "1", hkey, "hash?", "last_heartbeat", "none", "",

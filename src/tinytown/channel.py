@@ -415,7 +415,7 @@ class Channel:
                     return c.connect_tcp(ip, address.port)
             for ip in dict.fromkeys(info[4][0] for info in infos):
                 try:
-                    conn = await self._connect_one(lambda c: start(c, ip), timeout)
+                    conn = await self._connect_one(lambda c: start(c, ip), timeout)  # noqa: B023 - awaited here
                     break
                 except ConnectionError as exc:
                     error = exc
@@ -820,7 +820,7 @@ class Channel:
         """
         self._watchdog = None
         now = self._loop.time()
-        for fut, (expiry, conn) in list(self._unanswered.items()):
+        for fut, (expiry, _conn) in list(self._unanswered.items()):
             if now >= expiry and not fut.done():
                 del self._unanswered[fut]
                 self._gave_up.add(fut)

@@ -604,7 +604,8 @@ class _Extended(Timestamp):
         if isinstance(other, datetime):
             if _key(other) is None:
                 raise TypeError("can't subtract offset-naive and offset-aware datetimes")
-            ons = other.timestamp_ns() if isinstance(other, Timestamp) else Timestamp.from_datetime(other).timestamp_ns()
+            ons = (other.timestamp_ns() if isinstance(other, Timestamp)
+                   else Timestamp.from_datetime(other).timestamp_ns())
             return timedelta(microseconds=(self.timestamp_ns() - ons) // 1000)
         return NotImplemented
 

@@ -32,7 +32,8 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from .errors import ConnectionError, InvalidArgumentError, ReplyError, ServerError
 
@@ -388,7 +389,7 @@ class Town:
         name: str,
         *,
         timeout: float = 10.0,
-    ) -> "Town":
+    ) -> Town:
         """Start (or reuse) the town's redis-server in ``directory``.
 
         The directory is created if needed, and the town's name is recorded
@@ -427,7 +428,7 @@ class Town:
             return await cls._spawn(path, name, deadline, timeout)
 
     @classmethod
-    async def _reuse_live_server(cls, path: Path, name: str, deadline: float) -> "Town | None":
+    async def _reuse_live_server(cls, path: Path, name: str, deadline: float) -> Town | None:
         sock = path / SOCKET_NAME
         try:
             st = os.lstat(sock)
@@ -466,7 +467,7 @@ class Town:
         return cls(name=name, directory=path, pid=pid, owns_server=False)
 
     @classmethod
-    async def _spawn(cls, path: Path, name: str, deadline: float, timeout: float) -> "Town":
+    async def _spawn(cls, path: Path, name: str, deadline: float, timeout: float) -> Town:
         binary = cls.find_server_binary()
         sock, log = path / SOCKET_NAME, path / LOG_NAME
         remembered = _read_persistence(path)
@@ -547,7 +548,7 @@ class Town:
                 reply = exc
 
     # ------------------------------------------------------------ using
-    async def channel(self, *, layout: str = "hash") -> "Channel":
+    async def channel(self, *, layout: str = "hash") -> Channel:
         """A connected :class:`~tinytown.Channel` to this town (close it when done).
 
         ``layout`` is ``"hash"`` (Tinytown 0.7-0.10, the default) or ``"json"``
@@ -705,7 +706,7 @@ class Town:
         self._stopped = True
         self._pid = None
 
-    async def __aenter__(self) -> "Town":
+    async def __aenter__(self) -> Town:
         return self
 
     async def __aexit__(
