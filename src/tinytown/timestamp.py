@@ -234,13 +234,15 @@ class Timestamp(datetime):
             if isinstance(year, datetime):
                 return cls.from_datetime(year)
             if isinstance(year, bytes) and isinstance(tzinfo, (timezone, type(None))):
-                # datetime's own pickle format, in case something calls it.
-                return cls.from_datetime(datetime(year, tzinfo))  # type: ignore[arg-type]
+                # datetime's own pickle format, in case something calls it
+                # (a constructor typeshed does not declare).
+                return cls.from_datetime(datetime(year, tzinfo))  # type: ignore[call-arg, arg-type]
         if type(nanosecond) is not int or not 0 <= nanosecond <= 999:
             raise InvalidArgumentError(f"Timestamp: nanosecond must be an int in 0..999, got {nanosecond!r}")
         try:
             if tzinfo is None or tzinfo is UTC:
-                self = _dt_new(cls, year, month, day, hour, minute, second, microsecond, UTC)
+                # (a month or day of None: datetime's TypeError, reported below)
+                self = _dt_new(cls, year, month, day, hour, minute, second, microsecond, UTC)  # type: ignore[arg-type]
             else:
                 aware = datetime(year, month, day, hour, minute, second, microsecond, tzinfo, fold=fold)  # type: ignore[arg-type]
                 if aware.utcoffset() is None:
@@ -263,7 +265,7 @@ class Timestamp(datetime):
     # -- construction ---------------------------------------------------------
 
     @classmethod
-    def now(cls, tz: Any = None) -> Timestamp:  # type: ignore[override]
+    def now(cls, tz: Any = None) -> Timestamp:
         """The current time, with the nanoseconds the system clock gives.
 
         Always UTC: ``tz`` is accepted for datetime compatibility and ignored.
@@ -284,12 +286,12 @@ class Timestamp(datetime):
         return self
 
     @classmethod
-    def today(cls) -> Timestamp:  # type: ignore[override]
+    def today(cls) -> Timestamp:
         """Same as :meth:`now`."""
         return cls.now()
 
     @classmethod
-    def fromtimestamp(cls, t: float, tz: Any = None) -> Timestamp:  # type: ignore[override]
+    def fromtimestamp(cls, t: float, tz: Any = None) -> Timestamp:
         """The instant ``t`` seconds after the Unix epoch (``tz`` is ignored: always UTC)."""
         return cls.from_datetime(datetime.fromtimestamp(t, UTC))
 
@@ -408,7 +410,7 @@ class Timestamp(datetime):
 
     # -- datetime methods that would otherwise drop the nanoseconds -----------
 
-    def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:  # type: ignore[override]
+    def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:
         """Like :meth:`datetime.replace`, plus ``nanosecond=``; the result is a UTC Timestamp."""
         if args or kwargs:
             try:
@@ -440,10 +442,10 @@ class Timestamp(datetime):
             if not isinstance(other, timedelta):
                 raise
             delta = (other.days * 86_400 + other.seconds) * 1_000_000_000 + other.microseconds * 1000
-            result = _from_epoch_ns(self.timestamp_ns() + delta)
-            if result is None:
+            wide = _from_epoch_ns(self.timestamp_ns() + delta)
+            if wide is None:
                 raise
-            return result
+            return wide
         if isinstance(result, Timestamp):
             # datetime's C code built ``result`` through __new__ (nanosecond 0).
             result._nanosecond = self.nanosecond
