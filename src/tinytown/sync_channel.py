@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _ops, _ops_inbox, _ops_state
 from . import _ops_streams as _streams
@@ -163,7 +163,7 @@ class SyncChannel:
                     raise ConnectionError(f"Redis at {address} refused the login: {exc}") from None
             if want_id:
                 try:
-                    client_id = conn.execute(b"CLIENT", b"ID")
+                    client_id = cast(int, conn.execute(b"CLIENT", b"ID"))
                 except ReplyError:
                     client_id = None   # CLIENT not allowed for this user: see _abandon_pop
         except BaseException:
@@ -183,11 +183,11 @@ class SyncChannel:
             raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
         # Try every address in order, as Channel does ("localhost" may give ::1 first).
         error: ConnectionError | None = None
-        for ip in dict.fromkeys(info[4][0] for info in infos):
+        for ip in dict.fromkeys(str(info[4][0]) for info in infos):  # (IPv4/IPv6: a str already)
             conn = self._connection_class()
             try:
                 if address.tls:   # the Python SyncConnection (see __init__)
-                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg,arg-type]
+                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg]
                                      tls=address.ssl_context, server_hostname=address.host)
                 else:
                     conn.connect_tcp(ip, address.port, self._connect_timeout)
@@ -339,8 +339,9 @@ class SyncChannel:
                 except TimeoutError:
                     reply = None
                     conn.close()
-            if reply is not None:
-                conn.execute(LPUSH, reply[0], reply[1])
+            if reply is not None:  # BLPOP's [key, element]
+                popped = cast(list[bytes], reply)
+                conn.execute(LPUSH, popped[0], popped[1])
         except BaseException as exc:
             log.error("tinytown: receive() interrupted and the BLPOP could not be ended "
                       "cleanly (%s); a message it took may be lost", exc)
@@ -380,7 +381,7 @@ class SyncChannel:
         conn = self._conn
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
-        return conn.execute(_LLEN, key)  # type: ignore[no-any-return]
+        return cast(int, conn.execute(_LLEN, key))
 
     def broadcast(self, message: Message) -> int:
         """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:
@@ -388,7 +389,7 @@ class SyncChannel:
         layout); returns how many subscribers got it."""
         check_message(message, "broadcast")
         payload = message.to_json()
-        return self._main().execute(b"PUBLISH", self._broadcast_name, payload)  # type: ignore[no-any-return]
+        return cast(int, self._main().execute(b"PUBLISH", self._broadcast_name, payload))
 
     def broadcasts(self) -> SyncBroadcastSubscription:
         """Subscribe to broadcasts: ``for message in channel.broadcasts(): ...``.
@@ -744,11 +745,12 @@ class SyncChannel:
         try:
             while True:
                 try:
+                    # (mypy cannot narrow step through kind: the ignores below)
                     kind = type(step)
                     if kind is tuple:
-                        reply = conn.execute(*step)
+                        reply = conn.execute(*step)  # type: ignore[misc]
                     elif kind is list:
-                        reply = conn.execute_many(step, True)
+                        reply = conn.execute_many(step, True)  # type: ignore[arg-type]
                     elif kind is _ops.Pop:
                         if mask is _NOT_HOLDING:
                             mask = _hold_signals()
@@ -1109,7 +1111,8 @@ class SyncBroadcastSubscription:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                item = conn.read_reply(left)
+                # (on a subscribed connection: [kind, channel, payload] lists)
+                item = cast(list[Any], conn.read_reply(left))
             except TimeoutError:
                 return None
             except ConnectionError:
@@ -1168,7 +1171,7 @@ class SyncBroadcastSubscription:
 _NOT_HOLDING = object()
 
 
-def _hold_signals() -> set[signal.Signals] | None:
+def _hold_signals() -> set[int | signal.Signals] | None:
     """Hold back every signal (pthread_sigmask) for a call that must not be
     cut between taking something from Redis and returning it; the previous
     mask, for :func:`_let_signals_through`. None where there is no
