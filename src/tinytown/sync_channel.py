@@ -573,13 +573,13 @@ class SyncChannel:
         :class:`EncodeError` if the counter is already 2**64-1.
         """
         return self._run(_ops_state.update_agent(
-            self._keys, self._layout, agent_id, "rounds_completed", True))  # type: ignore[return-value]
+            self._keys, self._layout, agent_id, "rounds_completed", True))
 
     def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
         """Add 1 to the agent's ``tasks_completed``; returns the new value.
         As :meth:`increment_agent_rounds` (same guarantees and errors)."""
         return self._run(_ops_state.update_agent(
-            self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
+            self._keys, self._layout, agent_id, "tasks_completed", True))
 
     def update_agent_heartbeat(self, agent_id: AgentId | Any) -> None:
         """Set the agent's ``last_heartbeat`` to now (the channel's clock).
