@@ -413,7 +413,7 @@ class Channel:
             else:
                 def start(c: Any, ip: str) -> Any:
                     return c.connect_tcp(ip, address.port)
-            for ip in dict.fromkeys(info[4][0] for info in infos):
+            for ip in dict.fromkeys(str(info[4][0]) for info in infos):  # (IPv4/IPv6: a str already)
                 try:
                     conn = await self._connect_one(lambda c: start(c, ip), timeout)  # noqa: B023 - awaited here
                     break
@@ -589,13 +589,14 @@ class Channel:
         seconds = float(text)
         deadline = loop.time() + seconds
         for attempt in (1, 2):
-            conn = await self._receivers.acquire(deadline)
-            if conn is None:
+            acquired = await self._receivers.acquire(deadline)
+            if acquired is None:
                 if self._stalled:
                     raise ConnectionError(
                         f"Redis has not answered {self._stalled} earlier blocking receives, which "
                         "hold the receiver connections (server paused or unreachable)")
                 return None
+            conn = acquired
             left = deadline - loop.time()
             if left < seconds - 0.001:  # reconnecting or waiting for a connection took time
                 text = f"{max(left, 0.001):.3f}"
@@ -944,7 +945,7 @@ class Channel:
             raise InvalidArgumentError(
                 f"ack() takes the Delivery returned by receive_reliable(), not {type(delivery).__name__}")
         conn = await self._main()
-        removed = await conn.execute(b"LREM", self._keys.processing(delivery.agent_id), 1, delivery.raw)
+        removed: int = await conn.execute(b"LREM", self._keys.processing(delivery.agent_id), 1, delivery.raw)
         return removed > 0
 
     async def reclaim(self, agent_id: AgentId | Any) -> int:
@@ -959,8 +960,9 @@ class Channel:
         self._check_not_cluster("reclaim")
         agent = AgentId(agent_id)
         conn = await self._main()
-        return await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
-                                  self._keys.inbox_prefix + agent)
+        moved: int = await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
+                                        self._keys.inbox_prefix + agent)
+        return moved
 
     def _check_not_cluster(self, operation: str, why: str = "") -> None:
         if self._cluster is not None:
@@ -972,7 +974,8 @@ class Channel:
     async def processing_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages received reliably by the agent and not yet acked."""
         conn = await self._main()
-        return await conn.execute(b"LLEN", self._keys.processing(AgentId(agent_id)))
+        length: int = await conn.execute(b"LLEN", self._keys.processing(AgentId(agent_id)))
+        return length
 
     async def inbox_len(self, agent_id: AgentId | Any) -> int:
         """Number of messages waiting in the agent's inbox (LLEN)."""
@@ -980,7 +983,8 @@ class Channel:
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
-        return await conn.execute(b"LLEN", key)
+        length: int = await conn.execute(b"LLEN", key)
+        return length
 
     async def broadcast(self, message: Message) -> int:
         """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:
@@ -991,7 +995,8 @@ class Channel:
         if len(payload) > self._max_bytes:
             raise too_big("message", payload, self._max_bytes)
         conn = await self._main()
-        return await conn.execute(b"PUBLISH", self._broadcast_name, payload)
+        receivers: int = await conn.execute(b"PUBLISH", self._broadcast_name, payload)
+        return receivers
 
     def broadcasts(self) -> BroadcastSubscription:
         """Subscribe to broadcasts: ``async for message in channel.broadcasts(): ...``.
@@ -1331,11 +1336,12 @@ class Channel:
         try:
             while True:
                 try:
+                    # (mypy cannot narrow step through kind: the ignores below)
                     kind = type(step)
                     if kind is tuple:
-                        reply = await conn.execute(*step)
+                        reply = await conn.execute(*step)  # type: ignore[misc]
                     elif kind is list:
-                        reply = await conn.execute_many(step, True)
+                        reply = await conn.execute_many(step, True)  # type: ignore[arg-type]
                     elif kind is _ops.Pop:
                         held = None  # while it runs, the step hands back by itself
                         try:
