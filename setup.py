@@ -71,13 +71,14 @@ def extensions() -> list[Extension]:
     # that folder, so add its parent too.
     flags["include_dirs"] += [os.path.dirname(d) for d in flags["include_dirs"]]
     flags["extra_compile_args"] += ["-O2", "-Wno-unused-function"]
+    # One extension module, tinytown._transport.ext, from ext/transport.pyx
+    # (which includes the other .pyx files).
     modules = [
         Extension(
-            f"tinytown.{name}",
-            [os.path.join("ext", f"{name}.pyx")],
+            "tinytown._transport.ext",
+            [os.path.join("ext", "transport.pyx")],
             **flags,
         )
-        for name in ("_transport",)
     ]
     return cythonize(
         modules,

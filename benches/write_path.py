@@ -20,17 +20,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import RedisProcess  # noqa: E402
 
-from tinytown import AgentId, Channel, Message, MessageType, _pytransport  # noqa: E402
+from tinytown import AgentId, Channel, Message, MessageType  # noqa: E402
+from tinytown._transport import pyasync  # noqa: E402
 
 
 async def drain(kind: str, n: int) -> float:
     server = RedisProcess().start()
     try:
         if kind == "hiredis":
-            from tinytown import _transport
-            conn = _transport.Connection(asyncio.get_running_loop())
+            from tinytown._transport import ext
+            conn = ext.Connection(asyncio.get_running_loop())
         else:
-            conn = _pytransport.Connection(asyncio.get_running_loop())
+            conn = pyasync.PyConnection(asyncio.get_running_loop())
         await conn.connect_unix(server.unix_path)
         value = b"x" * 1024
         os.kill(server.pid, signal.SIGSTOP)

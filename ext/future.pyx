@@ -12,6 +12,9 @@
 # - A caller that cancels a blocking command can leave an ``orphan``
 #   handler: the reply that still arrives (a popped message, say) is given
 #   to it instead of being dropped.
+#
+# Needs: _report (connection.pyx, included later: a module-level cdef
+# function, so the order does not matter to Cython).
 
 import asyncio as _asyncio
 from contextvars import copy_context as _copy_context

@@ -1,5 +1,7 @@
 # Conversion of hiredis replies into Python objects (shared by every
 # connection type of the extension).
+#
+# Needs: only transport.pyx's cimports (hiredis) and ReplyError; first included.
 
 cdef object reply_error(const char *text, size_t length):
     return ReplyError(text[:length].decode("utf-8", "replace"))

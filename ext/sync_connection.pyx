@@ -13,55 +13,18 @@
 # is the exception: it may come from any thread, and wakes a thread blocked on
 # the socket (shutdown(2)), which then frees the context itself, so the
 # context is never freed while hiredis works on it.
+#
+# Needs from the .pyx files included before it (see transport.pyx): reply_to_py
+# (reply.pyx); _ArgvBuf, _argv_init, _argv_close, _converted,
+# _fill_argv, _checked_command (argv.pyx). The tt_misuse.h declarations come
+# from includes/misuse.pxd, the POSIX calls from includes/tt_posix.pxd.
 
 from libc.errno cimport EINTR
 from cpython.exc cimport PyErr_CheckSignals
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from tt_posix cimport POLLIN, SHUT_RDWR, poll, pollfd, shutdown, tt_clear_errno, tt_coarse_now, tt_errno
 
 from tinytown.errors import ConcurrentUseError
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    enum:
-        POLLIN
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-
-# errno through functions: Cython would make a local of a cimported errno
-# assigned to inside a function.
-cdef extern from *:
-    """
-    #include <errno.h>
-    static inline void tt_clear_errno(void) { errno = 0; }
-    static inline int tt_errno(void) { return errno; }
-    """
-    void tt_clear_errno() noexcept nogil
-    int tt_errno() noexcept nogil
-
-# A clock read costs a few ns with the coarse clock (no syscall): enough to
-# tell a connection used a moment ago from one that sat idle.
-cdef extern from *:
-    """
-    #include <time.h>
-    static inline double tt_coarse_now(void) {
-        struct timespec ts;
-    #ifdef CLOCK_MONOTONIC_COARSE
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    #else
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-    #endif
-        return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-    }
-    """
-    double tt_coarse_now() noexcept nogil
-
-cdef extern from "<sys/socket.h>" nogil:
-    enum:
-        SHUT_RDWR
-    int shutdown(int fd, int how)
-
 
 cdef enum:
     IO_OK = 0

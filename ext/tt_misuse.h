@@ -5,7 +5,7 @@
  * async context keeps or re-queues the callbacks of SUBSCRIBE and MONITOR,
  * which a request/reply connection cannot survive, and the other ones leave
  * every later reply out of step (or missing). They are refused before
- * anything is formatted. The table is also in src/tinytown/_resp.py
+ * anything is formatted. The table is also in src/tinytown/_transport/resp.py
  * (check_command, the Python transport's copy): keep the two in step.
  *
  * tt_wire_size(): an upper bound of the bytes of one formatted command.

@@ -102,6 +102,11 @@ fi
 # ---------------------------------------------------------------- extension
 # Incremental: cythonize regenerates ext/*.c when a .pyx/.pxd/include changed,
 # and build_ext recompiles only extensions older than their sources.
+# The extension was once the module tinytown._transport, built in place as
+# src/tinytown/_transport.cpython-*.so; it is now tinytown._transport.ext
+# (src/tinytown/_transport/ext.cpython-*.so). Remove a stale old build and its
+# generated C so nothing old is loaded or packaged.
+rm -f src/tinytown/_transport.cpython-*.so src/tinytown/_transport.*.pyd ext/_transport.c
 say "building the extension in place (python setup.py build_ext --inplace)"
 quiet "$PY" setup.py build_ext --inplace
 say "ready: $("$PY" -c 'import sys; print(sys.version.split()[0])') in .venv, $(redis-server --version | awk '{print $1, $2, $3}'), hiredis $(pkg-config --modversion hiredis)"

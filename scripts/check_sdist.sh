@@ -44,7 +44,8 @@ say "built $(basename "$sdist")"
 # grep would fail the pipeline)
 listing="$(tar -tzf "$sdist")"
 needed=(setup.py pyproject.toml MANIFEST.in README.md)
-for f in ext/*.pyx ext/*.h ext/includes/* src/tinytown/*.py src/tinytown/*.pyi src/tinytown/py.typed \
+for f in ext/*.pyx ext/*.h ext/includes/* src/tinytown/*.py src/tinytown/_transport/*.py src/tinytown/_transport/*.pyi \
+         src/tinytown/py.typed \
          tests/*.py tests/data/wire/*.jsonl tests/data/wire/*/*.jsonl scripts/*.sh scripts/*.py examples/*.py; do
     needed+=("$f")
 done
@@ -71,9 +72,9 @@ cp -r "$src/tests" "$src/scripts" "$src/examples" "$src/benches" "$src/docs" "$s
 cd "$WORK/suite"
 "$WORK/venv/bin/python" - "$WORK/venv" <<'PY'
 import os, sys
-import tinytown, tinytown._transport
+import tinytown, tinytown._transport.ext
 venv = os.path.realpath(sys.argv[1])
-for module in (tinytown, tinytown._transport):
+for module in (tinytown, tinytown._transport.ext):
     where = os.path.realpath(module.__file__)
     assert where.startswith(venv + os.sep), f"{module.__name__} imported from {where}, not the install"
 print(f"check_sdist: tinytown imported from {os.path.dirname(tinytown.__file__)}")

@@ -68,7 +68,7 @@ echo "wheel: $(basename "$wheel")"
 # grep would fail the pipeline)
 sdist_files="$(tar -tzf "$sdist")"
 for needed in ext/connection.pyx ext/reply.pyx ext/tt_reply_guard.h ext/includes/hiredis.pxd \
-              ext/includes/reply_guard.pxd src/tinytown/py.typed src/tinytown/_transport.pyi tests/conftest.py; do
+              ext/includes/reply_guard.pxd src/tinytown/py.typed src/tinytown/_transport/ext.pyi tests/conftest.py; do
     grep -q "/$needed\$" <<<"$sdist_files" || fail "the sdist lacks $needed"
 done
 
@@ -78,7 +78,7 @@ say "3. auditwheel repair"
 repaired="$(ls "$WORK"/wheelhouse/tinytown-*.whl)"
 "$WORK/tools/bin/auditwheel" show "$repaired"
 listing="$("$WORK/tools/bin/python" -m zipfile -l "$repaired")"
-grep -E 'tinytown\.libs/libhiredis|_transport\..*\.so|LICENSE\.hiredis' <<<"$listing"
+grep -E 'tinytown\.libs/libhiredis|_transport/ext\..*\.so|LICENSE\.hiredis' <<<"$listing"
 grep -qE 'tinytown\.libs/libhiredis-[0-9a-f]+\.so\.1\.1\.0' <<<"$listing" || fail "libhiredis is not bundled"
 grep -q 'tinytown/LICENSE.hiredis' <<<"$listing" || fail "hiredis's license is not in the wheel"
 
@@ -126,14 +126,14 @@ find "$ROOTFS/opt/tinytown-tests" -name __pycache__ -prune -exec rm -rf {} +
 in_root python3 -m venv /opt/venv
 in_root /opt/venv/bin/pip install -q "/opt/wheelhouse/$(basename "$repaired")[test,bench]"
 in_root /opt/venv/bin/python - <<'PY'
-import os, tinytown, tinytown._transport as t
+import os, tinytown, tinytown._transport.ext as t
 print("tinytown from", os.path.dirname(tinytown.__file__))
 assert "/opt/venv/" in t.__file__, t.__file__
 PY
 say "4. the loader takes the bundled libhiredis"
-in_root sh -c 'LD_DEBUG=libs /opt/venv/bin/python -c "import tinytown._transport" 2>&1' >"$WORK/ld_debug.log"
+in_root sh -c 'LD_DEBUG=libs /opt/venv/bin/python -c "import tinytown._transport.ext" 2>&1' >"$WORK/ld_debug.log"
 grep -E 'find library=libhiredis|calling init: .*hiredis' "$WORK/ld_debug.log" | sed 's/^ *[0-9]*: *//' || true
-grep -qE 'calling init: /opt/venv/.*/site-packages/tinytown/(\.\./)?(tinytown\.libs/)?libhiredis-[0-9a-f]+\.so\.1\.1\.0$' "$WORK/ld_debug.log" \
+grep -qE 'calling init: /opt/venv/.*/site-packages/tinytown/(_transport/)?(\.\./)*(tinytown\.libs/)?libhiredis-[0-9a-f]+\.so\.1\.1\.0$' "$WORK/ld_debug.log" \
     || fail "the bundled libhiredis was not the one loaded"
 
 say "4. the whole suite against the installed wheel, over both transports"
@@ -145,10 +145,10 @@ say "5. the sdist installed in a fresh virtualenv here (system libhiredis), smok
 "$WORK/sdist-venv/bin/pip" install -q "$sdist" hiredis
 (cd "$WORK" && "$WORK/sdist-venv/bin/python" - <<'PY'
 import asyncio, os, shutil, subprocess, tempfile, time
-import tinytown, tinytown._transport
+import tinytown, tinytown._transport.ext
 from tinytown import AgentId, Channel, Message, MessageType
 
-assert "sdist-venv" in tinytown._transport.__file__, tinytown._transport.__file__
+assert "sdist-venv" in tinytown._transport.ext.__file__, tinytown._transport.ext.__file__
 folder = tempfile.mkdtemp()
 sock = os.path.join(folder, "redis.sock")
 server = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock, "--save", ""],

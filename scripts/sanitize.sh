@@ -17,7 +17,7 @@
 # TT_FUZZ_EXAMPLES (default 100), CC (default gcc).
 #
 # How: each build goes to SANITIZE_DIR/<variant>/lib/tinytown (the compiled
-# module plus symlinks to src/tinytown/*.py, so the checkout's in-place
+# module plus symlinks to src/tinytown/**/*.py, so the checkout's in-place
 # build is left alone) which is put first on PYTHONPATH. Python itself is not
 # instrumented, so libasan (and libubsan) are LD_PRELOADed; PYTHONMALLOC=malloc
 # lets ASan see every Python allocation. Leak detection is off: the
@@ -40,7 +40,7 @@ say() { printf 'sanitize: %s\n' "$*"; }
 if [ "$#" -eq 0 ]; then
     # (not the leak tests: ASan's quarantine of freed memory makes RSS grow;
     # they run in the normal suite and under scripts/valgrind.sh)
-    group1=(tests/test_transport.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_reconnect.py
+    group1=(tests/test_transport_core.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_reconnect.py
             -k "not leak")
     group2=(tests/test_channel.py tests/test_sync_channel.py
             -k "cancel or close or drop or lost or reconnect or interrupt or timeout")
@@ -64,7 +64,7 @@ fi
 # build VARIANT PREFIX: the extension against the hiredis in PREFIX ("" = pkg-config)
 build() {
     local variant="$1" prefix="$2" dir="$WORK/$1"
-    mkdir -p "$dir/lib/tinytown" "$dir/tmp"
+    mkdir -p "$dir/lib/tinytown/_transport" "$dir/tmp"
     say "building the extension ($variant)"
     (
         export CC CFLAGS="${san_flags[*]:-}" LDFLAGS="${san_flags[*]:-}" LDSHARED="$CC -shared"
@@ -73,6 +73,9 @@ build() {
     ) || { cat "$dir/build.log" >&2; say "build failed ($variant)"; exit 1; }
     for f in "$ROOT"/src/tinytown/*.py "$ROOT"/src/tinytown/py.typed; do
         ln -sf "$f" "$dir/lib/tinytown/"
+    done
+    for f in "$ROOT"/src/tinytown/_transport/*.py; do
+        ln -sf "$f" "$dir/lib/tinytown/_transport/"
     done
 }
 
@@ -108,7 +111,7 @@ for version in $VERSIONS; do
     reports=$(cat "$WORK/$variant"/asan.* "$WORK/$variant"/ubsan.* 2>/dev/null | grep -c -E "ERROR: AddressSanitizer|runtime error:" || true)
     # the loaded module must be the instrumented one
     env PYTHONPATH="$WORK/$variant/lib" ${preload:+LD_PRELOAD="$preload"} ASAN_OPTIONS=detect_leaks=0 \
-        "$PY" -c 'import sys, tinytown._transport as t; sys.exit(not t.__file__.startswith(sys.argv[1]))' \
+        "$PY" -c 'import sys, tinytown._transport.ext as t; sys.exit(not t.__file__.startswith(sys.argv[1]))' \
         "$WORK/$variant/lib" || { say "the tests did not load the build in $WORK/$variant"; status=1; }
     say "hiredis $version: tests exit $run_status, sanitizer reports: $reports"
     if [ "$reports" != 0 ]; then

@@ -51,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     # scripts/test.sh runs the suite once per transport (TINYTOWN_TRANSPORT).
-    from tinytown._transports import connection_class
+    from tinytown._transport.choose import connection_class
 
     cls = connection_class()
     return f"tinytown transport: {cls.__module__}.{cls.__qualname__}"

@@ -1,7 +1,7 @@
 """Run pytest with the compiled extension unimportable, as on a machine
 where it failed to build or load (``python tests/no_extension.py ARGS...``).
 
-A meta-path finder refusing ``tinytown._transport`` is installed before
+A meta-path finder refusing ``tinytown._transport.ext`` is installed before
 anything imports tinytown; then the checks below, then ``pytest ARGS``.
 Used by tests/test_no_extension.py.
 """
@@ -13,11 +13,11 @@ import logging
 import sys
 from typing import Any
 
-BLOCKED = "tinytown._transport"
+BLOCKED = "tinytown._transport.ext"
 
 
 class RefuseExtension(importlib.abc.MetaPathFinder):
-    """Makes ``import tinytown._transport`` fail as a missing .so would."""
+    """Makes ``import tinytown._transport.ext`` fail as a missing .so would."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
         if fullname == BLOCKED:
@@ -43,11 +43,11 @@ def main(args: list[str]) -> int:
     logging.getLogger("tinytown").addHandler(warnings)
 
     import tinytown
-    from tinytown import _pysync, _pytransport, _transports
+    from tinytown._transport import choose, pyasync, pysync
 
     assert BLOCKED not in sys.modules, "the extension was imported"
-    assert _transports.connection_class() is _pytransport.Connection
-    assert _transports.sync_connection_class() is _pysync.SyncConnection
+    assert choose.connection_class() is pyasync.PyConnection
+    assert choose.sync_connection_class() is pysync.PySyncConnection
     print(f"no_extension: tinytown {tinytown.__version__} imported from {tinytown.__file__} "
           f"without {BLOCKED}", flush=True)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tinytown import Channel, SyncChannel
 from tinytown._monitor import parse_line
-from tinytown._transport import SyncConnection
+from tinytown._transport.ext import SyncConnection
 
 # Copies of ../shared/wire/tinytown-0.10 (test_wire checks they are identical).
 VECTORS = Path(__file__).resolve().parent / "data" / "wire" / "tinytown-0.10"

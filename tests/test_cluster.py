@@ -29,8 +29,8 @@ from tinytown import (
     Task,
     TaskId,
 )
-from tinytown._cluster import command_slot, key_slot
-from tinytown._transports import connection_class
+from tinytown._transport.choose import connection_class
+from tinytown._transport.cluster import command_slot, key_slot
 
 
 def agents_on_every_node(cluster, town: str, per_node: int = 2) -> list[AgentId]:

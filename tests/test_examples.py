@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tinytown import TransportUnavailableError
-from tinytown._transports import TRANSPORTS, connection_class
+from tinytown._transport.choose import TRANSPORTS, connection_class
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

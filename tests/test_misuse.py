@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from conftest import new_event_loop
-from tinytown import _pytransport, _transport
+from tinytown._transport import ext, pyasync
 from tinytown.errors import ConnectionError, InvalidArgumentError, ReplyError, TinytownError
 
-CLASSES = {"hiredis": _transport.Connection, "python": _pytransport.Connection}
+CLASSES = {"hiredis": ext.Connection, "python": pyasync.PyConnection}
 TRANSPORTS = list(CLASSES)
 
 
@@ -106,7 +106,7 @@ async def test_a_subscribed_connection_takes_no_other_command(Connection, redis_
 
 
 def test_sync_connection_refuses_them_too_but_send_command_does_not(redis_server, redis_url):
-    conn = _transport.SyncConnection()
+    conn = ext.SyncConnection()
     conn.connect_unix(redis_server.unix_path)
     for command in REFUSED:
         with pytest.raises(InvalidArgumentError, match="protocol state"):
@@ -159,8 +159,8 @@ def test_a_command_of_2_gib_or_more_is_refused_and_the_connection_stays_usable(
     # an int: it crashed, or failed with a wrong error and leaked.
     out = run_child("""
         import asyncio, sys
-        from tinytown._transport import SyncConnection
-        from tinytown._transports import connection_class
+        from tinytown._transport.ext import SyncConnection
+        from tinytown._transport.choose import connection_class
         from tinytown.errors import InvalidArgumentError
 
         path = sys.argv[1]
@@ -212,7 +212,7 @@ def test_exit_from_a_task_woken_by_a_reply_does_not_hang_asyncio_run(
         transport, exit_with, loop_name, redis_server, redis_url):
     out = run_child(f"""
         import asyncio, sys
-        from tinytown._transports import connection_class
+        from tinytown._transport.choose import connection_class
 
         if "{loop_name}" == "uvloop":
             import uvloop
@@ -253,7 +253,7 @@ def test_exit_from_a_pub_sub_handler_stops_the_loop(transport, redis_server, red
     raised: the extension raises SystemExit once the read is over."""
     out = run_child("""
         import asyncio, sys
-        from tinytown._transports import connection_class
+        from tinytown._transport.choose import connection_class
 
         async def main(path):
             loop = asyncio.get_running_loop()
@@ -301,7 +301,7 @@ async def test_int_and_float_subclasses_are_sent_as_their_number(Connection, red
     assert await conn.execute("LRANGE", "l", 0, -1) == [b"1", b"0.25"]
     assert await conn.execute("INCRBY", "c", Color.RED) == 2
     conn.close()
-    sync = _transport.SyncConnection()
+    sync = ext.SyncConnection()
     sync.connect_unix(redis_server.unix_path)
     sync.execute("SET", "s", Color.RED)
     assert sync.execute("GET", "s") == b"1"
@@ -313,8 +313,8 @@ def test_an_argument_that_closes_the_connection_while_converted_does_not_crash(
         transport, redis_server, redis_url):
     out = run_child("""
         import asyncio, sys
-        from tinytown._transport import SyncConnection
-        from tinytown._transports import connection_class
+        from tinytown._transport.ext import SyncConnection
+        from tinytown._transport.choose import connection_class
         from tinytown.errors import ConnectionError, TinytownError
 
         current = None
@@ -501,7 +501,7 @@ def test_a_sync_channel_used_by_parent_and_child_after_fork_does_not_cross_repli
 
 async def test_a_connection_used_in_a_forked_child_is_dropped_there(Connection, redis_server, redis_url):
     conn = await connect(Connection, redis_server)
-    sync = _transport.SyncConnection()
+    sync = ext.SyncConnection()
     sync.connect_unix(redis_server.unix_path)
     # The child's verdict comes through a pipe: under scripts/valgrind.sh the
     # child's exit status reports CPython's own after-fork leaks instead.

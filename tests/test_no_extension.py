@@ -1,6 +1,6 @@
 """tinytown without its compiled extension: import, Channel and SyncChannel.
 
-The child process refuses ``import tinytown._transport`` before it imports
+The child process refuses ``import tinytown._transport.ext`` before it imports
 tinytown (tests/no_extension.py), then runs the Channel and SyncChannel
 suites, whose cases are tests/channel_cases.py: everything runs on the
 Python transports, with one logged warning.
@@ -29,6 +29,6 @@ def test_channel_and_sync_channel_suites_without_the_extension() -> None:
         cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "without tinytown._transport" in output
+    assert "without tinytown._transport.ext" in output
     assert "1 fallback warning(s)" in output
     assert " passed" in output and " failed" not in output and " error" not in output

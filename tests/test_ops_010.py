@@ -34,8 +34,8 @@ from tinytown import (
     Task,
     TaskId,
 )
-from tinytown._transport import SyncConnection
 from tinytown._monitor import parse_line
+from tinytown._transport.ext import SyncConnection
 
 WIRE = Path(__file__).resolve().parent / "data" / "wire" / "tinytown-0.10"
 

@@ -277,7 +277,7 @@ async def test_receive_on_a_connection_that_died_idle_retries_once(fresh_redis):
     call in flight: that receive raises ConnectionError, the next one works."""
     agent = AgentId.new()
     async with await Channel.connect(fresh_redis.url, town="alpha") as channel:
-        extension = channel._transport.__module__ == "tinytown._transport"
+        extension = channel._transport.__module__ == "tinytown._transport.ext"
         assert await channel.receive(agent, 0.05) is None  # one idle receiver connection
         fresh_redis.kill()
         fresh_redis.restart()  # synchronous: the loop did not run in between

@@ -4,7 +4,7 @@ Whatever bytes come back, a command ends with a value, a ReplyError or a
 ConnectionError: never a crash, a hang or a leak. hiredis itself assert()s
 (aborting the process) on a reply that no command waits for, so these tests
 also prove the guard of ext/tt_reply_guard.h. Every test runs on both
-transports (the extension, and the pure-Python one of _pytransport).
+transports (the extension, and the pure-Python one of _transport.pyasync).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from conftest import LOOP_KINDS, new_event_loop
 from memory import memory_growth
 from resp_fake import FakeRedis, is_reply_value, random_stream, random_value, same_reply, split
-from tinytown._transports import TRANSPORTS, connection_class
+from tinytown._transport.choose import TRANSPORTS, connection_class
 from tinytown.errors import ConnectionError, ReplyError
 
 # hiredis 0.14 refuses a "*" header (array or nil array) below 8 levels of
@@ -215,7 +215,7 @@ def test_malformed_push_closes_or_passes_through(loop, transport, fake, bad, pyt
     connection. The Python transport hands each to the handler as a value
     (BroadcastSubscription ignores what is not a message) and goes on,
     except for RESP3 types, which both transports refuse."""
-    extension = transport.__module__ == "tinytown._transport"
+    extension = transport.__module__ == "tinytown._transport.ext"
     AFTER = [b"message", b"tt:broadcast", b"after"]
 
     async def run() -> list[Any]:

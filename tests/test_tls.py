@@ -31,10 +31,9 @@ from tinytown import (
     ConnectionError,
     InvalidArgumentError,
     SyncChannel,
-    _pysync,
-    _pytransport,
 )
-from tinytown._cluster import ClusterTopology
+from tinytown._transport import pyasync, pysync
+from tinytown._transport.cluster import ClusterTopology
 from tinytown.address import parse_url, with_tls
 
 
@@ -134,7 +133,7 @@ async def test_round_trip_over_tls(tls_server: TlsServer, caplog: pytest.LogCapt
     with caplog.at_level(logging.INFO, logger="tinytown"):
         channel = await Channel.connect(tls_server.url, town="tls", ssl_ca_file=tls_server.ca_file)
     async with channel:
-        assert type(channel._conn) is _pytransport.Connection
+        assert type(channel._conn) is pyasync.PyConnection
         await channel.send(msg(agent, "over tls"))
         assert await channel.inbox_len(agent) == 1
         assert text_of(await channel.receive(agent, 1)) == "over tls"
@@ -145,7 +144,7 @@ async def test_round_trip_over_tls(tls_server: TlsServer, caplog: pytest.LogCapt
 def test_sync_round_trip_over_tls(tls_server: TlsServer, sync_connect: Callable[..., SyncChannel]) -> None:
     agent = AgentId.new()
     channel = sync_connect(tls_server.url, ssl_ca_file=str(tls_server.ca_file))
-    assert type(channel._conn) is _pysync.SyncConnection
+    assert type(channel._conn) is pysync.PySyncConnection
     assert isinstance(channel._conn._sock, ssl.SSLSocket)
     channel.send(msg(agent, "sync over tls"))
     assert text_of(channel.receive(agent, 1)) == "sync over tls"

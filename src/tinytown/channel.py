@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _ops, _ops_inbox, _ops_state
 from . import _ops_streams as _streams
-from ._cluster import ClusterConnection, ClusterTopology
+from ._transport.cluster import ClusterConnection, ClusterTopology
+from ._transport.choose import OpenConnection, connection_class, tls_connection_class
 from ._commands import (
     LPUSH,
     RPUSH,
@@ -38,7 +39,6 @@ from ._commands import (
     push_commands,
     too_big,
 )
-from ._transports import Connection, connection_class, tls_connection_class
 from .address import Address, parse_url, with_tls
 from .agent import Agent
 from .backoff import Backoff, ReconnectSchedule
@@ -129,12 +129,12 @@ class _ReceiverPool:
 
     def __init__(self, channel: Channel, size: int) -> None:
         self._channel = channel
-        self._idle: list[Connection] = []
-        self._busy: set[Connection] = set()
-        self._ids: dict[Connection, int | None] = {}
+        self._idle: list[OpenConnection] = []
+        self._busy: set[OpenConnection] = set()
+        self._ids: dict[OpenConnection, int | None] = {}
         self._slots = asyncio.Semaphore(size)
 
-    async def acquire(self, deadline: float) -> Connection | None:
+    async def acquire(self, deadline: float) -> OpenConnection | None:
         """A connection, or None if every slot stayed busy until ``deadline``
         (loop time). Opening one reconnects with backoff, up to the deadline."""
         if self._slots.locked():
@@ -159,7 +159,7 @@ class _ReceiverPool:
         self._busy.add(conn)
         return conn
 
-    async def _identify(self, conn: Connection) -> None:
+    async def _identify(self, conn: OpenConnection) -> None:
         client_id = None
         if self._channel._cluster is None:  # a cluster routes CLIENT to any node
             try:
@@ -176,11 +176,11 @@ class _ReceiverPool:
                 raise
         self._ids[conn] = client_id
 
-    def client_id(self, conn: Connection) -> int | None:
+    def client_id(self, conn: OpenConnection) -> int | None:
         """The CLIENT ID of a connection of this pool, if known."""
         return self._ids.get(conn)
 
-    def release(self, conn: Connection) -> None:
+    def release(self, conn: OpenConnection) -> None:
         self._busy.discard(conn)
         if conn.is_closed or conn.pending_replies or self._channel._closed:
             self._ids.pop(conn, None)
@@ -257,12 +257,12 @@ class Channel:
         self._reconnect_timeout = reconnect_timeout
         self._max_bytes = max_message_bytes
         # Blocking commands in flight: future -> (loop time to give up, connection).
-        self._unanswered: dict[asyncio.Future[Any], tuple[float, Connection]] = {}
+        self._unanswered: dict[asyncio.Future[Any], tuple[float, OpenConnection]] = {}
         self._gave_up: set[asyncio.Future[Any]] = set()  # cancelled by the watchdog, caller not told yet
         self._stalled = 0  # commands given up by the watchdog whose reply has not come
         self._watchdog: asyncio.TimerHandle | None = None
-        self._conn: Connection | None = None
-        self._reconnecting: asyncio.Task[Connection] | None = None
+        self._conn: OpenConnection | None = None
+        self._reconnecting: asyncio.Task[OpenConnection] | None = None
         self._receivers = _ReceiverPool(self, max_receivers)
         # Cancelled blocking commands (see _abandon): how many still wait for
         # their reply after a CLIENT UNBLOCK; what they took, held to be put
@@ -381,7 +381,7 @@ class Channel:
     # -- connections --------------------------------------------------------
 
     async def _open_connection(self, address: Address | None = None,
-                               timeout: float | None = None) -> Connection:
+                               timeout: float | None = None) -> OpenConnection:
         """A new logged-in connection to this channel's server (or to ``address``,
         a node of its cluster; for a cluster, a ClusterConnection over such ones).
 
@@ -433,7 +433,7 @@ class Channel:
             raise
         return conn
 
-    async def _connect_one(self, start: Any, timeout: float) -> Connection:
+    async def _connect_one(self, start: Any, timeout: float) -> OpenConnection:
         conn = self._transport(self._loop)
         conn.set_write_buffer_limits(*self._write_limits)
         try:
@@ -448,7 +448,7 @@ class Channel:
             raise
         return conn
 
-    async def _log_in(self, conn: Connection) -> None:
+    async def _log_in(self, conn: OpenConnection) -> None:
         address = self._address
         # A server restarted with a large dataset accepts connections while it
         # loads, and answers -LOADING to nearly everything: PING makes such a
@@ -461,12 +461,12 @@ class Channel:
                 raise ConnectionError(f"Redis at {address} is still loading its dataset: {exc}") from None
             raise ConnectionError(f"Redis at {address} refused the login: {exc}") from None
 
-    async def _connect(self, deadline: float) -> Connection:
+    async def _connect(self, deadline: float) -> OpenConnection:
         """A new connection, retried with backoff until ``deadline`` (loop time)."""
         return await self._schedule.connect(
             lambda timeout: self._open_connection(timeout=timeout), deadline, str(self._address))
 
-    async def _reconnect(self) -> Connection:
+    async def _reconnect(self) -> OpenConnection:
         """The main connection, reopened; concurrent callers share one attempt."""
         if self._closed:
             raise ChannelClosedError("the channel is closed")
@@ -482,7 +482,7 @@ class Channel:
         self._conn = conn
         return conn
 
-    async def _main(self) -> Connection:
+    async def _main(self) -> OpenConnection:
         conn = self._conn
         if conn is None or conn.is_closed:
             conn = await self._reconnect()
@@ -562,7 +562,7 @@ class Channel:
         return await self._decode(agent, reply[1])
 
     async def _blocking(self, timeout: float | timedelta, command: Callable[[str], tuple[Any, ...]],
-                        on_abandoned: Callable[[Connection, Any], None]) -> Any:
+                        on_abandoned: Callable[[OpenConnection, Any], None]) -> Any:
         """Run the blocking command ``command(seconds)`` on a receiver
         connection; ``seconds`` is the time left, as text (``"1.500"``), for
         the command's own timeout argument.
@@ -648,7 +648,7 @@ class Channel:
         self._receivers.release(conn)
         return reply
 
-    def _abandon(self, sent: int, conn: Connection, on_abandoned: Callable[[Connection, Any], None],
+    def _abandon(self, sent: int, conn: OpenConnection, on_abandoned: Callable[[OpenConnection, Any], None],
                  fut: asyncio.Future[Any] | None) -> Callable[[Any], None]:
         """A blocking command (the ``sent``-th) whose caller was cancelled:
         returns the handler of its reply, which passes the reply on to
@@ -681,7 +681,7 @@ class Channel:
             self._unblock(conn, fut, 1)
         return resolve
 
-    def _unblock(self, conn: Connection, fut: asyncio.Future[Any], attempt: int) -> None:
+    def _unblock(self, conn: OpenConnection, fut: asyncio.Future[Any], attempt: int) -> None:
         """End the blocking command of ``fut``, whose caller went away."""
         if getattr(fut, "orphan", None) is None:
             return  # its reply came
@@ -712,7 +712,7 @@ class Channel:
 
         unblocked.add_done_callback(answered)
 
-    def _drop_blocked(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
+    def _drop_blocked(self, conn: OpenConnection, fut: asyncio.Future[Any]) -> None:
         """Close the connection of an abandoned command still unanswered: the
         server drops the command with the client (its orphan gets the error)."""
         if getattr(fut, "orphan", None) is None:
@@ -838,7 +838,7 @@ class Channel:
 
         return stall_over
 
-    def _abandoned_pop(self, conn: Connection, reply: Any) -> None:
+    def _abandoned_pop(self, conn: OpenConnection, reply: Any) -> None:
         """The reply of a BLPOP whose caller stopped waiting: put its message back."""
         self._receivers.release(conn)
         if not isinstance(reply, list):  # timed out, or the connection failed
@@ -928,7 +928,7 @@ class Channel:
             raise
         return Delivery(message, agent, raw)
 
-    def _abandoned_move(self, conn: Connection, reply: Any, inbox: str, processing: str) -> None:
+    def _abandoned_move(self, conn: OpenConnection, reply: Any, inbox: str, processing: str) -> None:
         """The reply of a BLMOVE whose caller stopped waiting: move its message back."""
         self._receivers.release(conn)
         if not isinstance(reply, bytes):  # timed out, or the connection failed
@@ -1239,7 +1239,7 @@ class Channel:
 
     # -- driving operations (tinytown._ops): pops that hand back, pipelines ----
 
-    async def _pop(self, conn: Connection, pop: _ops.Pop) -> Any:
+    async def _pop(self, conn: OpenConnection, pop: _ops.Pop) -> Any:
         """Run a Pop step; if the caller goes away first, what it took goes back."""
         step = pop.step
         fut = conn.execute(*step) if type(step) is tuple else conn.execute_many(step, True)
@@ -1262,7 +1262,7 @@ class Channel:
             self._restore(restore(exc))
             raise
 
-    async def _pipeline(self, conn: Connection, commands: _ops.Pipeline) -> list[Any]:
+    async def _pipeline(self, conn: OpenConnection, commands: _ops.Pipeline) -> list[Any]:
         """Run a Pipeline step: one future per command (the connection pipelines
         them), error replies returned in the list."""
         futures = [conn.execute(*command) for command in commands]
@@ -1702,7 +1702,7 @@ class BroadcastSubscription:
 
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
-        self._conn: Connection | None = None
+        self._conn: OpenConnection | None = None
         self._queue: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._subscribed: asyncio.Future[None] | None = None
@@ -1725,7 +1725,7 @@ class BroadcastSubscription:
         await asyncio.shield(self._subscribed)
         return self
 
-    def _attach(self, conn: Connection) -> None:
+    def _attach(self, conn: OpenConnection) -> None:
         self._conn = conn
         self._channel._subscriptions.add(self)
         # The connection (which the loop keeps) holds the subscription weakly,

@@ -29,7 +29,7 @@ from ._commands import (
     login_commands,
     push_commands,
 )
-from ._transports import sync_connection_class, tls_sync_connection_class
+from ._transport.choose import sync_connection_class, tls_sync_connection_class
 from .address import Address, parse_url, with_tls
 from .agent import Agent
 from .errors import (
@@ -46,7 +46,7 @@ from .task import Task
 
 if TYPE_CHECKING:
     from .events import TownEvent
-    from ._transport import SyncConnection
+    from ._transport.ext import SyncConnection
 
 __all__ = ["SyncChannel", "SyncBroadcastSubscription"]
 

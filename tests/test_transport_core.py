@@ -1,7 +1,7 @@
 """Both transports against a real redis-server, case for case.
 
-Every test runs with the Cython transport (``tinytown._transport``) and the
-pure-Python one (``tinytown._pytransport``): the ``Connection`` fixture is
+Every test runs with the Cython transport (``tinytown._transport.ext``) and the
+pure-Python one (``tinytown._transport.pyasync``): the ``Connection`` fixture is
 parametrized, so the two are checked against the same expectations.
 """
 
@@ -16,10 +16,10 @@ import threading
 import pytest
 from memory import memory_growth
 
-from tinytown import _pytransport, _transport
+from tinytown._transport import ext, pyasync
 from tinytown.errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
 
-CLASSES = {"hiredis": _transport.Connection, "python": _pytransport.Connection}
+CLASSES = {"hiredis": ext.Connection, "python": pyasync.PyConnection}
 
 
 @pytest.fixture(params=list(CLASSES))
@@ -488,7 +488,7 @@ async def test_wait_writable_holds_writers_above_the_high_water_mark(Connection,
     # uvloop's transport does not count what it has handed to libuv's write
     # queue (resume_writing comes early): the Python transport there can
     # reach about twice the high mark.
-    slack = 2 if Connection is _pytransport.Connection and loop_kind == "uvloop" else 1
+    slack = 2 if Connection is pyasync.PyConnection and loop_kind == "uvloop" else 1
     assert peak <= slack * 256 * 1024 + command_bytes
     values = await conn.execute("LRANGE", "flood", 0, -1)
     assert len(values) == 3000 and len(set(values)) == 3000

@@ -1,9 +1,9 @@
 """tinytown's pure-Python blocking transport: the fallback for the extension's SyncConnection.
 
-Same interface and behaviour as :class:`tinytown._transport.SyncConnection`
+Same interface and behaviour as :class:`tinytown._transport.ext.SyncConnection`
 (the Cython connection on hiredis's redisContext): one blocking Redis
 connection, commands encoded with the extension's argument rules
-(:func:`tinytown._resp.encode_command`), replies parsed by the ``hiredis``
+(:func:`tinytown._transport.resp.encode_command`), replies parsed by the ``hiredis``
 package's ``Reader`` (the parser the async Python transport uses), typed
 errors, a ``read_reply`` whose wait is bounded, and ``close`` from any thread.
 
@@ -32,10 +32,10 @@ from typing import Any
 
 import hiredis
 
-from ._resp import encode_command
-from .errors import ConcurrentUseError, ConnectionError, InvalidArgumentError, ReplyError
+from ..errors import ConcurrentUseError, ConnectionError, InvalidArgumentError, ReplyError
+from .resp import encode_command
 
-__all__ = ["SyncConnection"]
+__all__ = ["PySyncConnection"]
 
 # is_usable() probes the socket only after this long without a reply.
 _IDLE_PROBE_AFTER = 0.05
@@ -48,10 +48,10 @@ _CAN_HOLD_SIGNALS = hasattr(signal, "pthread_sigmask")
 _POLL_STEP_MS = 86_400_000.0
 
 
-class SyncConnection:
+class PySyncConnection:
     """One blocking Redis connection in pure Python (+ hiredis's parser).
 
-    ``SyncConnection()``, then :meth:`connect_unix` or :meth:`connect_tcp`.
+    ``PySyncConnection()``, then :meth:`connect_unix` or :meth:`connect_tcp`.
     Calls block the calling thread until Redis answers. If the connection
     drops, the call raises :class:`tinytown.ConnectionError` and the
     connection is closed. One thread at a time: a second thread calling in

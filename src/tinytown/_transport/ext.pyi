@@ -1,4 +1,4 @@
-"""Type stubs of the Cython transport (ext/_transport.pyx)."""
+"""Type stubs of the Cython transport ``tinytown._transport.ext`` (ext/transport.pyx)."""
 
 import asyncio
 from collections.abc import Callable, Generator, Iterable, Sequence

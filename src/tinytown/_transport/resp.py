@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import EncodeError, InvalidArgumentError
+from ..errors import EncodeError, InvalidArgumentError
 
 __all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "check_command", "coerce_arg", "encode_command"]
 

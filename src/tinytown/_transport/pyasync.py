@@ -1,6 +1,6 @@
 """tinytown's pure-Python transport: the fallback for the hiredis extension.
 
-Same interface and behaviour as :class:`tinytown._transport.Connection`
+Same interface and behaviour as :class:`tinytown._transport.ext.Connection`
 (the Cython transport over hiredis's async context): one Redis connection
 driven by an asyncio loop, futures for replies, automatic pipelining,
 cancellation that cannot desynchronise the reply stream, and the same typed
@@ -37,11 +37,11 @@ from typing import Any
 
 import hiredis
 
-from ._resp import PLAIN_NAMES, check_command, encode_command
-from ._transports import FORKS, ReplyFuture, check_loop, deliver
-from .errors import ConnectionError, EventLoopError, InvalidArgumentError, ReplyError
+from ..errors import ConnectionError, EventLoopError, InvalidArgumentError, ReplyError
+from .futures import FORKS, PyReplyFuture, check_loop, deliver
+from .resp import PLAIN_NAMES, check_command, encode_command
 
-__all__ = ["Connection"]
+__all__ = ["PyConnection"]
 
 _get_running_loop = asyncio._get_running_loop
 
@@ -109,10 +109,10 @@ class _Batch:
 _SUBSCRIBED = object()
 
 
-class Connection(asyncio.Protocol):
+class PyConnection(asyncio.Protocol):
     """One Redis connection driven by an asyncio loop, in pure Python (+ hiredis's parser).
 
-    ``Connection(loop)``, then ``await conn.connect_unix(path)`` or
+    ``PyConnection(loop)``, then ``await conn.connect_unix(path)`` or
     ``await conn.connect_tcp(ip, port)``. Every command method returns an
     asyncio future. Not thread-safe: use it from its loop's thread only.
     """
@@ -140,7 +140,7 @@ class Connection(asyncio.Protocol):
         self._tls_loss: ConnectionError | None = None         # why a TLS connection ended
         self._where: str | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        self._connect_waiter: asyncio.Future[Connection] | None = None
+        self._connect_waiter: asyncio.Future[PyConnection] | None = None
         self._push_handler: Callable[[Any], None] | None = None
         self._subscribed = False
         self._connected = False
@@ -151,7 +151,7 @@ class Connection(asyncio.Protocol):
 
     # -- opening ----------------------------------------------------------
 
-    def connect_unix(self, path: str) -> asyncio.Future[Connection]:
+    def connect_unix(self, path: str) -> asyncio.Future[PyConnection]:
         """Start connecting to a Unix socket; returns a future resolved when connected.
 
         Call :meth:`close` to abandon a connect that takes too long.
@@ -172,7 +172,7 @@ class Connection(asyncio.Protocol):
         return self._attach(sock, None if done else path)
 
     def connect_tcp(self, host: str, port: int, *, tls: ssl.SSLContext | None = None,
-                    server_hostname: str | None = None) -> asyncio.Future[Connection]:
+                    server_hostname: str | None = None) -> asyncio.Future[PyConnection]:
         """Start connecting to a numeric IP address and port (resolve names first).
 
         With ``tls``, the connection is TLS with that context (asyncio's TLS);
@@ -217,7 +217,7 @@ class Connection(asyncio.Protocol):
             reason = os.strerror(exc.errno) if exc.errno else (str(exc) or type(exc).__name__)
         return ConnectionError(f"cannot connect to Redis at {self._where}: {reason}")
 
-    def _attach(self, sock: socket.socket, address: Any) -> asyncio.Future[Connection]:
+    def _attach(self, sock: socket.socket, address: Any) -> asyncio.Future[PyConnection]:
         self._sock = sock
         waiter = self._connect_waiter = self._create_future()
         self._connect_task = self._loop.create_task(self._finish_connect(sock, address))
@@ -583,7 +583,7 @@ class Connection(asyncio.Protocol):
         if self._closed:  # converting an argument ran code that closed it
             raise ConnectionError("connection to Redis closed while the command was prepared")
         was_idle = self._pending == 0
-        fut = ReplyFuture(loop=self._loop)
+        fut = PyReplyFuture(loop=self._loop)
         self._waiting.append(fut)
         self._pending += 1
         self._send(data, was_idle)
@@ -609,7 +609,7 @@ class Connection(asyncio.Protocol):
             check_command(command)
         if self._closed:  # converting an argument ran code that closed it
             raise ConnectionError("connection to Redis closed while the commands were prepared")
-        future = ReplyFuture(loop=self._loop)
+        future = PyReplyFuture(loop=self._loop)
         if not encoded:
             future.set_result([] if replies else None)
             return future

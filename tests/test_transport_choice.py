@@ -1,8 +1,10 @@
-"""Choosing the transport: argument, TINYTOWN_TRANSPORT, automatic fallback."""
+"""Choosing the transport: argument, TINYTOWN_TRANSPORT, automatic fallback; the
+transport package's layering (futures is a leaf, no import cycle, distinct class names)."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 
 import pytest
@@ -12,21 +14,18 @@ from tinytown import (
     InvalidArgumentError,
     SyncChannel,
     TransportUnavailableError,
-    _pysync,
-    _pytransport,
-    _transport,
-    _transports,
 )
+from tinytown._transport import choose, cluster, ext, futures, pyasync, pysync
 
 
 @pytest.fixture
 def no_env(monkeypatch):
     monkeypatch.delenv("TINYTOWN_TRANSPORT", raising=False)
-    monkeypatch.setattr(_transports, "_warned_fallback", False)
+    monkeypatch.setattr(choose, "_warned_fallback", False)
 
 
-@pytest.mark.parametrize("name, cls", [("hiredis", _transport.Connection),
-                                       ("python", _pytransport.Connection)])
+@pytest.mark.parametrize("name, cls", [("hiredis", ext.Connection),
+                                       ("python", pyasync.PyConnection)])
 async def test_explicit_transport(redis_url, no_env, name, cls):
     async with await Channel.connect(redis_url, town="t", transport=name) as channel:
         assert type(channel._conn) is cls
@@ -36,17 +35,17 @@ async def test_explicit_transport(redis_url, no_env, name, cls):
 async def test_environment_variable_and_argument_precedence(redis_url, no_env, monkeypatch):
     monkeypatch.setenv("TINYTOWN_TRANSPORT", "python")
     async with await Channel.connect(redis_url, town="t") as channel:
-        assert type(channel._conn) is _pytransport.Connection
+        assert type(channel._conn) is pyasync.PyConnection
     async with await Channel.connect(redis_url, town="t", transport="hiredis") as channel:
-        assert type(channel._conn) is _transport.Connection
+        assert type(channel._conn) is ext.Connection
     monkeypatch.setenv("TINYTOWN_TRANSPORT", "hiredis")
     async with await Channel.connect(redis_url, town="t") as channel:
-        assert type(channel._conn) is _transport.Connection
+        assert type(channel._conn) is ext.Connection
 
 
 async def test_default_is_the_extension(redis_url, no_env):
     async with await Channel.connect(redis_url, town="t") as channel:
-        assert type(channel._conn) is _transport.Connection
+        assert type(channel._conn) is ext.Connection
 
 
 async def test_unknown_names(redis_url, no_env, monkeypatch):
@@ -58,12 +57,12 @@ async def test_unknown_names(redis_url, no_env, monkeypatch):
 
 
 async def test_falls_back_to_python_when_the_extension_cannot_load(redis_url, no_env, monkeypatch, caplog):
-    # None in sys.modules makes `import tinytown._transport` raise ImportError,
+    # None in sys.modules makes `import tinytown._transport.ext` raise ImportError,
     # as a wheel whose libhiredis is missing would.
-    monkeypatch.setitem(sys.modules, "tinytown._transport", None)
+    monkeypatch.setitem(sys.modules, "tinytown._transport.ext", None)
     with caplog.at_level(logging.WARNING, logger="tinytown"):
         async with await Channel.connect(redis_url, town="t") as channel:
-            assert type(channel._conn) is _pytransport.Connection
+            assert type(channel._conn) is pyasync.PyConnection
             assert await channel.execute("PING") == b"PONG"
     assert "using the pure-Python transport" in caplog.text
     with pytest.raises(TransportUnavailableError, match="'hiredis' cannot be loaded.*tinytown wheel"):
@@ -71,9 +70,9 @@ async def test_falls_back_to_python_when_the_extension_cannot_load(redis_url, no
 
 
 async def test_no_transport_at_all_says_what_to_install(redis_url, no_env, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tinytown._transport", None)
-    # and the hiredis package missing: _pytransport's own import fails
-    monkeypatch.delitem(sys.modules, "tinytown._pytransport")
+    monkeypatch.setitem(sys.modules, "tinytown._transport.ext", None)
+    # and the hiredis package missing: pyasync's own import fails
+    monkeypatch.delitem(sys.modules, "tinytown._transport.pyasync")
     monkeypatch.setitem(sys.modules, "hiredis", None)
     with pytest.raises(TransportUnavailableError, match=r"hiredis.*pip install 'tinytown\[python\]'") as info:
         await Channel.connect(redis_url, town="t")
@@ -85,8 +84,8 @@ async def test_no_transport_at_all_says_what_to_install(redis_url, no_env, monke
 # ---------------------------------------------------------------- SyncChannel
 
 
-@pytest.mark.parametrize("name, cls", [("hiredis", _transport.SyncConnection),
-                                       ("python", _pysync.SyncConnection)])
+@pytest.mark.parametrize("name, cls", [("hiredis", ext.SyncConnection),
+                                       ("python", pysync.PySyncConnection)])
 def test_sync_explicit_transport(redis_url, no_env, name, cls):
     with SyncChannel.connect(redis_url, town="t", transport=name) as channel:
         assert type(channel._conn) is cls
@@ -96,24 +95,24 @@ def test_sync_explicit_transport(redis_url, no_env, name, cls):
 def test_sync_environment_variable_and_argument_precedence(redis_url, no_env, monkeypatch):
     monkeypatch.setenv("TINYTOWN_TRANSPORT", "python")
     with SyncChannel.connect(redis_url, town="t") as channel:
-        assert type(channel._conn) is _pysync.SyncConnection
+        assert type(channel._conn) is pysync.PySyncConnection
     with SyncChannel.connect(redis_url, town="t", transport="hiredis") as channel:
-        assert type(channel._conn) is _transport.SyncConnection
+        assert type(channel._conn) is ext.SyncConnection
     monkeypatch.delenv("TINYTOWN_TRANSPORT")
     with SyncChannel.connect(redis_url, town="t") as channel:
-        assert type(channel._conn) is _transport.SyncConnection
+        assert type(channel._conn) is ext.SyncConnection
     with pytest.raises(InvalidArgumentError, match="'cython' is not a tinytown transport"):
         SyncChannel.connect(redis_url, town="t", transport="cython")
 
 
 async def test_one_fallback_warning_for_both_channel_kinds(redis_url, no_env, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "tinytown._transport", None)
+    monkeypatch.setitem(sys.modules, "tinytown._transport.ext", None)
     with caplog.at_level(logging.WARNING, logger="tinytown"):
         with SyncChannel.connect(redis_url, town="t") as sync_channel:
-            assert type(sync_channel._conn) is _pysync.SyncConnection
+            assert type(sync_channel._conn) is pysync.PySyncConnection
             assert sync_channel._conn.execute("PING") == b"PONG"
         async with await Channel.connect(redis_url, town="t") as channel:
-            assert type(channel._conn) is _pytransport.Connection
+            assert type(channel._conn) is pyasync.PyConnection
     assert caplog.text.count("using the pure-Python transport") == 1
     with pytest.raises(TransportUnavailableError, match="'hiredis' cannot be loaded"):
         SyncChannel.connect(redis_url, town="t", transport="hiredis")
@@ -122,10 +121,10 @@ async def test_one_fallback_warning_for_both_channel_kinds(redis_url, no_env, mo
 def test_python_sync_connection_has_the_extensions_interface():
     def public(cls):
         return {name for name in dir(cls()) if not name.startswith("_")}
-    assert public(_transport.SyncConnection) <= public(_pysync.SyncConnection)
+    assert public(ext.SyncConnection) <= public(pysync.PySyncConnection)
 
 
-@pytest.mark.parametrize("cls", [_transport.SyncConnection, _pysync.SyncConnection])
+@pytest.mark.parametrize("cls", [ext.SyncConnection, pysync.PySyncConnection])
 def test_sync_connection_contract(redis_server, redis_url, cls):
     # The same calls and outcomes on both SyncConnections, directly.
     from tinytown import ConnectionError, ReplyError
@@ -151,3 +150,31 @@ def test_sync_connection_contract(redis_server, redis_url, cls):
         conn.execute("PING")
     with pytest.raises(ConnectionError, match="cannot connect"):
         cls().connect_unix(redis_server.unix_path + ".missing", 1.0)
+
+
+# ---------------------------------------------------------------- layering
+
+
+def test_transport_modules_import_without_a_cycle():
+    # futures is the leaf: the Python transports and the cluster router load
+    # without the chooser (which loads them), and nothing loads the extension.
+    code = (
+        "import sys\n"
+        "import tinytown._transport.futures\n"
+        "assert not [m for m in sys.modules if m.startswith('tinytown._transport.')\n"
+        "            and m != 'tinytown._transport.futures'], sorted(sys.modules)\n"
+        "import tinytown._transport.pyasync, tinytown._transport.pysync, tinytown._transport.cluster\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('tinytown._transport.'))\n"
+        "assert 'tinytown._transport.choose' not in loaded, loaded\n"
+        "assert 'tinytown._transport.ext' not in loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_each_connection_class_has_its_own_name():
+    classes = [ext.Connection, ext.SyncConnection, ext.ReplyFuture, pyasync.PyConnection,
+               pysync.PySyncConnection, futures.PyReplyFuture, cluster.ClusterConnection,
+               choose.OpenConnection]
+    names = [cls.__name__ for cls in classes]
+    assert len(set(names)) == len(names), names

@@ -1,12 +1,12 @@
 """Choosing the transport behind a Channel or SyncChannel.
 
-Two implementations of one interface (:class:`Connection` below, and the
+Two implementations of one interface (:class:`OpenConnection` below, and the
 blocking SyncConnection of SyncChannel):
 
-``"hiredis"``  the Cython extension ``tinytown._transport`` over hiredis's
+``"hiredis"``  the Cython extension ``tinytown._transport.ext`` over hiredis's
                async context and its redisContext (the default; in every wheel);
-``"python"``   ``tinytown._pytransport`` (pure Python on asyncio) and
-               ``tinytown._pysync`` (a blocking socket), with the hiredis
+``"python"``   ``tinytown._transport.pyasync`` (pure Python on asyncio) and
+               ``tinytown._transport.pysync`` (a blocking socket), with the hiredis
                parser of redis-py's ``redis[hiredis]`` (``hiredis`` package;
                ``pip install 'tinytown[python]'``).
 
@@ -20,56 +20,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .errors import EventLoopError, InvalidArgumentError, TransportUnavailableError
+from ..errors import InvalidArgumentError, TransportUnavailableError
 
 if TYPE_CHECKING:
-    from ._transport import SyncConnection
+    from .ext import SyncConnection
 
-__all__ = ["FORKS", "TRANSPORTS", "Connectable", "Connection", "ReplyFuture", "check_loop",
-           "connection_class", "deliver", "sync_connection_class", "tls_connection_class",
-           "tls_sync_connection_class"]
-
-# FORKS[0] counts the os.fork()s this process came out of: a connection
-# records it when it connects, and in the child of a fork (where it differs)
-# drops the inherited socket, untouched, instead of using it. (The extension
-# counts with pthread_atfork, which also sees forks made from C.)
-FORKS = [0]
-
-
-def _after_fork_in_child() -> None:
-    FORKS[0] += 1
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-# Event loops that connections were opened on -> FORKS[0] then (see check_loop).
-_loop_generations: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = \
-    weakref.WeakKeyDictionary()
-
-
-def check_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Raise :class:`EventLoopError` unless a connection may be opened on ``loop``
-    now: the running loop (if any) must be ``loop``, and ``loop`` must not come
-    from before a fork() (a child's inherited loop shares its epoll set with
-    the parent's: sockets registered there would be watched by both)."""
-    running = asyncio._get_running_loop()
-    if running is not None and running is not loop:
-        raise EventLoopError(
-            "this tinytown connection belongs to another event loop: use a Channel only "
-            "from the loop it was connected on")
-    try:
-        seen = _loop_generations.setdefault(loop, FORKS[0])
-    except TypeError:  # a loop that takes no weak reference: not tracked
-        return
-    if seen != FORKS[0]:
-        raise EventLoopError(
-            "this event loop was inherited across fork(): its epoll set is shared with the "
-            "parent process, so a child may not connect on it; run the child's code in a new "
-            "event loop (asyncio.run) with a new Channel")
+__all__ = ["TRANSPORTS", "Connectable", "OpenConnection", "connection_class",
+           "sync_connection_class", "tls_connection_class", "tls_sync_connection_class"]
 
 log = logging.getLogger("tinytown")
 
@@ -82,44 +42,7 @@ _EXTENSION_HINT = (
     "(apt-get install libhiredis-dev / brew install hiredis)")
 
 
-class ReplyFuture(asyncio.Future):  # type: ignore[type-arg]
-    """The future of one reply in the Python transport and the cluster router.
-
-    An asyncio Future with the extension's ``orphan`` hook: a caller that
-    cancels a blocking command may set ``orphan`` to a callable, which then
-    receives the reply that still arrives (or the error that ends the
-    connection) instead of it being dropped.
-    """
-
-    orphan: Callable[[Any], None] | None = None
-
-
-def deliver(fut: asyncio.Future[Any], value: Any, failed: bool) -> None:
-    """Settle ``fut`` with a reply (``failed``: ``value`` is the exception).
-
-    A future cancelled by its caller is done already: its reply goes to its
-    ``orphan`` handler if it has one, else it is dropped; either way the
-    reply stream stays in step with the commands.
-    """
-    if not fut.done():
-        if failed:
-            fut.set_exception(value)
-        else:
-            fut.set_result(value)
-        return
-    handler = getattr(fut, "orphan", None)
-    if handler is None or not fut.cancelled():
-        return
-    fut.orphan = None  # type: ignore[attr-defined]
-    try:
-        handler(value)
-    except BaseException as exc:  # like a callback's: reported, not raised into the transport
-        fut.get_loop().call_exception_handler({
-            "message": "tinytown: exception in the orphan handler of a cancelled command",
-            "exception": exc, "future": fut})
-
-
-class Connection(Protocol):
+class OpenConnection(Protocol):
     """What Channel needs from an open connection (both transports and the
     cluster connection provide it)."""
 
@@ -138,7 +61,7 @@ class Connection(Protocol):
     def wait_writable(self, nbytes: int = 0) -> asyncio.Future[None] | None: ...
 
 
-class Connectable(Connection, Protocol):
+class Connectable(OpenConnection, Protocol):
     """A transport connection before it is open: ``Connection(loop)``, then one connect."""
 
     def connect_unix(self, path: str) -> asyncio.Future[Any]: ...
@@ -152,18 +75,18 @@ _warned_fallback = False
 
 def _load(name: str) -> ConnectionClass:
     if name == "hiredis":
-        from ._transport import Connection as Extension
-        return Extension  # type: ignore[return-value]
-    from ._pytransport import Connection as Python
-    return Python
+        from .ext import Connection
+        return Connection  # type: ignore[return-value]
+    from .pyasync import PyConnection
+    return PyConnection
 
 
 def _load_sync(name: str) -> type[SyncConnection]:
     if name == "hiredis":
-        from ._transport import SyncConnection as Extension
-        return Extension
-    from ._pysync import SyncConnection as Python
-    return Python  # type: ignore[return-value]
+        from .ext import SyncConnection
+        return SyncConnection
+    from .pysync import PySyncConnection
+    return PySyncConnection  # type: ignore[return-value]
 
 
 def connection_class(name: str | None = None) -> ConnectionClass:
@@ -180,7 +103,8 @@ def connection_class(name: str | None = None) -> ConnectionClass:
 def sync_connection_class(name: str | None = None) -> type[SyncConnection]:
     """The SyncConnection class (blocking, for SyncChannel) of transport
     ``name``, chosen and reported as :func:`connection_class` does:
-    ``tinytown._transport.SyncConnection`` or ``tinytown._pysync.SyncConnection``."""
+    ``tinytown._transport.ext.SyncConnection`` or
+    ``tinytown._transport.pysync.PySyncConnection``."""
     return _choose(name, _load_sync)
 
 

@@ -5,7 +5,7 @@ gives the channel a :class:`ClusterTopology` (the slot map, learnt with
 ``CLUSTER SLOTS`` from any reachable seed, shared by the channel's
 connections) and makes every connection the channel opens a
 :class:`ClusterConnection`: the same interface as a transport
-``Connection`` (``execute``, ``execute_many``, ``subscribe``, ``close``...),
+:class:`~.choose.OpenConnection` (``execute``, ``execute_many``, ``subscribe``, ``close``...),
 over one ordinary transport connection per node, opened on first use and
 logged in like any other. So the main connection, each blocking receive and
 each broadcast subscription work as on a single server:
@@ -53,11 +53,11 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from ._resp import encode_command
-from ._transports import ReplyFuture, deliver
-from .address import Address
-from .backoff import LAST_ATTEMPT, Backoff
-from .errors import ConnectionError, InvalidArgumentError, ReplyError
+from ..address import Address
+from ..backoff import LAST_ATTEMPT, Backoff
+from ..errors import ConnectionError, InvalidArgumentError, ReplyError
+from .futures import PyReplyFuture, deliver
+from .resp import encode_command
 
 __all__ = ["SLOTS", "ClusterConnection", "ClusterTopology", "key_slot"]
 
@@ -495,7 +495,7 @@ class ClusterConnection:
         fails the future with ConnectionError.
         """
         self._check_open()
-        out = ReplyFuture(loop=self._loop)
+        out = PyReplyFuture(loop=self._loop)
         # Blocking commands keep their own deadline from the moment they are issued.
         issued = self._loop.time() if args and type(args[0]) is bytes and args[0] in _BLOCKING \
             else None
@@ -673,7 +673,7 @@ class ClusterConnection:
         if commands and _is_multi(commands[0]):
             return self._transaction(commands, replies)
         futures = [self.execute(*command) for command in commands]
-        out = ReplyFuture(loop=self._loop)
+        out = PyReplyFuture(loop=self._loop)
         if not futures:
             out.set_result([] if replies else None)
             return out
@@ -716,7 +716,7 @@ class ClusterConnection:
             encode_command(command)  # a bad argument fails now, as on one server
         keyed = next((c for c in commands if command_slot(c) is not None), ())
         name = self._topology.route(keyed)
-        out = ReplyFuture(loop=self._loop)
+        out = PyReplyFuture(loop=self._loop)
 
         async def run() -> None:
             conn = await self._connection(name or self._any_node())
