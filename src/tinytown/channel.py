@@ -30,6 +30,7 @@ from . import _ops, _ops_inbox, _ops_state
 from . import _ops_streams as _streams
 from ._transport.cluster import ClusterConnection, ClusterTopology
 from ._transport.choose import OpenConnection, connection_class, tls_connection_class
+from ._transport.futures import PyReplyFuture
 from ._commands import (
     LPUSH,
     RPUSH,
@@ -257,7 +258,7 @@ class Channel:
         self._reconnect_timeout = reconnect_timeout
         self._max_bytes = max_message_bytes
         # Blocking commands in flight: future -> (loop time to give up, connection).
-        self._unanswered: dict[asyncio.Future[Any], tuple[float, OpenConnection]] = {}
+        self._unanswered: dict[PyReplyFuture, tuple[float, OpenConnection]] = {}
         self._gave_up: set[asyncio.Future[Any]] = set()  # cancelled by the watchdog, caller not told yet
         self._stalled = 0  # commands given up by the watchdog whose reply has not come
         self._watchdog: asyncio.TimerHandle | None = None
@@ -826,6 +827,7 @@ class Channel:
                 del self._unanswered[fut]
                 self._gave_up.add(fut)
                 self._stalled += 1
+                assert fut.orphan is not None  # (set by _blocking before it lists the future)
                 fut.orphan = self._stall_handler(fut.orphan)
                 fut.cancel()
         if self._unanswered and not self._closed:
