@@ -39,6 +39,13 @@ cdef struct _Queued:
     void *privdata            # owns one reference (NULL for _on_push)
 
 
+# RESP formatting of small commands (also used by sync_connection.pyx).
+cdef extern from "tt_format.h" nogil:
+    size_t tt_format_command(int argc, const char **argv, const size_t *lens, char *buf, size_t cap)
+
+cdef enum:
+    FORMAT_BUF = 4096       # commands up to about this size are formatted here (tt_format.h)
+
 if tt_watch_forks() != 0:
     raise ImportError("tinytown: pthread_atfork failed")
 
@@ -295,7 +302,7 @@ cdef class Connection:
     cdef int tracked_fd        # the socket, in tt_misuse.h's list of open ones (or -1)
     cdef unsigned long loop_thread  # the thread last seen running the loop (_check_open)
     cdef object _loop_is_running
-    cdef dict loop_vars            # an asyncio.BaseEventLoop's __dict__ (see _in_own_loop)
+    cdef bint loop_has_tid         # an asyncio.BaseEventLoop: _thread_id tells (see _in_own_loop)
 
     def __cinit__(self, loop):
         self.loop = loop
@@ -303,9 +310,12 @@ cdef class Connection:
         self.tracked_fd = -1
         self.fork_gen = tt_fork_generation
         self._loop_is_running = loop.is_running
-        if isinstance(loop, _asyncio_mod.BaseEventLoop) and type(getattr(loop, "__dict__", None)) is dict \
-                and "_thread_id" in loop.__dict__:
-            self.loop_vars = loop.__dict__
+        # Never through loop.__dict__: on CPython 3.11+ taking an object's
+        # __dict__ moves its attributes out of their inline slots into a
+        # dict, which slows every attribute access of asyncio's own loop code
+        # (~4k instructions per loop iteration, so per send).
+        if isinstance(loop, _asyncio_mod.BaseEventLoop) and hasattr(loop, "_thread_id"):
+            self.loop_has_tid = True
         self._create_future = loop.create_future
         self._call_soon = loop.call_soon
         self._read_cb = self._on_readable
@@ -553,13 +563,12 @@ cdef class Connection:
 
     cdef inline bint _in_own_loop(self) except -1:
         cdef unsigned long me = PyThread_get_thread_ident()
-        cdef PyObject *tid
-        if self.loop_vars is not None:
+        if self.loop_has_tid:
             # asyncio's loops keep the thread running them in _thread_id
-            # (None when idle): read from the loop's __dict__, it is cheaper
-            # than calling the Python method is_running().
-            tid = PyDict_GetItem(self.loop_vars, "_thread_id")
-            return tid != NULL and PyLong_CheckExact(<object>tid) and PyLong_AsUnsignedLong(<object>tid) == me
+            # (None when idle): reading it is cheaper than calling the Python
+            # method is_running().
+            tid = getattr(self.loop, "_thread_id", None)
+            return PyLong_CheckExact(tid) and PyLong_AsUnsignedLong(tid) == me
         return me == self.loop_thread and self._loop_is_running()
 
     cdef void _drop_forked(self) noexcept:
@@ -583,6 +592,8 @@ cdef class Connection:
     cdef int _issue(self, object args, redisCallbackFn *fn, void *privdata) except -1:
         cdef _ArgvBuf argv
         cdef int rc
+        cdef size_t n
+        cdef char formatted[FORMAT_BUF]
         cdef tuple targs = _argv_init(&argv, args)
         try:
             # Python code may run while converting (and close this
@@ -596,7 +607,11 @@ cdef class Connection:
                 self._enqueue(argv.argc, argv.ptrs, argv.lens, fn, privdata)
                 return 0
             self.in_command = True
-            rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
+            n = tt_format_command(argv.argc, argv.ptrs, argv.lens, formatted, FORMAT_BUF)
+            if n:
+                rc = redisAsyncFormattedCommand(self.ac, fn, privdata, formatted, n)
+            else:
+                rc = redisAsyncCommandArgv(self.ac, fn, privdata, argv.argc, argv.ptrs, argv.lens)
         finally:
             self.in_command = False
             _argv_close(&argv)

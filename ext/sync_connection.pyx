@@ -229,6 +229,8 @@ cdef class SyncConnection:
         """Format one command into hiredis's output buffer (nothing is written yet)."""
         cdef _ArgvBuf argv
         cdef int rc
+        cdef size_t n
+        cdef char formatted[FORMAT_BUF]
         cdef tuple targs = _argv_init(&argv, args)
         try:
             # Python code may run while converting (a close() from it only
@@ -237,7 +239,11 @@ cdef class SyncConnection:
             _fill_argv(targs, argv.ptrs, argv.lens, refuse)
             if self.closing or self.c == NULL:
                 raise self._lost()
-            rc = redisAppendCommandArgv(self.c, argv.argc, argv.ptrs, argv.lens)
+            n = tt_format_command(argv.argc, argv.ptrs, argv.lens, formatted, FORMAT_BUF)
+            if n:
+                rc = redisAppendFormattedCommand(self.c, formatted, n)
+            else:
+                rc = redisAppendCommandArgv(self.c, argv.argc, argv.ptrs, argv.lens)
         finally:
             _argv_close(&argv)
         if rc != REDIS_OK:

@@ -8,7 +8,6 @@ Private; the public API is :mod:`tinytown.channel`.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_WriteUnraisable
 from cpython.list cimport PyList_New
-from cpython.dict cimport PyDict_GetItem
 from cpython.long cimport PyLong_AsUnsignedLong, PyLong_CheckExact, PyLong_FromLongLong
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc

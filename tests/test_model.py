@@ -414,6 +414,43 @@ def test_both_string_encoders_escape_every_code_point_alike() -> None:
     assert _json.encode_str(long_text) == c_encoder(long_text) == json.dumps(long_text)
 
 
+_TEXTS = ["", "x", 'q"uote\\back\x00\x1f\x7f', "caf\u00e9 \u2028 \U0001f600", "long " * 40,
+          "Review the pull request #1234 and report what breaks. " * 8]
+
+
+@pytest.mark.parametrize("text", _TEXTS, ids=range(len(_TEXTS)))
+def test_message_bytes_encoder_matches_the_text_encoder(text: str) -> None:
+    # to_json builds bytes (variants' _body_json, encode_str_bytes): it must
+    # write exactly the JSON text of _body() and encode_str, for every variant.
+    assert _json.encode_str_bytes(text) == _json.encode_str(text).encode()
+    variants = [v for v, _, _ in ALL_VARIANTS] + [
+        MessageType.Task(text), MessageType.Query(text), MessageType.Informational(text),
+        MessageType.TaskAssign(text), MessageType.TaskDone(text, text), MessageType.TaskFailed(text, text),
+        MessageType.StatusResponse(text, text), MessageType.Custom(text, text),
+        MessageType.Confirmation(ConfirmationType.Rejected(text))]
+    for variant in variants:
+        assert variant._body_json() == variant._body().encode()
+        for corr in (None, MessageId.new()):
+            m = Message.new(AgentId.new(), AgentId.new(), variant).with_correlation(corr) \
+                if corr is not None else Message.new(AgentId.new(), AgentId.new(), variant)
+            expected = (f'{{"id":"{m.id}","from":"{m.from_}","to":"{m.to}",{variant._body()},'
+                        f'"priority":"{m.priority.value}","created_at":"{m.created_at.rfc3339()}",'
+                        f'"correlation_id":{"null" if corr is None else chr(34) + corr + chr(34)}}}')
+            assert m.to_json() == expected.encode()
+            assert Message.from_json(m.to_json()) == m
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [MessageType.Query("\ud800"), MessageType.Informational("x" * 50 + "\udfff"),
+     MessageType.TaskAssign("\ud800"), MessageType.TaskDone("t", "\ud800"), MessageType.TaskFailed("\ud800", "e"),
+     MessageType.StatusResponse("s", "\ud800"), MessageType.Custom("k", "\ud800")],
+    ids=["query", "informational", "task_assign", "task_done", "task_failed", "status_response", "custom"])
+def test_lone_surrogate_in_any_variant_cannot_be_encoded(variant: MessageType) -> None:
+    with pytest.raises(EncodeError, match="lone surrogate"):
+        Message.new(AgentId.new(), AgentId.new(), variant).to_json()
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -511,3 +511,67 @@ async def test_close_fails_writers_waiting_for_the_queue(Connection, fresh_redis
         await waiter
     results = await asyncio.gather(*futures, return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
+
+
+# Sizes around the extension's own command formatter (tt_format.h): commands
+# up to about 4 KiB are formatted by it, larger ones by hiredis; 0-byte and
+# 9/10/99/100-byte arguments cross the digit counts of the RESP headers.
+_FORMAT_SIZES = [0, 1, 9, 10, 99, 100, 999, 1000, 3990, 4000, 4030, 4040, 4050, 4060, 4096, 5000, 70000]
+
+
+async def test_commands_round_trip_byte_exact_at_every_size(Connection, redis_server):
+    conn = await connect(Connection, redis_server)
+    try:
+        for size in _FORMAT_SIZES:
+            value = bytes(range(256)) * (size // 256) + b"\r\n$*\x00"[: size % 256] + b"x" * max(0, size % 256 - 5)
+            assert len(value) == size
+            assert await conn.execute(b"SET", b"fmt:%d" % size, value) == b"OK"
+            assert await conn.execute("GET", f"fmt:{size}") == value
+        many = [b"%d" % i * i for i in range(12)]      # 14 arguments: a two-digit argc
+        await conn.execute(b"DEL", b"fmt:list")
+        assert await conn.execute(b"RPUSH", b"fmt:list", *many) == 12
+        assert await conn.execute(b"LRANGE", b"fmt:list", b"0", b"-1") == many
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", ["hiredis", "python"])
+def test_sync_commands_round_trip_byte_exact_at_every_size(redis_server, kind):
+    from tinytown._transport import pysync
+
+    conn = (ext.SyncConnection if kind == "hiredis" else pysync.PySyncConnection)()
+    conn.connect_unix(redis_server.unix_path)
+    try:
+        for size in _FORMAT_SIZES:
+            value = b"v\r\n" * (size // 3) + b"w" * (size % 3)
+            assert conn.execute(b"SET", b"sfmt:%d" % size, value) == b"OK"
+            assert conn.execute("GET", f"sfmt:{size}") == value
+        many = [b"%d" % i * i for i in range(12)]
+        conn.execute(b"DEL", b"sfmt:list")
+        assert conn.execute(b"RPUSH", b"sfmt:list", *many) == 12
+        assert conn.execute(b"LRANGE", b"sfmt:list", b"0", b"-1") == many
+    finally:
+        conn.close()
+
+
+def _loop_dict_materialized(loop) -> bool:
+    import gc
+
+    # CPython 3.11+ keeps an instance's attributes inline until someone takes
+    # its __dict__; from then on the dict is an object the instance refers to.
+    return any(type(r) is dict and "_ready" in r for r in gc.get_referents(loop))
+
+
+async def test_connection_leaves_the_loops_attributes_inline(Connection, redis_server):
+    # Taking loop.__dict__ (the extension once did, to read _thread_id
+    # cheaply) makes every attribute access of asyncio's own loop code go
+    # through a dict: ~4k instructions more per loop iteration, per send.
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.BaseEventLoop) or _loop_dict_materialized(loop):
+        pytest.skip("this loop keeps no inline attributes")
+    conn = await connect(Connection, redis_server)
+    try:
+        assert await conn.execute("PING") == b"PONG"
+    finally:
+        conn.close()
+    assert not _loop_dict_materialized(loop)

@@ -47,6 +47,15 @@ def encode_str(s: str) -> str:
     return _c_encode_str(s)
 
 
+def encode_str_bytes(s: str) -> bytes:
+    """``encode_str(s)`` as UTF-8 bytes, for encoders that build bytes: ASCII
+    text straight from orjson (no decode and encode again). Raises
+    UnicodeEncodeError on a lone surrogate, as ``encode_str(s).encode()``."""
+    if s.isascii():
+        return _dumps(s)
+    return _c_encode_str(s).encode()
+
+
 loads = orjson.loads
 U64_MAX = (1 << 64) - 1
 

@@ -23,6 +23,9 @@ from .timestamp import Timestamp
 __all__ = ["Message", "MessageType", "ConfirmationType"]
 
 _enc = _json.encode_str
+_benc = _json.encode_str_bytes
+_join = "".join
+_bjoin = b"".join
 _loads = _json.loads
 _str_new = str.__new__
 _now = Timestamp.now
@@ -192,6 +195,12 @@ class MessageType:
         """The JSON members this variant contributes to the flattened Message."""
         return '"type":"' + self._tag + '"'
 
+    def _body_json(self) -> bytes:
+        """:meth:`_body` as UTF-8 (UnicodeEncodeError on a lone surrogate).
+        The variants with text fields build it as bytes directly: their text
+        goes from orjson into the message without a round trip through str."""
+        return self._body().encode()
+
 
 @dataclass(frozen=True, slots=True)
 class _Task(MessageType):
@@ -207,6 +216,9 @@ class _Task(MessageType):
 
     def _body(self) -> str:
         return '"type":"task","description":' + _enc(self.description)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"task","description":' + _benc(self.description)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +236,9 @@ class _Query(MessageType):
     def _body(self) -> str:
         return '"type":"query","question":' + _enc(self.question)
 
+    def _body_json(self) -> bytes:
+        return b'"type":"query","question":' + _benc(self.question)
+
 
 @dataclass(frozen=True, slots=True)
 class _Informational(MessageType):
@@ -239,6 +254,9 @@ class _Informational(MessageType):
 
     def _body(self) -> str:
         return '"type":"informational","summary":' + _enc(self.summary)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"informational","summary":' + _benc(self.summary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +311,9 @@ class _TaskDone(MessageType):
     def _body(self) -> str:
         return '"type":"task_done","task_id":' + _enc(self.task_id) + ',"result":' + _enc(self.result)
 
+    def _body_json(self) -> bytes:
+        return b'"type":"task_done","task_id":' + _benc(self.task_id) + b',"result":' + _benc(self.result)
+
 
 @dataclass(frozen=True, slots=True)
 class _TaskFailed(MessageType):
@@ -310,6 +331,9 @@ class _TaskFailed(MessageType):
 
     def _body(self) -> str:
         return '"type":"task_failed","task_id":' + _enc(self.task_id) + ',"error":' + _enc(self.error)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"task_failed","task_id":' + _benc(self.task_id) + b',"error":' + _benc(self.error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,6 +412,9 @@ class _Custom(MessageType):
 
     def _body(self) -> str:
         return '"type":"custom","kind":' + _enc(self.kind) + ',"payload":' + _enc(self.payload)
+
+    def _body_json(self) -> bytes:
+        return b'"type":"custom","kind":' + _benc(self.kind) + b',"payload":' + _benc(self.payload)
 
 
 _VARIANTS = (
@@ -609,17 +636,16 @@ class Message:
     def to_json(self) -> bytes:
         """The message as compact JSON, byte-identical to Rust's serde_json."""
         corr = self.correlation_id
-        text = (
-            '{"id":"' + self.id
-            + '","from":"' + self.from_
-            + '","to":"' + self.to
-            + '",' + self.msg_type._body()
-            + ',"priority":"' + self.priority._value_
-            + '","created_at":"' + self.created_at.rfc3339()
-            + ('","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')
-        )
+        # Built as bytes in three pieces, each joined in one copy: the ids,
+        # priority and timestamp are ASCII; the body (the only free text)
+        # comes encoded from the variant.
         try:
-            return text.encode()
+            return _bjoin((
+                _join(('{"id":"', self.id, '","from":"', self.from_, '","to":"', self.to, '",')).encode(),
+                self.msg_type._body_json(),
+                _join((',"priority":"', self.priority._value_, '","created_at":"', self.created_at.rfc3339(),
+                       '","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')).encode(),
+            ))
         except UnicodeEncodeError as exc:
             raise EncodeError(
                 f"Message contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry"
