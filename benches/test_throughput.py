@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import statistics
 
 from conftest import record, rounds
 from tinytown.bench import Bench, Result, _rate_result

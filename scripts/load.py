@@ -206,7 +206,7 @@ class Run:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
-                raise SystemExit(f"the consumer of {agent} did not stop after Shutdown")
+                raise SystemExit(f"the consumer of {agent} did not stop after Shutdown") from None
             if proc.returncode != 0:
                 raise SystemExit(f"the consumer of {agent} failed with exit code {proc.returncode}")
         leftovers = asyncio.run(self._leftovers())

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

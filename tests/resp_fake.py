@@ -107,7 +107,7 @@ class RespValue:
     wire: bytes
     value: Any
     depth: int = 0
-    children: list["RespValue"] = field(default_factory=list)
+    children: list[RespValue] = field(default_factory=list)
     strict3: bool = False
     resp3: bool = False
 

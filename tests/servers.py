@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from tinytown._transport.resp import encode_command
 
@@ -192,7 +192,7 @@ class RespConnection:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> "RespConnection":
+    def __enter__(self) -> RespConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -202,7 +202,7 @@ class RespConnection:
 # --------------------------------------------------------------------------
 # processes
 
-_live: "set[RedisProcess]" = set()  # strong refs: nothing leaks unnoticed
+_live: set[RedisProcess] = set()  # strong refs: nothing leaks unnoticed
 
 
 def _cleanup_all() -> None:  # atexit safety net
@@ -361,7 +361,7 @@ class RedisProcess:
         argv += list(self.extra_args)
         return argv
 
-    def start(self, timeout: float = READY_TIMEOUT) -> "RedisProcess":
+    def start(self, timeout: float = READY_TIMEOUT) -> RedisProcess:
         """Start the server and wait until it answers PING."""
         if self._closed:
             raise RuntimeError("RedisProcess already closed")
@@ -453,7 +453,7 @@ class RedisProcess:
         """SIGKILL the server (a crash: nothing is saved, the socket file stays)."""
         self._signal_and_wait(signal.SIGKILL, STOP_TIMEOUT)
 
-    def restart(self, save: bool | None = False, timeout: float = READY_TIMEOUT) -> "RedisProcess":
+    def restart(self, save: bool | None = False, timeout: float = READY_TIMEOUT) -> RedisProcess:
         """Stop (if running) and start again with the same socket/port and dir.
 
         The RDB/AOF files in :attr:`dir` are reused, so data saved before the
@@ -479,7 +479,7 @@ class RedisProcess:
                 shutil.rmtree(self._dir, ignore_errors=True)
             _live.discard(self)
 
-    def __enter__(self) -> "RedisProcess":
+    def __enter__(self) -> RedisProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -551,7 +551,7 @@ class RedisCluster:
         """``cluster-node-timeout`` in seconds."""
         return self._node_timeout_ms / 1000
 
-    def start(self, timeout: float = 30.0) -> "RedisCluster":
+    def start(self, timeout: float = 30.0) -> RedisCluster:
         for _ in range(self._masters * (1 + self._replicas)):
             node = RedisProcess(
                 "--cluster-enabled", "yes",
@@ -696,7 +696,7 @@ class RedisCluster:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> "RedisCluster":
+    def __enter__(self) -> RedisCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -395,7 +395,7 @@ class Load:
         self.sub = channel.broadcasts()
         self._listener: asyncio.Future | None = None
 
-    async def start(self) -> "Load":
+    async def start(self) -> Load:
         await self.sub.start()
         self._listener = asyncio.ensure_future(self._listen())
         return self

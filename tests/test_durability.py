@@ -18,7 +18,7 @@ import os
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 import tinytown
-from tinytown import AgentId, DecodeError, EncodeError, EventType, InvalidArgumentError, MissionId, SpawnMode, TaskId, TownEvent
+from tinytown import (
+    AgentId, DecodeError, EncodeError, EventType, InvalidArgumentError, MissionId, SpawnMode, TaskId, TownEvent,
+)
 from tinytown.timestamp import Timestamp
 
 WIRE_010 = Path(os.environ.get("TINYTOWN_WIRE_DIR", Path(__file__).parent / "data" / "wire")) / "tinytown-0.10"

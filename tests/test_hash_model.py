@@ -207,7 +207,8 @@ def test_inspected_hash_count() -> None:
 
 
 @pytest.mark.parametrize("reply", INSPECTED)
-def test_inspected_hash_reads_and_writes_back_the_same_pairs(reply: list[str], caplog: pytest.LogCaptureFixture) -> None:
+def test_inspected_hash_reads_and_writes_back_the_same_pairs(
+        reply: list[str], caplog: pytest.LogCaptureFixture) -> None:
     # An HGETALL taken after upstream's set_agent_state: our reader takes
     # every field, and our writer produces the very same HMSET pairs.
     with caplog.at_level(logging.WARNING, logger="tinytown"):

@@ -250,7 +250,8 @@ ALL_VARIANTS: list[tuple[MessageType, bool, str]] = [
 ]
 
 
-@pytest.mark.parametrize("variant, actionable, tag", ALL_VARIANTS, ids=[v[2] + str(i) for i, v in enumerate(ALL_VARIANTS)])
+@pytest.mark.parametrize("variant, actionable, tag", ALL_VARIANTS,
+                         ids=[v[2] + str(i) for i, v in enumerate(ALL_VARIANTS)])
 def test_is_actionable_and_tag(variant: MessageType, actionable: bool, tag: str) -> None:
     assert isinstance(variant, MessageType)
     assert variant.is_actionable() is actionable
@@ -454,7 +455,8 @@ def test_lone_surrogate_in_any_variant_cannot_be_encoded(variant: MessageType) -
     "make",
     [
         lambda: Message.new(AgentId.new(), AgentId.new(), MessageType.Task("bad \ud800")),
-        lambda: Message.new(AgentId.new(), AgentId.new(), MessageType.Confirmation(ConfirmationType.Rejected("\udfff"))),
+        lambda: Message.new(AgentId.new(), AgentId.new(),
+                            MessageType.Confirmation(ConfirmationType.Rejected("\udfff"))),
         lambda: Agent.new("name\ud83d", "cli"),
         lambda: Task.new("ok", tags=["\ud800"]),
     ],

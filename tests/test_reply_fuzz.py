@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings

@@ -80,8 +80,8 @@ def test_unreadable_timestamps_are_decode_errors(text: str) -> None:
     with pytest.raises(DecodeError) as info:
         Timestamp.parse(text)
     assert repr(text) in str(info.value)
-    msg = b'{"id":"%s","from":"%s","to":"%s","type":"ping","priority":"low","created_at":"%s","correlation_id":null}' % (
-        A.encode(), A.encode(), A.encode(), text.encode())
+    msg = (b'{"id":"%s","from":"%s","to":"%s","type":"ping","priority":"low","created_at":"%s",'
+           b'"correlation_id":null}') % (A.encode(), A.encode(), A.encode(), text.encode())
     with pytest.raises(DecodeError):
         Message.from_json(msg)
 

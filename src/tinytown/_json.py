@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import orjson
 
+from .enums import WireEnum
 from .errors import DecodeError, EncodeError
 from ._uuid import match_canonical, normalize
 from .ids import UuidId
@@ -205,7 +206,8 @@ def as_u64(value: Any, field: str) -> int:
         raise FieldError(field, f"integer {value} out of range for an unsigned 64-bit integer")
     if type(value) is float:
         # orjson turns integers beyond 64 bits into floats, so a float may be either.
-        raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)} (a float or an out-of-range number)")
+        raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)} "
+                                "(a float or an out-of-range number)")
     raise FieldError(field, f"expected an unsigned 64-bit integer, got {describe(value)}")
 
 
@@ -271,7 +273,7 @@ def put_ts(value: Any, owner: str, field: str) -> bytes:
     raise EncodeError(f"{owner}.{field} must be a Timestamp, got {type(value).__name__}")
 
 
-def put_enum(value: Any, enum_cls: type, owner: str, field: str) -> bytes:
+def put_enum(value: Any, enum_cls: type[WireEnum], owner: str, field: str) -> bytes:
     """An enum's bare wire name (no quotes)."""
     if type(value) is enum_cls:
         return value._value_.encode()
@@ -441,7 +443,8 @@ def encode_bytes(text: str, owner: str) -> bytes:
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise EncodeError(f"{owner} contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry") from None
+        raise EncodeError(f"{owner} contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), "
+                          "which JSON cannot carry") from None
 
 
 def enc_field_str(value: Any, owner: str, field: str) -> str:
@@ -483,7 +486,7 @@ def enc_field_opt_ts(value: Any, owner: str, field: str) -> str:
     return enc_field_ts(value, owner, field)
 
 
-def enc_field_enum(value: Any, enum_cls: type, owner: str, field: str) -> str:
+def enc_field_enum(value: Any, enum_cls: type[WireEnum], owner: str, field: str) -> str:
     if type(value) is enum_cls:
         return f'"{value._value_}"'
     raise EncodeError(f"{owner}.{field} must be a {enum_cls.__name__}, got {value!r}")

@@ -27,7 +27,7 @@ before their first ``yield``, so bad input raises before anything is sent.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from .errors import DecodeError
 from .ids import AgentId
@@ -37,7 +37,7 @@ T = TypeVar("T")
 Command = tuple[Any, ...]
 
 
-class Pipeline(list):  # type: ignore[type-arg]
+class Pipeline(list[Command]):
     """A step of several commands in one write whose error replies are
     returned in the reply list (as ReplyError instances), not raised."""
 
@@ -73,7 +73,7 @@ class Pop:
         self.restore = restore
 
 
-Step = Union[Command, list[Command], Pipeline, Pop]
+Step = Command | list[Command] | Pipeline | Pop
 Op = Generator[Step, Any, T]
 
 def int_reply(reply: Any, command: str) -> int:

@@ -125,7 +125,7 @@ def _exec_list(reply: Any) -> list[bytes]:
     """The LRANGE result inside a ``MULTI, LRANGE, LTRIM, EXEC`` reply ([] if none)."""
     if type(reply) is list and reply and type(reply[-1]) is list and reply[-1] \
             and type(reply[-1][0]) is list:
-        return reply[-1][0]  # type: ignore[no-any-return]
+        return reply[-1][0]
     return []
 
 

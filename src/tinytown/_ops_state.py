@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from ._commands import check_agent, check_task, decode_agent, decode_task, is_wrongtype, too_big
 from ._ops import Command, Op, Pipeline
@@ -270,7 +270,8 @@ def delete_agent(keys: TownKeys, agent_id: Any) -> Op[None]:
 
 
 def delete_task(keys: TownKeys, task_id: Any) -> Op[bool]:
-    return (yield (b"DEL", keys.task(TaskId(task_id)))) > 0
+    deleted: int = yield (b"DEL", keys.task(TaskId(task_id)))
+    return deleted > 0
 
 
 def _delete(keys: list[bytes]) -> Op[int]:
@@ -355,6 +356,12 @@ def _hash_ts(ts: Timestamp) -> str:
     return ts.to_rfc3339()
 
 
+@overload
+def update_agent(keys: TownKeys, layout: str, agent_id: Any, field: str,
+                 counter: Literal[True]) -> Op[int]: ...
+@overload
+def update_agent(keys: TownKeys, layout: str, agent_id: Any, field: str,
+                 counter: Literal[False]) -> Op[None]: ...
 def update_agent(keys: TownKeys, layout: str, agent_id: Any, field: str,
                  counter: bool) -> Op[int | None]:
     """Add 1 to the counter ``field`` (``counter``) or set ``last_heartbeat``

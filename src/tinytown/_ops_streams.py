@@ -310,7 +310,8 @@ def backlog_pop(keys: TownKeys) -> Op[TaskId | None]:
 
 
 def backlog_remove(keys: TownKeys, task_id: Any) -> Op[bool]:
-    return (yield (b"LREM", keys.backlog, 1, TaskId(task_id))) > 0
+    removed: int = yield (b"LREM", keys.backlog, 1, TaskId(task_id))
+    return removed > 0
 
 
 # -- docket (spec §5.11) ------------------------------------------------------------
@@ -377,7 +378,8 @@ def docket_read_reply(reply: Any) -> tuple[str, dict[str, str]] | None:
 
 def docket_ack(keys: TownKeys, entry_id: object) -> Op[bool]:
     entry = _entry_id(entry_id)
-    return (yield (b"XACK", keys.docket_tasks, DOCKET_GROUP, entry)) > 0
+    acked: int = yield (b"XACK", keys.docket_tasks, DOCKET_GROUP, entry)
+    return acked > 0
 
 
 def docket_len(keys: TownKeys) -> Op[int]:

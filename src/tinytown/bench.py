@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import functools
 import json
 import os
 import platform
@@ -509,7 +510,6 @@ class Bench:
         urgent, stop, docket = self.urgent, self.stop_key, self.docket
         hash_state, hkey = self.hash_agent_state, self.hash_agent_key
         hdel, pairs = (list(x) for x in hash_state.hash_fields())
-        pairs_text = [p.decode() for p in pairs]
         hash_map = dict(zip(pairs[::2], pairs[1::2]))
         # update_agent_heartbeat on a Hash: one EVALSHA of the compare-and-set script.
         beat = [CAS_SHA.decode(), "1", hkey, "hash?", "last_heartbeat", "none", "",
@@ -697,9 +697,9 @@ class Bench:
         """One send on the shared client of ``who`` (tinytown or a peer)."""
         channel, message, inbox, payload = self.channel, self.message, self.inbox, self.payload
         assert channel is not None
-        client = self.peer(who) if who != "tinytown" else None
         if who == "tinytown":
             return lambda: channel.send(message)
+        client = self.peer(who)
         if who == "redis_py":
             return lambda: client.rpush(inbox, payload)
         return lambda: client.rpush(inbox, [payload])
@@ -753,7 +753,8 @@ class Bench:
         assert self.channel is not None
         messages = [Message.new(AgentId.supervisor(), self.agent,
                                 MessageType.Task(description=f"item {i}")) for i in range(count)]
-        inbox, client = self.inbox, self.peer(who) if who != "tinytown" else None
+        inbox = self.inbox
+        client: Any = self.peer(who) if who != "tinytown" else None  # (peer clients: see peer())
         cpu, start = time.process_time_ns(), time.perf_counter()
         if who == "tinytown":
             await self.channel.send_many(messages)
@@ -1211,6 +1212,7 @@ def instructions_per_send(server: RedisServer, progress: Callable[[str], None] =
         payload_file = Path(tmp) / "payload"
         payload_file.write_bytes(_callgrind_message(agent).to_json())
         for who in clients:
+            argv: Callable[[int], list[str]]  # (two variants, one signature)
             if who == "hiredis C loop":
                 if floor is None or server.tcp:
                     continue
@@ -1390,9 +1392,9 @@ async def load_rows(server: RedisServer, progress: Callable[[str], None],
     """The ``--load`` rows: seconds per case, tinytown beside its Python transport and redis-py."""
     results = []
     cases: list[tuple[str, Callable[[str], Awaitable[float]]]] = [
-        (f"drain {n:,} x 1 KB after a stall", lambda who, n=n: drain_after_stall(server, who, n))
+        (f"drain {n:,} x 1 KB after a stall", functools.partial(drain_after_stall, server, count=n))
         for n in drain_sizes]
-    cases += [(f"send_many {n} x 1 MB", lambda who, n=n: large_messages(server, who, n))
+    cases += [(f"send_many {n} x 1 MB", functools.partial(large_messages, server, count=n))
               for n in large_counts]
     for name, case in cases:
         times = {}
@@ -1491,6 +1493,8 @@ def plot(results: list[Result], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.artist import Artist
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     latency = [r for r in results if r.unit == "ns" and r.extra.get("samples")]
@@ -1515,8 +1519,9 @@ def plot(results: list[Result], path: str) -> None:
         y += 1.0  # a gap between operations
     ax.set_yticks(ticks, labels, fontsize=8)
     ax.axvline(TARGET_NS / 1000, color="red", linestyle="--")
-    handles = [Patch(color=_COLOURS[who], label=who.replace("_", "-")) for who in _COLOURS if who in seen]
-    handles.append(plt.Line2D([], [], color="red", linestyle="--", label="Tinytown's 0.1 ms"))
+    handles: list[Artist] = [Patch(color=_COLOURS[who], label=who.replace("_", "-"))
+                             for who in _COLOURS if who in seen]
+    handles.append(Line2D([], [], color="red", linestyle="--", label="Tinytown's 0.1 ms"))
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_xscale("log")  # a few slow outliers would squash everything else
     ax.set_xlabel("latency per operation (µs, log scale); boxes: p25-p75, whiskers: p1-p99; "

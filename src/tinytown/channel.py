@@ -29,6 +29,7 @@ from . import _ops, _ops_inbox, _ops_state
 from . import _ops_streams as _streams
 from ._transport.cluster import ClusterConnection, ClusterTopology
 from ._transport.choose import OpenConnection, connection_class, tls_connection_class
+from ._transport.futures import PyReplyFuture
 from ._commands import (
     LPUSH,
     MAX_BLOCK_SECONDS,
@@ -260,7 +261,7 @@ class Channel:
         self._reconnect_timeout = reconnect_timeout
         self._max_bytes = max_message_bytes
         # Blocking commands in flight: future -> (loop time to give up, connection).
-        self._unanswered: dict[asyncio.Future[Any], tuple[float, OpenConnection]] = {}
+        self._unanswered: dict[PyReplyFuture, tuple[float, OpenConnection]] = {}
         self._gave_up: set[asyncio.Future[Any]] = set()  # cancelled by the watchdog, caller not told yet
         self._stalled = 0  # commands given up by the watchdog whose reply has not come
         self._watchdog: asyncio.TimerHandle | None = None
@@ -602,13 +603,14 @@ class Channel:
         seconds = float(text)
         deadline = loop.time() + seconds
         for attempt in (1, 2):
-            conn = await self._receivers.acquire(deadline)
-            if conn is None:
+            acquired = await self._receivers.acquire(deadline)
+            if acquired is None:
                 if self._stalled:
                     raise ConnectionError(
                         f"Redis has not answered {self._stalled} earlier blocking receives, which "
                         "hold the receiver connections (server paused or unreachable)")
                 return None
+            conn = acquired
             left = deadline - loop.time()
             if left < seconds - 0.001:  # reconnecting or waiting for a connection took time
                 text = f"{max(left, 0.001):.3f}"
@@ -836,11 +838,12 @@ class Channel:
         """
         self._watchdog = None
         now = self._loop.time()
-        for fut, (expiry, conn) in list(self._unanswered.items()):
+        for fut, (expiry, _conn) in list(self._unanswered.items()):
             if now >= expiry and not fut.done():
                 del self._unanswered[fut]
                 self._gave_up.add(fut)
                 self._stalled += 1
+                assert fut.orphan is not None  # (set by _blocking before it lists the future)
                 fut.orphan = self._stall_handler(fut.orphan)
                 fut.cancel()
         if self._unanswered and not self._closed:
@@ -981,7 +984,7 @@ class Channel:
             raise InvalidArgumentError(
                 f"ack() takes the Delivery returned by receive_reliable(), not {type(delivery).__name__}")
         conn = await self._main()
-        removed = await conn.execute(b"LREM", self._keys.processing(delivery.agent_id), 1, delivery.raw)
+        removed: int = await conn.execute(b"LREM", self._keys.processing(delivery.agent_id), 1, delivery.raw)
         return removed > 0
 
     async def reclaim(self, agent_id: AgentId | Any) -> int:
@@ -1003,8 +1006,9 @@ class Channel:
         self._check_not_cluster("reclaim")
         agent = AgentId(agent_id)
         conn = await self._main()
-        return await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
-                                  self._keys.inbox_prefix + agent)
+        moved: int = await conn.execute(b"EVAL", RECLAIM_SCRIPT, 2, self._keys.processing(agent),
+                                        self._keys.inbox_prefix + agent)
+        return moved
 
     def _check_not_cluster(self, operation: str, why: str = "") -> None:
         if self._cluster is not None:
@@ -1325,7 +1329,7 @@ class Channel:
         :class:`EncodeError` if the counter is already 2**64-1.
         """
         return await self._run(_ops_state.update_agent(
-            self._keys, self._layout, agent_id, "rounds_completed", True))  # type: ignore[return-value]
+            self._keys, self._layout, agent_id, "rounds_completed", True))
 
     async def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
         """Add 1 to the agent's ``tasks_completed``; returns the new value.
@@ -1339,7 +1343,7 @@ class Channel:
         :class:`ChannelClosedError` after :meth:`close`.
         """
         return await self._run(_ops_state.update_agent(
-            self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
+            self._keys, self._layout, agent_id, "tasks_completed", True))
 
     async def update_agent_heartbeat(self, agent_id: AgentId | Any) -> None:
         """Set the agent's ``last_heartbeat`` to now (the channel's clock).
@@ -1503,11 +1507,12 @@ class Channel:
         try:
             while True:
                 try:
+                    # (mypy cannot narrow step through kind: the ignores below)
                     kind = type(step)
                     if kind is tuple:
-                        reply = await conn.execute(*step)
+                        reply = await conn.execute(*step)  # type: ignore[misc]
                     elif kind is list:
-                        reply = await conn.execute_many(step, True)
+                        reply = await conn.execute_many(step, True)  # type: ignore[arg-type]
                     elif kind is _ops.Pop:
                         held = None  # while it runs, the step hands back by itself
                         try:

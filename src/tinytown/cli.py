@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -30,6 +30,7 @@ from .keys import validate_town_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._monitor import Event
+    from ._ops import Op
     from .agent import Agent
     from .enums import Priority
     from .events import TownEvent
@@ -247,7 +248,7 @@ def _add_connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
 
 def _command(sub: Any, name: str, help: str, description: str | None = None,
              **kwargs: Any) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help, description=description or help,
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description or help,
                             formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     _add_connection_options(parser, top=False)
     return parser
@@ -395,9 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="put the message in the agent's urgent inbox (read before the inbox)")
     send.add_argument("--correlation-id", metavar="ID", help="id of the message this one answers")
     fields = send.add_argument_group("message fields (which ones depends on --type)")
+    ack_type: dict[str, Any] = {"choices": _ACK_TYPES, "type": str.lower}
     for name in _ALL_FIELDS:
         fields.add_argument(f"--{name.replace('_', '-')}", dest=f"field_{name}", metavar="TEXT",
-                            **({"choices": _ACK_TYPES, "type": str.lower} if name == "ack_type" else {}))
+                            **(ack_type if name == "ack_type" else {}))
     send.add_argument("--json", action="store_true", help="print the sent message as JSON")
     send.set_defaults(func=cmd_send)
 
@@ -683,11 +685,12 @@ def _pipeline(channel: SyncChannel, commands: list[tuple[Any, ...]]) -> list[Any
     if not commands:
         return []
 
-    def op() -> Iterator[Any]:
-        return (yield commands)
+    def op() -> Op[list[Any]]:
+        replies: list[Any] = yield commands
+        return replies
 
     try:
-        return channel._run(op())  # type: ignore[arg-type, no-any-return]
+        return channel._run(op())
     except ReplyError:
         pass
     out: list[Any] = []
@@ -783,7 +786,7 @@ class AgentBook:
             try:
                 found = self.channel.resolve_agent_ref(text)
             except AmbiguousAgentRefError as exc:
-                matches = [a.id for a in exc.matches]  # type: ignore[attr-defined]
+                matches = [a.id for a in exc.matches]
             else:
                 matches = [found.id] if found is not None else []
         town = self.channel.town
@@ -1114,7 +1117,9 @@ def _build_message(args: argparse.Namespace, to: AgentId, sender: AgentId,
     required, optional = _SEND_FIELDS[kind]
     given = {name: getattr(args, f"field_{name}") for name in _ALL_FIELDS
              if getattr(args, f"field_{name}") is not None}
-    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
     missing = [flag(n) for n in required if n not in given]
     if missing:
         raise UsageError(f"--type {kind} needs {' and '.join(missing)}")
@@ -1449,7 +1454,9 @@ def cmd_monitor(ctx: Context) -> int:
                 print(f"monitoring town {ctx.town!r} at {ctx.url} (Ctrl-C to stop)",
                       file=sys.stderr, flush=True)
                 while True:
-                    line = _monitor.parse_line(conn.read_reply())
+                    reply = conn.read_reply()
+                    # (MONITOR's lines are status replies: bytes)
+                    line = _monitor.parse_line(reply) if isinstance(reply, bytes) else None
                     if line is None:
                         continue
                     for event in _monitor.events(line, ctx.town, reads=args.all):
@@ -1468,7 +1475,7 @@ def cmd_monitor(ctx: Context) -> int:
         channel.close()
 
 
-def _agent_class() -> type:
+def _agent_class() -> type[Agent]:
     from .agent import Agent
     return Agent
 

@@ -14,6 +14,8 @@ class WireEnum(str, enum.Enum):
     The base of the wire enums here and of :class:`tinytown.events.EventType`;
     not part of the public API (``__all__``)."""
 
+    _value_: str  # (an annotation, not a member: every value is a wire string)
+
     def __str__(self) -> str:
         return self._value_
 

@@ -7,6 +7,11 @@ Every error tinytown raises on purpose is a :class:`TinytownError`, so one
 from __future__ import annotations
 
 import builtins
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .message import Message
 
 __all__ = [
     "TinytownError",
@@ -48,8 +53,8 @@ class ConnectionError(TinytownError, builtins.ConnectionError):  # noqa: A001 - 
     push a node confirmed. Other calls leave both empty.
     """
 
-    written: tuple = ()
-    unconfirmed: tuple = ()
+    written: tuple[Message, ...] = ()
+    unconfirmed: tuple[Message, ...] = ()
 
 
 class ReplyError(TinytownError):
@@ -122,7 +127,7 @@ class AmbiguousAgentRefError(TinytownError, LookupError):
     caller can ask which one was meant.
     """
 
-    def __init__(self, message: str, matches: list[object] | None = None) -> None:
+    def __init__(self, message: str, matches: list[Agent] | None = None) -> None:
         super().__init__(message)
         self.matches = matches if matches is not None else []
 

@@ -15,7 +15,7 @@ event_type <et> data <json>``, the same into ``tt:<town>:events:agent:<id>``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from . import _json
 from ._json import as_enum, as_opt_id, as_opt_str, as_str, as_ts, checked_id, encode_str
@@ -152,7 +152,8 @@ class TownEvent:
         unknown = set(optional) - {name for name, _ in _ID_FIELDS} - set(_STR_FIELDS) - {"spawn_mode"}
         if unknown:
             raise InvalidArgumentError(f"TownEvent.new: unknown field(s) {', '.join(sorted(unknown))}")
-        return cls(event_type=event_type, message=message, timestamp=Timestamp.now(), **optional)
+        # (__post_init__ converts a wire string, or raises InvalidArgumentError)
+        return cls(event_type=cast(EventType, event_type), message=message, timestamp=Timestamp.now(), **optional)
 
     def agent_streams(self) -> list[AgentId]:
         """The agents whose stream ``tt:<town>:events:agent:<id>`` gets this

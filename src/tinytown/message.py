@@ -9,7 +9,8 @@ correlation_id``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from . import _json
 from ._json import FieldError, as_enum, as_id, as_opt_str, as_str, as_ts, missing
@@ -420,10 +421,10 @@ _VARIANTS = (
     _Task, _Query, _Informational, _Confirmation, _TaskAssign, _TaskDone, _TaskFailed,
     _StatusRequest, _StatusResponse, _Ping, _Pong, _Shutdown, _Custom,
 )
-for _cls in _VARIANTS:
-    _cls.__name__ = _cls.__qualname__.rsplit(".", 1)[1]
-    setattr(MessageType, _cls.__name__, _cls)
-del _cls
+for _variant in _VARIANTS:
+    _variant.__name__ = _variant.__qualname__.rsplit(".", 1)[1]
+    setattr(MessageType, _variant.__name__, _variant)
+del _variant
 
 # Variants without fields are immutable and all equal: decoding shares one each.
 _STATUS_REQUEST = _StatusRequest()
@@ -450,10 +451,12 @@ def _s(obj: dict[str, Any], key: str) -> str:
 
 
 def _setter(cls: type, name: str) -> Callable[[Any, Any], None]:
-    return getattr(cls, name).__set__  # type: ignore[no-any-return]
+    """The ``__set__`` of slot ``name`` of ``cls`` (writes a frozen slot)."""
+    set_slot: Callable[[Any, Any], None] = getattr(cls, name).__set__
+    return set_slot
 
 
-def _variant1(cls: type, name: str) -> Callable[[dict[str, Any]], MessageType]:
+def _variant1(cls: type[MessageType], name: str) -> Callable[[dict[str, Any]], MessageType]:
     set_field = _setter(cls, name)
 
     def decode(obj: dict[str, Any]) -> MessageType:
@@ -464,7 +467,7 @@ def _variant1(cls: type, name: str) -> Callable[[dict[str, Any]], MessageType]:
     return decode
 
 
-def _variant2(cls: type, name1: str, name2: str) -> Callable[[dict[str, Any]], MessageType]:
+def _variant2(cls: type[MessageType], name1: str, name2: str) -> Callable[[dict[str, Any]], MessageType]:
     set1 = _setter(cls, name1)
     set2 = _setter(cls, name2)
 
@@ -745,13 +748,13 @@ class Message:
 
 
 _object_new = object.__new__
-_set_id = Message.id.__set__  # type: ignore[attr-defined]
-_set_from = Message.from_.__set__  # type: ignore[attr-defined]
-_set_to = Message.to.__set__  # type: ignore[attr-defined]
-_set_msg_type = Message.msg_type.__set__  # type: ignore[attr-defined]
-_set_priority = Message.priority.__set__  # type: ignore[attr-defined]
-_set_created_at = Message.created_at.__set__  # type: ignore[attr-defined]
-_set_correlation_id = Message.correlation_id.__set__  # type: ignore[attr-defined]
+_set_id = _setter(Message, "id")
+_set_from = _setter(Message, "from_")
+_set_to = _setter(Message, "to")
+_set_msg_type = _setter(Message, "msg_type")
+_set_priority = _setter(Message, "priority")
+_set_created_at = _setter(Message, "created_at")
+_set_correlation_id = _setter(Message, "correlation_id")
 
 
 def _make(

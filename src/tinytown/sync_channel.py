@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from . import _ops, _ops_inbox, _ops_state
 from . import _ops_streams as _streams
@@ -163,7 +163,7 @@ class SyncChannel:
                     raise ConnectionError(f"Redis at {address} refused the login: {exc}") from None
             if want_id:
                 try:
-                    client_id = conn.execute(b"CLIENT", b"ID")
+                    client_id = cast(int, conn.execute(b"CLIENT", b"ID"))
                 except ReplyError:
                     client_id = None   # CLIENT not allowed for this user: see _abandon_pop
         except BaseException:
@@ -706,7 +706,7 @@ class SyncChannel:
         :class:`EncodeError` if the counter is already 2**64-1.
         """
         return self._run(_ops_state.update_agent(
-            self._keys, self._layout, agent_id, "rounds_completed", True))  # type: ignore[return-value]
+            self._keys, self._layout, agent_id, "rounds_completed", True))
 
     def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
         """Add 1 to the agent's ``tasks_completed``; returns the new value.
@@ -721,7 +721,7 @@ class SyncChannel:
         another thread is in a call on this channel.
         """
         return self._run(_ops_state.update_agent(
-            self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
+            self._keys, self._layout, agent_id, "tasks_completed", True))
 
     def update_agent_heartbeat(self, agent_id: AgentId | Any) -> None:
         """Set the agent's ``last_heartbeat`` to now (the channel's clock).
@@ -927,16 +927,17 @@ class SyncChannel:
         pop_step: _ops.Pop | None = None
         box: list[Any] = []
         held: list[tuple[Any, ...]] | None = None
-        mask: set[signal.Signals] | None = None  # the saved signal mask once a Pop step runs
+        mask: set[int | signal.Signals] | None = None  # the saved signal mask once a Pop step runs
         result: Any = None
         try:
             while True:
                 try:
+                    # (mypy cannot narrow step through kind: the ignores below)
                     kind = type(step)
                     if kind is tuple:
-                        reply = conn.execute(*step)
+                        reply = conn.execute(*step)  # type: ignore[misc]
                     elif kind is list:
-                        reply = conn.execute_many(step, True)
+                        reply = conn.execute_many(step, True)  # type: ignore[arg-type]
                     elif kind is _ops.Pop:
                         if mask is None:
                             mask = _hold_signals()
@@ -1452,7 +1453,8 @@ class SyncBroadcastSubscription:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                item = conn.read_reply(left)
+                # (on a subscribed connection: [kind, channel, payload] lists)
+                item = cast(list[Any], conn.read_reply(left))
             except TimeoutError:
                 return None
             except ConnectionError:
@@ -1507,7 +1509,7 @@ class SyncBroadcastSubscription:
 
 
 
-def _hold_signals() -> set[signal.Signals] | None:
+def _hold_signals() -> set[int | signal.Signals] | None:
     """Hold back every signal (pthread_sigmask) for a call that must not be
     cut between taking something from Redis and returning it; the previous
     mask, to be set back with ``pthread_sigmask(SIG_SETMASK, ...)``. None where there is no

@@ -236,13 +236,15 @@ class Timestamp(datetime):
             if isinstance(year, datetime):
                 return cls.from_datetime(year)
             if isinstance(year, bytes) and isinstance(tzinfo, (timezone, type(None))):
-                # datetime's own pickle format, in case something calls it.
-                return cls.from_datetime(datetime(year, tzinfo))  # type: ignore[arg-type]
+                # datetime's own pickle format, in case something calls it
+                # (a constructor typeshed does not declare).
+                return cls.from_datetime(datetime(year, tzinfo))  # type: ignore[call-arg, arg-type]
         if type(nanosecond) is not int or not 0 <= nanosecond <= 999:
             raise InvalidArgumentError(f"Timestamp: nanosecond must be an int in 0..999, got {nanosecond!r}")
         try:
             if tzinfo is None or tzinfo is UTC:
-                self = _dt_new(cls, year, month, day, hour, minute, second, microsecond, UTC)
+                # (a month or day of None: datetime's TypeError, reported below)
+                self = _dt_new(cls, year, month, day, hour, minute, second, microsecond, UTC)  # type: ignore[arg-type]
             else:
                 aware = datetime(year, month, day, hour, minute, second, microsecond, tzinfo, fold=fold)  # type: ignore[arg-type]
                 if aware.utcoffset() is None:
@@ -265,7 +267,7 @@ class Timestamp(datetime):
     # -- construction ---------------------------------------------------------
 
     @classmethod
-    def now(cls, tz: Any = None) -> Timestamp:  # type: ignore[override]
+    def now(cls, tz: Any = None) -> Timestamp:
         """The current time, with the nanoseconds the system clock gives.
 
         Always UTC: ``tz`` is accepted for datetime compatibility and ignored.
@@ -288,12 +290,12 @@ class Timestamp(datetime):
         return self
 
     @classmethod
-    def today(cls) -> Timestamp:  # type: ignore[override]
+    def today(cls) -> Timestamp:
         """Same as :meth:`now`."""
         return cls.now()
 
     @classmethod
-    def fromtimestamp(cls, t: float, tz: Any = None) -> Timestamp:  # type: ignore[override]
+    def fromtimestamp(cls, t: float, tz: Any = None) -> Timestamp:
         """The instant ``t`` seconds after the Unix epoch (``tz`` is ignored: always UTC).
 
         Raises ``OverflowError`` or ``ValueError`` (as :meth:`datetime.fromtimestamp`)
@@ -424,7 +426,7 @@ class Timestamp(datetime):
 
     # -- datetime methods that would otherwise drop the nanoseconds -----------
 
-    def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:  # type: ignore[override]
+    def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:
         """Like :meth:`datetime.replace`, plus ``nanosecond=``; the result is a UTC Timestamp.
 
         Raises :class:`~tinytown.InvalidArgumentError` for arguments
@@ -463,10 +465,10 @@ class Timestamp(datetime):
             if not isinstance(other, timedelta):
                 raise
             delta = (other.days * 86_400 + other.seconds) * 1_000_000_000 + other.microseconds * 1000
-            result = _from_epoch_ns(self.timestamp_ns() + delta)
-            if result is None:
+            wide = _from_epoch_ns(self.timestamp_ns() + delta)
+            if wide is None:
                 raise
-            return result
+            return wide
         if isinstance(result, Timestamp):
             # datetime's C code built ``result`` through __new__ (nanosecond 0).
             result._nanosecond = self.nanosecond
@@ -627,7 +629,8 @@ class _Extended(Timestamp):
         if isinstance(other, datetime):
             if _key(other) is None:
                 raise TypeError("can't subtract offset-naive and offset-aware datetimes")
-            ons = other.timestamp_ns() if isinstance(other, Timestamp) else Timestamp.from_datetime(other).timestamp_ns()
+            ons = (other.timestamp_ns() if isinstance(other, Timestamp)
+                   else Timestamp.from_datetime(other).timestamp_ns())
             return timedelta(microseconds=(self.timestamp_ns() - ons) // 1000)
         return NotImplemented
 

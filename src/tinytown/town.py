@@ -32,7 +32,8 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from ._transport.resp import encode_command
 from .errors import ConnectionError, InvalidArgumentError, ReplyError, ServerError
@@ -358,7 +359,7 @@ class Town:
         name: str,
         *,
         timeout: float = 10.0,
-    ) -> "Town":
+    ) -> Town:
         """Start (or reuse) the town's redis-server in ``directory``.
 
         The directory is created if needed, and the town's name is recorded
@@ -397,7 +398,7 @@ class Town:
             return await cls._spawn(path, name, deadline, timeout)
 
     @classmethod
-    async def _reuse_live_server(cls, path: Path, name: str, deadline: float) -> "Town | None":
+    async def _reuse_live_server(cls, path: Path, name: str, deadline: float) -> Town | None:
         sock = path / SOCKET_NAME
         try:
             st = os.lstat(sock)
@@ -436,7 +437,7 @@ class Town:
         return cls(name=name, directory=path, pid=pid, owns_server=False)
 
     @classmethod
-    async def _spawn(cls, path: Path, name: str, deadline: float, timeout: float) -> "Town":
+    async def _spawn(cls, path: Path, name: str, deadline: float, timeout: float) -> Town:
         binary = cls.find_server_binary()
         sock, log = path / SOCKET_NAME, path / LOG_NAME
         remembered = _read_persistence(path)
@@ -517,7 +518,7 @@ class Town:
                 reply = exc
 
     # ------------------------------------------------------------ using
-    async def channel(self, *, layout: str = "hash") -> "Channel":
+    async def channel(self, *, layout: str = "hash") -> Channel:
         """A connected :class:`~tinytown.Channel` to this town (close it when done).
 
         ``layout`` is ``"hash"`` (Tinytown 0.7-0.10, the default) or ``"json"``
@@ -675,7 +676,7 @@ class Town:
         self._stopped = True
         self._pid = None
 
-    async def __aenter__(self) -> "Town":
+    async def __aenter__(self) -> Town:
         """The town itself (its server is already running); ``__aexit__`` calls
         :meth:`stop`. Raises nothing."""
         return self

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..errors import InvalidArgumentError, TransportUnavailableError
+from .futures import PyReplyFuture
 
 if TYPE_CHECKING:
     from .ext import SyncConnection
@@ -46,7 +47,8 @@ class OpenConnection(Protocol):
     """What Channel needs from an open connection (both transports and the
     cluster connection provide it)."""
 
-    def execute(self, *args: Any) -> asyncio.Future[Any]: ...
+    # (the extension's ReplyFuture: the same Future protocol, with orphan)
+    def execute(self, *args: Any) -> PyReplyFuture: ...
     def execute_many(self, commands: Iterable[Sequence[Any]],
                      replies: bool = True) -> asyncio.Future[Any]: ...
     def subscribe(self, handler: Callable[[Any], None], *channels: Any) -> None: ...

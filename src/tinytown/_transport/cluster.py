@@ -487,7 +487,7 @@ class ClusterConnection:
         if out is not None:
             deliver(out, error if error is not None else task.result(), error is not None)
 
-    def execute(self, *args: Any) -> asyncio.Future[Any]:
+    def execute(self, *args: Any) -> PyReplyFuture:
         """Send one command to the node owning its key; a future of its reply.
 
         Redirections and transient errors are retried as the module
@@ -732,8 +732,11 @@ class ClusterConnection:
             opening = self._loop.create_task(run())
             self._opening_transactions.add(opening)
             opening.add_done_callback(self._opening_transactions.discard)
-            opening.add_done_callback(
-                lambda f: f.cancelled() or f.exception() is None or _copy(f, out))
+            def copy_failure(f: asyncio.Task[None]) -> None:
+                if not (f.cancelled() or f.exception() is None):
+                    _copy(f, out)
+
+            opening.add_done_callback(copy_failure)
         return out
 
     def subscribe(self, handler: Callable[[Any], None], *channels: Any) -> None:
@@ -812,7 +815,7 @@ class ClusterConnection:
     def map_changed(self) -> None:
         """The slot map changed: a subscription follows its channel's slot to
         the new owner, so that PUBLISH (sent there) counts it."""
-        if self._closed or self._subscriber is None or self._moving is not None:
+        if self._closed or self._subscriber is None or self._moving is not None or self._sub is None:
             return
         name, handler, channels = self._sub
         owner = self._topology.route((b"SUBSCRIBE",) + channels)
@@ -889,9 +892,9 @@ class ClusterConnection:
             task.cancel()
         for task in list(self._opening.values()):
             task.cancel()
-        for task in (self._subscribing, self._moving):
-            if task is not None:
-                task.cancel()
+        for waiting in (self._subscribing, self._moving):
+            if waiting is not None:
+                waiting.cancel()
         self._overlap = None
         conns = list(self._nodes.values())
         if self._subscriber is not None:
@@ -909,7 +912,8 @@ class ClusterConnection:
     @property
     def pending_replies(self) -> int:
         """Commands sent (or waiting for their node) whose replies have not arrived."""
-        return len(self._tasks) + sum(conn.pending_replies for conn in self._nodes.values())
+        pending: int = len(self._tasks) + sum(conn.pending_replies for conn in self._nodes.values())
+        return pending
 
     @property
     def write_buffer_size(self) -> int:
@@ -923,7 +927,7 @@ class ClusterConnection:
         """A future of the first node connection over its high-water mark, or None."""
         for conn in self._nodes.values():
             if not conn.is_closed:
-                waiter = conn.wait_writable(nbytes)
+                waiter: asyncio.Future[None] | None = conn.wait_writable(nbytes)
                 if waiter is not None:
                     return waiter
         return None

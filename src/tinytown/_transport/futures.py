@@ -63,7 +63,7 @@ def check_loop(loop: asyncio.AbstractEventLoop) -> None:
             "event loop (asyncio.run) with a new Channel")
 
 
-class PyReplyFuture(asyncio.Future):  # type: ignore[type-arg]
+class PyReplyFuture(asyncio.Future[Any]):
     """The future of one reply in the Python transport and the cluster router.
 
     An asyncio Future with the extension's ``orphan`` hook: a caller that

@@ -546,14 +546,15 @@ class PyConnection(asyncio.Protocol):
         _check_open makes the exact test (asyncio._get_running_loop() costs a
         getpid() system call: too much for every command)."""
         if self._loop_has_thread_id:  # asyncio's loops: the thread running them, or None
-            return self._loop._thread_id == get_ident()  # type: ignore[attr-defined]
+            # (private to asyncio's loops, so undeclared in typeshed)
+            return self._loop._thread_id == get_ident()  # type: ignore[attr-defined, no-any-return]
         return self._loop_thread == get_ident() and self._loop.is_running()
 
     def _drop_forked(self) -> None:
         if not self._closed:
             self._shut(ConnectionError("connection to Redis inherited across fork(): dropped"))
 
-    def execute(self, *args: Any) -> asyncio.Future[Any]:
+    def execute(self, *args: Any) -> PyReplyFuture:
         """Send one command; returns a future of its reply.
 
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
@@ -563,7 +564,7 @@ class PyConnection(asyncio.Protocol):
         # this connection's loop; a call from another thread's loop would
         # write here and then await a future of the wrong loop)
         if self._closed or self._push_handler is not None or self._fork_gen != FORKS[0] \
-                or not self._connected or (self._loop._thread_id != get_ident() if self._loop_has_thread_id
+                or not self._connected or (self._loop._thread_id != get_ident() if self._loop_has_thread_id  # type: ignore[attr-defined]
                                            else not self._in_own_loop()):
             self._check_open()  # the exact tests, which raise the right error
             if self._push_handler is not None:

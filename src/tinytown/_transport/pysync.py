@@ -158,7 +158,7 @@ class PySyncConnection:
             raise ConnectionError(
                 f"cannot connect to Redis at {self.where}: TLS handshake failed: "
                 f"{getattr(exc, 'verify_message', None) or exc.reason or exc}") from None
-        except socket.timeout:
+        except TimeoutError:
             sock.close()
             raise ConnectionError(f"cannot connect to Redis at {self.where}: Connection timed out") from None
         except OSError as exc:

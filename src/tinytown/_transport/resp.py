@@ -58,7 +58,7 @@ def coerce_arg(arg: object) -> bytes:
 
 def _arg_bytes(arg: object) -> bytes:
     if type(arg) is bytes:
-        return arg  # type: ignore[return-value]
+        return arg
     if isinstance(arg, str):
         return arg.encode("utf-8", "surrogatepass")
     return coerce_arg(arg)
