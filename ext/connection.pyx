@@ -186,15 +186,24 @@ cdef void _report(object loop, str message, object exc, object where) noexcept:
         PyErr_WriteUnraisable(exc2)
 
 
-cdef void _call_push_handler(Connection conn, object handler, object item) noexcept:
+def _run_push_handler(Connection conn, object handler, object item):
     try:
         handler(item)
-    except (SystemExit, KeyboardInterrupt) as exc:
-        # Cannot propagate through hiredis: raised again once the read is over.
-        if conn.deferred is None:
-            conn.deferred = exc
+    except (SystemExit, KeyboardInterrupt):
+        raise
     except BaseException as exc:
         _report(conn.loop, "tinytown: exception in a pub/sub handler", exc, conn)
+
+
+cdef void _call_push_handler(Connection conn, object handler, object item) noexcept:
+    # Called from inside hiredis (a reply callback, or the disconnect of
+    # redisAsyncFree): the handler is the caller's code, which must not run
+    # while hiredis holds the reply, so it runs from the loop, next, in order.
+    try:
+        conn._call_soon(_run_push_handler, conn, handler, item)
+    except BaseException as exc:    # the loop is closed: nobody is listening
+        _report(conn.loop, "tinytown: a pub/sub reply was dropped (its event loop is closed)",
+                exc, conn)
 
 
 cdef void _on_push(redisAsyncContext *ac, void *reply, void *privdata) noexcept:

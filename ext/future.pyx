@@ -11,7 +11,8 @@
 #   every other settlement (cancel, close, errors) goes through call_soon.
 # - A caller that cancels a blocking command can leave an ``orphan``
 #   handler: the reply that still arrives (a popped message, say) is given
-#   to it instead of being dropped.
+#   to it instead of being dropped, through call_soon (never from inside
+#   hiredis: the handler writes, and hiredis still holds the reply).
 #
 # Needs: _report (connection.pyx, included later: a module-level cdef
 # function, so the order does not matter to Cython).
@@ -27,6 +28,16 @@ cdef enum FutureState:
     FINISHED = 1
     FAILED = 2
     CANCELLED = 3
+
+
+def _run_orphan(loop, handler, value):
+    try:
+        handler(value)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        _report(loop, "tinytown: exception in the orphan handler of a cancelled command",
+                exc, None)
 
 
 cdef class ReplyFuture:
@@ -142,12 +153,16 @@ cdef class ReplyFuture:
         """Store the reply; False when the caller had cancelled already."""
         if self._state != PENDING:
             if self._state == CANCELLED and self.orphan is not None:
+                # Called from inside hiredis (a reply callback, or
+                # redisAsyncFree): the handler writes (a put-back), which
+                # must not run while hiredis holds its reply and callback
+                # list. It runs from the loop, next.
                 handler, self.orphan = self.orphan, None
                 try:
-                    handler(value)
-                except BaseException as exc:
-                    _report(self._loop, "tinytown: exception in the orphan handler of a "
-                            "cancelled command", exc, None)
+                    self._loop.call_soon(_run_orphan, self._loop, handler, value)
+                except BaseException as exc:    # the loop is closed: nobody to hand it to
+                    _report(self._loop, "tinytown: the reply of a cancelled command was "
+                            "dropped (its event loop is closed)", exc, None)
             return False
         self._state = FAILED if failed else FINISHED
         self._value = value
