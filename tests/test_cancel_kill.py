@@ -121,3 +121,54 @@ async def test_next_pop_does_not_overtake_a_cancelled_ones_put_back(
         while nxt := await pop():
             got += nxt
         assert got == texts
+
+
+@pytest.mark.parametrize("op", ["try_receive", "receive"])
+async def test_put_back_meeting_dropped_connections_is_retried(redis_server, redis_url, op, caplog):
+    """The put-back of a cancelled pop is held by ``CLIENT PAUSE WRITE`` and
+    its connection killed, again and again for 1 s: it is written on a
+    fresh connection each time until it goes through (it once gave up after
+    one reconnect: "could not requeue its message; lost")."""
+    import threading
+    import time
+
+    agent = AgentId.new()
+    async with await Channel.connect(redis_url, town=TOWN) as channel:
+        key = channel.keys.inbox(agent)
+        if op == "receive":
+            assert await channel.receive(agent, 0.01) is None  # its receiver connection is open
+        texts = await fill(redis_server, key, agent, 3)
+        await channel.inbox_len(agent)
+        task = asyncio.ensure_future(getattr(channel, op)(agent, 5) if op == "receive"
+                                     else channel.try_receive(agent))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the pop is written ...
+        time.sleep(0.05)  # ... and run by the server; its reply is not read yet
+        redis_server.command("CLIENT", "PAUSE", 1500, "WRITE")  # holds the put-back
+        task.cancel()
+        stop = time.monotonic() + 1.0
+
+        def killer() -> None:
+            while time.monotonic() < stop:
+                kill_clients(redis_server)
+                time.sleep(0.03)
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        got: list[str] = []
+        try:
+            got = returned(await task)
+        except (asyncio.CancelledError, TinytownError):
+            pass
+        while thread.is_alive():
+            await asyncio.sleep(0.02)
+        thread.join()
+        await asyncio.sleep(0.6)  # the pause ends: the held put-back runs
+        for _ in range(2):
+            try:
+                await channel.execute("PING")
+            except TinytownError:
+                pass
+        left = texts_at(redis_server, key)
+    assert got + left == texts, (got, left)
+    assert "lost" not in caplog.text
