@@ -77,22 +77,18 @@ async def open_channel(kind: str, url: str, town: str = "golden") -> AsyncIterat
 
 
 class Monitor:
-    """MONITOR on its own connection: every command the server runs, as argv."""
+    """MONITOR on its own connection: every command the server runs, as argv.
+
+    ``url`` is a ``unix://`` URL or a socket path."""
 
     def __init__(self, url: str) -> None:
-        assert url.startswith("unix://"), url
         self.conn = SyncConnection()
-        self.conn.connect_unix(url[len("unix://"):])
+        self.conn.connect_unix(url.removeprefix("unix://"))
         self.conn.send_command(b"MONITOR")
         assert self.conn.read_reply(5) == b"OK"
 
-    async def commands(self, channel: Any, transactions: bool = False) -> list[list[bytes]]:
-        """The operations' argv run since the last call, in order (MULTI and
-        EXEC too if ``transactions``). A marker ECHO sent through ``channel``
-        tells when everything before it is in."""
-        skip = _CONNECTION if transactions else _CONNECTION | _TRANSACTION
-        marker = uuid.uuid4().hex.encode()
-        await channel.execute(b"ECHO", marker)
+    def _until(self, marker: bytes, skip: frozenset[bytes] | set[bytes]) -> list[list[bytes]]:
+        """The argv seen up to the ``ECHO marker``, those named in ``skip`` left out."""
         out = []
         while True:
             line = parse_line(self.conn.read_reply(5))
@@ -102,6 +98,21 @@ class Monitor:
                 return out
             if line.args and line.args[0].upper() not in skip:
                 out.append(line.args)
+
+    async def commands(self, channel: Any, transactions: bool = False) -> list[list[bytes]]:
+        """The operations' argv run since the last call, in order (MULTI and
+        EXEC too if ``transactions``). A marker ECHO sent through ``channel``
+        tells when everything before it is in."""
+        marker = uuid.uuid4().hex.encode()
+        await channel.execute(b"ECHO", marker)
+        return self._until(marker, _CONNECTION if transactions else _CONNECTION | _TRANSACTION)
+
+    def commands_run(self, server: Any) -> list[list[bytes]]:
+        """Every command run since the last call, MONITOR's own excluded; the
+        marker ECHO goes through ``server`` (a tests.servers server)."""
+        marker = uuid.uuid4().hex.encode()
+        server.command("ECHO", marker)
+        return self._until(marker, frozenset())
 
     def close(self) -> None:
         self.conn.close()

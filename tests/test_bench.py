@@ -19,7 +19,11 @@ def test_bench_command_json_and_plot(tmp_path):
          "--e2e-messages", "10", "--memory-pairs", "200", "--json", "--plot", str(chart)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        pytest.fail(f"--json printed more than the JSON document:\n{proc.stdout[-3000:]}\n"
+                    f"stderr:\n{proc.stderr[-3000:]}")
     names = [r["name"] for r in report["results"]]
     for expected in ["send", "try_receive", "receive (message waiting)", "inbox_len",
                      "set_agent_state", "get_agent_state", "set_task", "get_task", "broadcast",

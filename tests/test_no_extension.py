@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a whole child suite: the default per-test 120 s is for one test
 def test_channel_and_sync_channel_suites_without_the_extension() -> None:
     env = dict(os.environ)
     env.pop("TINYTOWN_TRANSPORT", None)   # the automatic choice is what is tested

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from channel_cases import msg, text_of
+from streams_harness import Monitor
 from tinytown import (
     Agent,
     AgentId,
@@ -34,8 +35,6 @@ from tinytown import (
     Task,
     TaskId,
 )
-from tinytown._monitor import parse_line
-from tinytown._transport.ext import SyncConnection
 
 WIRE = Path(__file__).resolve().parent / "data" / "wire" / "tinytown-0.10"
 
@@ -89,35 +88,9 @@ def agent_named(name: str, **kw: Any) -> Agent:
     return agent
 
 
-class Monitor:
-    """Every command the server runs, captured on a MONITOR connection."""
-
-    def __init__(self, redis_server: Any) -> None:
-        self.server = redis_server
-        self.conn = SyncConnection()
-        self.conn.connect_unix(redis_server.unix_path)
-        self.conn.send_command("MONITOR")
-        assert self.conn.read_reply(5) == b"OK"
-
-    def commands(self, *, mark: str = "tt-monitor-end") -> list[list[bytes]]:
-        """The commands run since the last call (up to a marker ECHO), MONITOR's own excluded."""
-        self.server.command("ECHO", mark)
-        out: list[list[bytes]] = []
-        while True:
-            line = parse_line(self.conn.read_reply(5))
-            if line is None:
-                continue
-            if line.args == [b"ECHO", mark.encode()]:
-                return out
-            out.append(line.args)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 @pytest.fixture
 def monitor(redis_server, redis_url):
-    m = Monitor(redis_server)
+    m = Monitor(redis_server.unix_path)
     try:
         yield m
     finally:
@@ -228,15 +201,15 @@ async def test_hash_write_is_one_transaction(redis_server, redis_url, monitor):
     agent = agent_named("txn")
     async with await Channel.connect(redis_url, town="t010") as ch:
         key = f"tt:t010:agent:{agent.id}".encode()
-        monitor.commands()
+        monitor.commands_run(redis_server)
         await ch.set_agent_state(agent)
-        seen = monitor.commands()
+        seen = monitor.commands_run(redis_server)
         assert [c[0] for c in seen] == [b"MULTI", b"HDEL", b"HMSET", b"EXEC"]
         assert seen[1] == [b"HDEL", key, b"current_task", b"nickname", b"role_id", b"parent_agent_id"]
         redis_server.command("SET", key, b"{}")
-        monitor.commands()
+        monitor.commands_run(redis_server)
         await ch.set_agent_state(agent)
-        seen = monitor.commands()
+        seen = monitor.commands_run(redis_server)
         assert [c[0] for c in seen] == [b"MULTI", b"HDEL", b"HMSET", b"EXEC",
                                         b"MULTI", b"DEL", b"HMSET", b"EXEC"]
         assert await ch.get_agent_state(agent.id) == agent
@@ -649,7 +622,7 @@ async def test_methods_send_tinytowns_argv(redis_server, redis_url, monitor, cas
         elif method == "urgent_len":
             for _ in range(case["result"]["ok"]):
                 redis_server.command("RPUSH", expected[0][1], "x")
-        monitor.commands()
+        monitor.commands_run(redis_server)
         if method in ("send_urgent", "broadcast"):
             result = await getattr(ch, method)(Message.from_json(given["message"]))
         elif method == "move_message_to_inbox":
@@ -666,7 +639,7 @@ async def test_methods_send_tinytowns_argv(redis_server, redis_url, monitor, cas
             result = await ch.reset_all()
         else:
             result = await getattr(ch, method)(given["agent_id"])
-        seen = monitor.commands()
+        seen = monitor.commands_run(redis_server)
         if method in ("set_agent_state", "set_task"):  # the same, inside MULTI/EXEC
             expected = [[b"MULTI"]] + expected + [[b"EXEC"]]
         assert seen == expected
@@ -786,10 +759,10 @@ async def test_updates_across_layouts_and_script_cache(redis_server, redis_url, 
         assert await hashed.increment_agent_rounds(agent.id) == 1
         await hashed.set_agent_state(await hashed.get_agent_state(agent.id))  # now a Hash
         redis_server.command("SCRIPT", "FLUSH")
-        monitor.commands()
+        monitor.commands_run(redis_server)
         assert await flat.increment_agent_rounds(agent.id) == 2  # NOSCRIPT: EVAL once
         await hashed.update_agent_heartbeat(agent.id)
-        seen = [c[0] for c in monitor.commands()  # (MONITOR also shows the script's own calls)
+        seen = [c[0] for c in monitor.commands_run(redis_server)  # (MONITOR also shows the script's own calls)
                 if c[0] in (b"GET", b"HGETALL", b"EVALSHA", b"EVAL", b"HSET")]
         assert seen == [b"GET", b"HGETALL", b"EVALSHA", b"EVAL", b"HSET", b"EVALSHA", b"HSET"]
         assert redis_server.command("HGET", f"tt:t010:agent:{agent.id}", "rounds_completed") == b"2"

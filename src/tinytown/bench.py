@@ -1404,12 +1404,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--drain-sizes and --large-counts take positive whole numbers, comma-separated")
     total = args.rounds * (18 + 2) + max(1, args.rounds) + 1
     progress = _Progress(total)
+    # With --json, stdout carries the JSON document alone: whatever a peer
+    # client or a child process prints meanwhile goes to stderr instead.
+    saved_stdout = _stdout_to_stderr() if args.json else None
     try:
         results = asyncio.run(run_all(args, progress))
     except Exception as exc:  # one line, as every CLI error
         progress.close()
         print(f"tinytown bench: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if saved_stdout is not None:
+            _restore_stdout(saved_stdout)
     progress.close()
     if args.plot:
         plot(results, args.plot)
@@ -1431,6 +1437,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             print(f"chart written to {args.plot}")
     return 0
+
+
+def _stdout_to_stderr() -> int:
+    """Point file descriptor 1 at stderr; return a copy of the old one."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    return saved
+
+
+def _restore_stdout(saved: int) -> None:
+    sys.stdout.flush()
+    os.dup2(saved, 1)
+    os.close(saved)
 
 
 if __name__ == "__main__":
