@@ -11,8 +11,8 @@
 #   every other settlement (cancel, close, errors) goes through call_soon.
 # - A caller that cancels a blocking command can leave an ``orphan``
 #   handler: the reply that still arrives (a popped message, say) is given
-#   to it instead of being dropped, through call_soon (never from inside
-#   hiredis: the handler writes, and hiredis still holds the reply).
+#   to it instead of being dropped, once the read is over (never from
+#   inside hiredis: the handler writes, and hiredis still holds the reply).
 #
 # Needs: _report (connection.pyx, included later: a module-level cdef
 # function, so the order does not matter to Cython).
@@ -28,16 +28,6 @@ cdef enum FutureState:
     FINISHED = 1
     FAILED = 2
     CANCELLED = 3
-
-
-def _run_orphan(loop, handler, value):
-    try:
-        handler(value)
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except BaseException as exc:
-        _report(loop, "tinytown: exception in the orphan handler of a cancelled command",
-                exc, None)
 
 
 cdef class ReplyFuture:
@@ -152,17 +142,8 @@ cdef class ReplyFuture:
     cdef inline bint _settle(self, object value, bint failed) noexcept:
         """Store the reply; False when the caller had cancelled already."""
         if self._state != PENDING:
-            if self._state == CANCELLED and self.orphan is not None:
-                # Called from inside hiredis (a reply callback, or
-                # redisAsyncFree): the handler writes (a put-back), which
-                # must not run while hiredis holds its reply and callback
-                # list. It runs from the loop, next.
-                handler, self.orphan = self.orphan, None
-                try:
-                    self._loop.call_soon(_run_orphan, self._loop, handler, value)
-                except BaseException as exc:    # the loop is closed: nobody to hand it to
-                    _report(self._loop, "tinytown: the reply of a cancelled command was "
-                            "dropped (its event loop is closed)", exc, None)
+            # A cancelled command's reply goes to its orphan handler, run by
+            # _resolve (connection.pyx) outside hiredis.
             return False
         self._state = FAILED if failed else FINISHED
         self._value = value
