@@ -17,6 +17,8 @@ CLIENT KILL comes from the test's own side connection (``redis_server.command``)
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -129,9 +131,6 @@ async def test_put_back_meeting_dropped_connections_is_retried(redis_server, red
     its connection killed, again and again for 1 s: it is written on a
     fresh connection each time until it goes through (it once gave up after
     one reconnect: "could not requeue its message; lost")."""
-    import threading
-    import time
-
     agent = AgentId.new()
     async with await Channel.connect(redis_url, town=TOWN) as channel:
         key = channel.keys.inbox(agent)
@@ -143,7 +142,7 @@ async def test_put_back_meeting_dropped_connections_is_retried(redis_server, red
                                      else channel.try_receive(agent))
         for _ in range(3):
             await asyncio.sleep(0)  # the pop is written ...
-        time.sleep(0.05)  # ... and run by the server; its reply is not read yet
+        time.sleep(0.05)  # noqa: ASYNC251 - blocks the loop: run by the server, its reply not read yet
         redis_server.command("CLIENT", "PAUSE", 1500, "WRITE")  # holds the put-back
         task.cancel()
         stop = time.monotonic() + 1.0
