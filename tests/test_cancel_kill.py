@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from channel_cases import msg, text_of
-from tinytown import AgentId, Channel, Message, TinytownError
+from tinytown import AgentId, Channel, Message, SyncChannel, TinytownError
 
 TOWN = "cancelkill"
 
@@ -170,4 +170,48 @@ async def test_put_back_meeting_dropped_connections_is_retried(redis_server, red
                 pass
         left = texts_at(redis_server, key)
     assert got + left == texts, (got, left)
+    assert "lost" not in caplog.text
+
+
+class Interrupted(Exception):
+    """Stands for a signal handler's exception (Ctrl-C) in a SyncChannel call."""
+
+
+@pytest.mark.parametrize("op", ["try_receive", "drain_inbox"])
+def test_sync_put_back_meeting_dropped_connections_is_retried(redis_server, redis_url, monkeypatch,
+                                                              op, caplog):
+    """SyncChannel: a pop interrupted after its reply came puts back what it
+    took; that put-back is held (``CLIENT PAUSE WRITE``) and its connection
+    killed again and again for 1 s, and still goes through (it once tried once)."""
+    import tinytown._ops_inbox as ops_inbox
+
+    agent = AgentId.new()
+    stop = [0.0]
+
+    def killer() -> None:
+        while time.monotonic() < stop[0]:
+            kill_clients(redis_server)
+            time.sleep(0.03)
+
+    thread = threading.Thread(target=killer)
+
+    class InterruptingMessage:
+        @staticmethod
+        def from_json(raw: bytes) -> Message:
+            # The pop's reply is in: hold writes, kill connections, then "Ctrl-C".
+            redis_server.command("CLIENT", "PAUSE", 1500, "WRITE")
+            stop[0] = time.monotonic() + 1.0
+            thread.start()
+            raise Interrupted
+
+    with SyncChannel.connect(redis_url, town=TOWN) as channel:
+        key = channel.keys.inbox(agent)
+        texts = [f"m{i}" for i in range(3)]
+        redis_server.command("RPUSH", key, *[msg(agent, t).to_json() for t in texts])
+        monkeypatch.setattr(ops_inbox, "Message", InterruptingMessage)
+        with pytest.raises(Interrupted):
+            getattr(channel, op)(agent)
+        monkeypatch.undo()
+    thread.join()
+    assert texts_at(redis_server, key) == texts
     assert "lost" not in caplog.text

@@ -61,8 +61,8 @@ _LLEN = b"LLEN"
 # is considered gone (Redis checks blocked clients' timeouts 10 times a second).
 _BLPOP_GRACE = 10.0
 # An interrupted pop's put-back that meets a dropped connection is written again on
-# a fresh one this many times in all (each reconnect waits up to connect_timeout).
-_PUTBACK_TRIES = 3
+# a fresh one until this many seconds have passed (then it is logged as lost).
+_PUTBACK_RETRY = 5.0
 # Without CLIENT UNBLOCK, how long an interrupted receive waits for a reply
 # already on its way before it drops the connection.
 _FALLBACK_WAIT = 0.1
@@ -696,12 +696,14 @@ class SyncChannel:
         """Put back what an interrupted Pop step took (see :class:`tinytown._ops.Pop`)."""
         if not commands:
             return
-        for attempt in range(1, _PUTBACK_TRIES + 1):
+        deadline = time.monotonic() + _PUTBACK_RETRY
+        while True:
             try:
                 self._main().execute_many(commands, False)
                 return
             except ConnectionError as exc:  # dropped: again on a fresh connection
-                if attempt < _PUTBACK_TRIES and not self._closed:
+                if time.monotonic() < deadline and not self._closed:
+                    time.sleep(0.02)
                     continue
                 error: BaseException = exc
             except BaseException as exc:
