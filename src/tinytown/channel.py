@@ -1305,17 +1305,23 @@ class Channel:
         deadline = self._loop.time() + RECEIVE_GRACE
         while self._pops_unsettled():
             left = deadline - self._loop.time()
-            if left <= 0:  # a reply that does not come (server paused): go on, as before
-                return
+            if left <= 0:
+                break
             waiter = self._loop.create_future()
             self._pop_waiters.append(waiter)
             try:
                 await _within(waiter, left)
             except asyncio.TimeoutError:
-                return
+                break
             finally:
                 if waiter in self._pop_waiters:
                     self._pop_waiters.remove(waiter)
+        else:
+            return
+        # A reply that does not come (server paused): go on, as before, and
+        # stop waiting for those cancelled pops (their handlers still run).
+        for fut in [fut for fut in self._pops if fut.cancelled()]:
+            del self._pops[fut]
 
     def _wake_pop_waiters(self) -> None:
         if self._pop_waiters:
