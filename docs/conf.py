@@ -10,7 +10,10 @@ import sys
 # The package imported from the checkout (an installed tinytown would do too).
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src")))
 
+from tinytown import __version__  # noqa: E402 - after the sys.path line above
+
 project = "tinytown"
+version = release = __version__
 author = "tinytown contributors"
 copyright = "tinytown contributors"  # noqa: A001 - Sphinx's name
 extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.viewcode"]
@@ -32,5 +35,5 @@ _STDLIB = ("asyncio", "collections", "datetime", "os", "pathlib", "ssl", "subpro
            "typing", "uuid")
 nitpick_ignore_regex = [
     (r"py:.*", rf"({'|'.join(_STDLIB)})(\..*)?"),
-    (r"py:class", r"tinytown\.(enums\._WireEnum|ids\._UuidId|keys\.TownKeys|address\.Address)"),
+    (r"py:class", r"tinytown\.(enums\.WireEnum|ids\.UuidId|keys\.TownKeys|address\.Address)"),
 ]

@@ -87,9 +87,10 @@ if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
 fi
 PY="$VENV/bin/python"
 
-# Re-install when the packaging changes (or the venv is new). The install is
-# editable: src/ is imported in place, so edits to .py files need nothing.
-want_stamp="$(cat pyproject.toml setup.py | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read() + sys.version.encode()).hexdigest())')"
+# Re-install when the packaging changes (or the venv is new): pyproject.toml,
+# setup.py, or the version (tinytown.__version__, the metadata's source). The
+# install is editable: src/ is imported in place, so edits to .py files need nothing.
+want_stamp="$({ cat pyproject.toml setup.py; grep '^__version__' src/tinytown/__init__.py; } | "$PY" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read() + sys.version.encode()).hexdigest())')"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want_stamp" ] || ! "$PY" -m pip show -q tinytown >/dev/null 2>&1; then
     say "pip install -e '.[test,bench,peers,docs]' into .venv"
     # Build requirements of pyproject.toml, in the venv itself so that the

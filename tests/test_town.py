@@ -275,6 +275,30 @@ def test_town_name_must_be_str(name: object) -> None:
         validate_town_name(name)
 
 
+async def test_one_town_name_rule_and_message(town_dir: Path, redis_url: str) -> None:
+    # Town, TownKeys (every Channel) and the CLI apply the same rule and say the same.
+    from tinytown import Channel
+    from tinytown.keys import TownKeys
+
+    messages = set()
+    for attempt in (lambda: TownKeys("a b:c"), lambda: validate_town_name("a b:c")):
+        with pytest.raises(InvalidArgumentError) as info:
+            attempt()
+        messages.add(str(info.value))
+    with pytest.raises(InvalidArgumentError) as info:
+        await Town.start(town_dir, "a b:c")
+    messages.add(str(info.value))
+    with pytest.raises(InvalidArgumentError) as info:
+        await Channel.connect(redis_url, town="a b:c")
+    messages.add(str(info.value))
+    assert messages == {"invalid town name 'a b:c': it must not contain ' ' ':' "
+                        "(':', '*', '?', '[' and whitespace are not allowed)"}
+    with pytest.raises(InvalidArgumentError, match="^town name must be a str, not bytes$"):
+        TownKeys(b"t")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="^town name must not be empty$"):
+        TownKeys("")
+
+
 @pytest.mark.parametrize("name", ["my-town", "town_1", "T.2", "ünïcödé", "a]b"])
 def test_good_town_names(name: str) -> None:
     assert validate_town_name(name) == name

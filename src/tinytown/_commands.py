@@ -53,7 +53,7 @@ def push_commands(messages: Iterable[Message], inbox_prefix: str,
     for message in messages:
         if type(message) is not Message:
             check_message(message, "send_many")
-        verb = LPUSH if message.priority.is_front else RPUSH
+        verb = push_verb(message)
         key = inbox_prefix + message.to  # a Message's ids are typed and immutable
         payload = message.to_json()
         if max_bytes is not None and len(payload) > max_bytes:

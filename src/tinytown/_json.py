@@ -16,8 +16,9 @@ from typing import Any, NoReturn, TypeVar
 import orjson
 
 from .errors import DecodeError, EncodeError
-from .ids import _UuidId, _canonical, _normalize
-from .timestamp import Timestamp, _parse, _parse_rfc3339
+from ._uuid import match_canonical, normalize
+from .ids import UuidId
+from .timestamp import Timestamp, parse_rfc3339, parse_text
 
 log = logging.getLogger("tinytown")
 
@@ -49,7 +50,7 @@ loads = orjson.loads
 U64_MAX = (1 << 64) - 1
 
 _str_new = str.__new__
-_IdT = TypeVar("_IdT", bound=_UuidId)
+_IdT = TypeVar("_IdT", bound=UuidId)
 _E = TypeVar("_E")
 
 
@@ -148,9 +149,9 @@ def as_opt_str(value: Any, field: str) -> str | None:
 
 def as_id(value: Any, cls: type[_IdT], field: str) -> _IdT:
     if type(value) is str:
-        if _canonical(value) is not None:
+        if match_canonical(value) is not None:
             return _str_new(cls, value)
-        text = _normalize(value)
+        text = normalize(value)
         if text is not None:
             return _str_new(cls, text)
         raise FieldError(field, f"invalid UUID {value!r}")
@@ -166,7 +167,7 @@ def as_opt_id(value: Any, cls: type[_IdT], field: str) -> _IdT | None:
 def as_ts(value: Any, field: str) -> Timestamp:
     if type(value) is str:
         try:
-            return _parse(value)
+            return parse_text(value)
         except ValueError as exc:
             raise FieldError(field, f"invalid timestamp {value!r}: {exc}") from None
     raise FieldError(field, f"expected an RFC 3339 timestamp string, got {describe(value)}")
@@ -235,13 +236,22 @@ def put_str(value: Any, owner: str, field: str) -> bytes:
     raise EncodeError(f"{owner}.{field} must be a str, got {type(value).__name__}")
 
 
-def put_id(value: Any, cls: type[_UuidId], owner: str, field: str) -> bytes:
+def checked_id(value: Any, cls: type[_IdT], owner: str, field: str,
+               optional: bool = False) -> _IdT:
+    """``value`` as the id type ``cls`` (a UUID in any spelling ``cls`` takes);
+    :class:`EncodeError` naming ``owner.field`` if it is not one. The writers
+    call it only for a value that is not a ``cls`` already."""
+    try:
+        return cls(value)
+    except Exception:
+        raise EncodeError(f"{owner}.{field} must be a {cls.__name__}"
+                          f"{' or None' if optional else ''}, got {value!r}") from None
+
+
+def put_id(value: Any, cls: type[UuidId], owner: str, field: str) -> bytes:
     """A UUID, lowercase hyphenated."""
     if type(value) is not cls:
-        try:
-            value = cls(value)
-        except Exception:
-            raise EncodeError(f"{owner}.{field} must be a {cls.__name__}, got {value!r}") from None
+        value = checked_id(value, cls, owner, field)
     return str.encode(value)
 
 
@@ -308,9 +318,9 @@ def hash_required_id(fields: Mapping[str, str], cls: type[_IdT], owner: str) -> 
     text = fields.get("id")
     if text is None:
         raise DecodeError(f"invalid {owner} hash: missing id field")
-    if _canonical(text) is not None:
+    if match_canonical(text) is not None:
         return _str_new(cls, text)
-    canonical = _normalize(text)
+    canonical = normalize(text)
     if canonical is None:
         raise DecodeError(
             f"invalid {owner} hash: invalid {owner.lower()} id {text!r}",
@@ -323,9 +333,9 @@ def hash_opt_id(text: str | None, cls: type[_IdT], field: str, bad: list[str]) -
     """An optional UUID: None when absent or not a UUID (empty included)."""
     if text is None:
         return None
-    if _canonical(text) is not None:
+    if match_canonical(text) is not None:
         return _str_new(cls, text)
-    canonical = _normalize(text)
+    canonical = normalize(text)
     if canonical is None:
         bad.append(field)
         return None
@@ -380,7 +390,7 @@ def hash_ts(text: str, field: str, bad: list[str]) -> Timestamp | None:
     """A present timestamp, as chrono's ``parse_from_rfc3339`` reads it; None
     (and ``field`` recorded in ``bad``) when it cannot be read."""
     try:
-        return _parse_rfc3339(text)
+        return parse_rfc3339(text)
     except ValueError:
         bad.append(field)
         return None
@@ -439,17 +449,14 @@ def enc_field_opt_str(value: Any, owner: str, field: str) -> str:
     raise EncodeError(f"{owner}.{field} must be a str or None, got {type(value).__name__}")
 
 
-def enc_field_id(value: Any, cls: type[_UuidId], owner: str, field: str) -> str:
+def enc_field_id(value: Any, cls: type[UuidId], owner: str, field: str) -> str:
     """The id as a JSON string; ids that are not canonical text are checked first."""
     if type(value) is not cls:
-        try:
-            value = cls(value)
-        except Exception:
-            raise EncodeError(f"{owner}.{field} must be a {cls.__name__}, got {value!r}") from None
+        value = checked_id(value, cls, owner, field)
     return f'"{value}"'
 
 
-def enc_field_opt_id(value: Any, cls: type[_UuidId], owner: str, field: str) -> str:
+def enc_field_opt_id(value: Any, cls: type[UuidId], owner: str, field: str) -> str:
     if value is None:
         return "null"
     return enc_field_id(value, cls, owner, field)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, NoReturn
 
-from ._commands import LPUSH, RPUSH, check_message, too_big
+from ._commands import LPUSH, RPUSH, check_message, push_verb, too_big
 from ._ops import Command, Op, Pop
 from .errors import DecodeError, InvalidArgumentError, ReplyError
 from .ids import AgentId
@@ -146,7 +146,7 @@ def move_message_to_inbox(keys: TownKeys, message: Message, to: Any,
     payload = moved.to_json()
     if max_bytes is not None and len(payload) > max_bytes:
         raise too_big("message", payload, max_bytes)
-    yield (LPUSH if moved.priority.is_front else RPUSH, keys.inbox_prefix + moved.to, payload)
+    yield (push_verb(moved), keys.inbox_prefix + moved.to, payload)
 
 
 def peek_inbox(keys: TownKeys, agent_id: Any, count: int) -> Op[list[Message]]:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import socket
 import ssl as _ssl
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from .errors import InvalidArgumentError
+from .errors import ConnectionError, InvalidArgumentError
 
-__all__ = ["Address", "parse_url", "with_tls"]
+__all__ = ["Address", "connect_each_ip", "connect_each_ip_async", "parse_url", "with_tls"]
+
+_T = TypeVar("_T")
 
 _FORMS = ("unix:///absolute/path/redis.sock, redis[s]://[user:password@]host:port[/db] "
           "or redis[s]+cluster://[user:password@]host:port[,host:port...]")
@@ -163,3 +169,55 @@ def with_tls(address: Address, *, ssl: _ssl.SSLContext | None = None,
     except (OSError, TypeError, ValueError) as exc:   # ssl.SSLError is an OSError
         raise InvalidArgumentError(f"bad TLS settings for {address}: {exc}") from None
     return dataclasses.replace(address, ssl_context=context)
+
+
+# ------------------------------------------------------------ connecting to a host
+# The rule of Channel and SyncChannel for a host name: resolve it (SOCK_STREAM),
+# try each address it gives once, in order ("localhost" may give ::1 first,
+# where nothing listens), keep the first that connects, else raise the last
+# failure. The two functions below differ only in awaiting the attempt.
+
+
+def _unresolved(address: Address, why: object = None) -> ConnectionError:
+    return ConnectionError(f"cannot resolve Redis host {address.host!r}"
+                           + ("" if why is None else f": {why}"))
+
+
+def _ips(infos: Sequence[tuple[Any, ...]]) -> list[str]:
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def connect_each_ip(address: Address, connect: Callable[[str], _T]) -> _T:
+    """``connect(ip)`` for each IP the TCP ``address``'s host resolves to, in
+    order, until one returns; its result. Raises tinytown's
+    :class:`ConnectionError`: the host does not resolve, or the last
+    attempt's error (an attempt fails only by raising ConnectionError).
+    Blocks while resolving."""
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise _unresolved(address, exc) from None
+    error: ConnectionError | None = None
+    for ip in _ips(infos):
+        try:
+            return connect(ip)
+        except ConnectionError as exc:
+            error = exc
+    raise error or _unresolved(address)
+
+
+async def connect_each_ip_async(address: Address, connect: Callable[[str], Awaitable[_T]],
+                                loop: asyncio.AbstractEventLoop) -> _T:
+    """:func:`connect_each_ip` on an event loop: the host is resolved by
+    ``loop.getaddrinfo`` (in the loop's executor) and each attempt awaited."""
+    try:
+        infos = await loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise _unresolved(address, exc) from None
+    error: ConnectionError | None = None
+    for ip in _ips(infos):
+        try:
+            return await connect(ip)
+        except ConnectionError as exc:
+            error = exc
+    raise error or _unresolved(address)

@@ -121,7 +121,11 @@ class Agent:
 
     @classmethod
     def new(cls, name: str, cli: str, agent_type: AgentType | str = AgentType.WORKER) -> Agent:
-        """A new agent with a fresh id, state STARTING, counters at 0, timestamps now."""
+        """A new agent with a fresh id, state STARTING, counters at 0, timestamps now.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a non-str ``name`` or ``cli``
+        or an ``agent_type`` that is not an AgentType (or its value).
+        """
         now = Timestamp.now()
         return cls(
             id=AgentId.new(),

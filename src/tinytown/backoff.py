@@ -57,7 +57,11 @@ class Backoff:
             raise InvalidArgumentError(f"Backoff.jitter must be between 0 and 1, not {self.jitter!r}")
 
     def delay(self, failures: int, rand: Callable[[], float] = random.random) -> float:
-        """Seconds to wait after ``failures`` consecutive failed attempts (>= 1)."""
+        """Seconds to wait after ``failures`` consecutive failed attempts (>= 1).
+
+        ``rand`` returns a float in [0, 1) (the jitter). Raises nothing for an int
+        ``failures``; below 1 counts as 1.
+        """
         # The exponent is bounded so that the power cannot overflow a float;
         # the cap is reached long before.
         exponent = min(max(failures, 1) - 1, 1000)

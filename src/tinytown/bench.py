@@ -42,8 +42,10 @@ from typing import Any
 
 from ._ops_state import CAS_SHA, CAS_SCRIPT
 from ._ops_streams import DOCKET_GROUP
+from ._transport.resp import call
 from .agent import Agent
 from .channel import Channel
+from .errors import ReplyError
 from .ids import AgentId
 from .message import Message, MessageType
 from .sync_channel import SyncChannel
@@ -137,7 +139,7 @@ class RedisServer:
             try:
                 self.cli("PING")
                 break
-            except (OSError, subprocess.CalledProcessError):
+            except (OSError, ReplyError):  # not listening yet, or still loading its data
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
                     raise RuntimeError("redis-server for the benchmark did not start") from None
@@ -151,13 +153,16 @@ class RedisServer:
         """redis-benchmark/redis-cli arguments that reach this server."""
         return ["-h", "127.0.0.1", "-p", str(self.port)] if self.tcp else ["-s", str(self.socket_path)]
 
-    def cli(self, *args: str) -> str:
+    def cli(self, *args: str) -> object:
+        """Run one command on a new connection; its reply (an error reply raises
+        :class:`~tinytown.ReplyError`). Times out after 5 seconds (OSError)."""
         with socket.socket(socket.AF_INET if self.tcp else socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(("127.0.0.1", self.port) if self.tcp else str(self.socket_path))
-            s.sendall(b"".join([f"*{len(args)}\r\n".encode()] + [
-                f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args]))
-            return s.recv(65536).decode(errors="replace")
+            reply = call(s, *args)
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import math
 import os
-import socket
 import ssl as ssl_module
 import sys
 import warnings
@@ -37,9 +36,10 @@ from ._commands import (
     check_message,
     login_commands,
     push_commands,
+    push_verb,
     too_big,
 )
-from .address import Address, parse_url, with_tls
+from .address import Address, connect_each_ip_async, parse_url, with_tls
 from .agent import Agent
 from .backoff import Backoff, ReconnectSchedule
 from .errors import (
@@ -227,7 +227,8 @@ class Channel:
     as it is.
 
     A Channel belongs to the event loop it was connected on and is not
-    thread-safe. If the connection drops, calls in flight fail with
+    thread-safe: a call from another loop raises
+    :class:`tinytown.EventLoopError` before anything is sent. If the connection drops, calls in flight fail with
     :class:`tinytown.ConnectionError` and the next call reconnects, with
     exponential backoff (see :class:`tinytown.Backoff`).
     """
@@ -405,13 +406,6 @@ class Channel:
         if address.unix_path is not None:
             conn = await self._connect_one(lambda c: c.connect_unix(address.unix_path), timeout)
         else:
-            try:
-                infos = await self._loop.getaddrinfo(
-                    address.host, address.port, type=socket.SOCK_STREAM)
-            except socket.gaierror as exc:
-                raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
-            # Try every address in order ("localhost" may give ::1 first).
-            error: ConnectionError | None = None
             if address.tls:
                 def start(c: Any, ip: str) -> Any:
                     return c.connect_tcp(ip, address.port, tls=address.ssl_context,
@@ -419,14 +413,8 @@ class Channel:
             else:
                 def start(c: Any, ip: str) -> Any:
                     return c.connect_tcp(ip, address.port)
-            for ip in dict.fromkeys(info[4][0] for info in infos):
-                try:
-                    conn = await self._connect_one(lambda c: start(c, ip), timeout)
-                    break
-                except ConnectionError as exc:
-                    error = exc
-            else:
-                raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
+            conn = await connect_each_ip_async(
+                address, lambda ip: self._connect_one(lambda c: start(c, ip), timeout), self._loop)
         try:
             await _within(self._log_in(conn), timeout)
         except asyncio.TimeoutError:
@@ -501,6 +489,13 @@ class Channel:
 
         Urgent and high priority go to the front (LPUSH), normal and low to
         the back (RPUSH).
+
+        Key: ``tt:<town>:inbox:<message.to>``; one ``LPUSH``/``RPUSH <key> <json>``.
+        Raises :class:`InvalidArgumentError` for a non-Message or one over
+        ``max_message_bytes`` and :class:`EncodeError` for one that JSON cannot carry
+        (nothing is sent), :class:`ReplyError` (WRONGTYPE) if the key holds another
+        type, :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         if type(message) is not Message:
             check_message(message, "send")
@@ -514,7 +509,7 @@ class Channel:
         waiter = conn.wait_writable(len(payload) + len(key) + 48)
         if waiter is not None:
             await waiter    # backpressure: the queue is over its high-water mark
-        await conn.execute(LPUSH if message.priority.is_front else RPUSH, key, payload)
+        await conn.execute(push_verb(message), key, payload)
 
     async def send_many(self, messages: Iterable[Message]) -> None:
         """Send many messages in one pipelined round trip, in order.
@@ -529,6 +524,14 @@ class Channel:
         its ``written`` and ``unconfirmed`` attributes split the batch into
         the messages Redis confirmed and the rest (on a Redis Cluster, each
         node confirms its own pushes).
+
+        Pushes: ``LPUSH``/``RPUSH tt:<town>:inbox:<to> <json>...``, one variadic push
+        per run of messages for the same inbox and end. Raises
+        :class:`InvalidArgumentError` for a non-Message or one over
+        ``max_message_bytes`` and :class:`EncodeError` for one that JSON cannot carry
+        (nothing is sent), :class:`ReplyError` (the first error reply, e.g. WRONGTYPE;
+        the other pushes are done), :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConnectionError` as above.
         """
         batch = messages if isinstance(messages, (list, tuple)) else list(messages)
         commands = push_commands(batch, self._keys.inbox_prefix, self._max_bytes)
@@ -558,6 +561,14 @@ class Channel:
         may be lost: plain receive is at-most-once, see
         :meth:`receive_reliable`); the next receive reconnects. It returns or
         raises within about ``timeout`` + 1 s even if Redis stops answering.
+
+        Key: ``tt:<town>:inbox:<agent>``. Raises :class:`InvalidArgumentError` for a bad
+        id or a ``timeout`` that is not a positive, finite number of seconds or a
+        timedelta (nothing is sent), :class:`DecodeError` (with ``raw``; the message is
+        moved to ``tt:<town>:dead:<agent>``) for an undecodable message,
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         agent = AgentId(agent_id)
         key = self._keys.inbox_prefix + agent
@@ -876,6 +887,12 @@ class Channel:
         undecodable message is moved to ``tt:<town>:dead:<agent>`` and
         :class:`DecodeError` (with ``raw``) is raised (Tinytown 0.10 drops
         it).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`DecodeError` for an undecodable message (as above), :class:`ReplyError`
+        (WRONGTYPE) if the key holds another type, :class:`ConnectionError` if the
+        connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`.
         """
         return await self._run(_ops_inbox.try_receive(self._keys, agent_id))
 
@@ -901,7 +918,8 @@ class Channel:
     async def receive_reliable(self, agent_id: AgentId | Any,
                                timeout: float | timedelta) -> Delivery | None:
         """Like :meth:`receive`, but at-least-once: returns a :class:`Delivery`
-        to :meth:`ack` once processed, or None if nothing came in ``timeout``.
+        to :meth:`ack` once processed, or None if nothing came in ``timeout``
+        (seconds, or a timedelta).
 
         The message moves atomically (BLMOVE) from the inbox to
         ``tt:<town>:processing:<agent>`` and stays there until acked, so a
@@ -912,6 +930,14 @@ class Channel:
         raises :class:`DecodeError` (with ``raw``). If the caller is
         cancelled, a message already moved goes back to the inbox's front.
         Needs Redis >= 6.2; not available on a Redis Cluster.
+
+        ``BLMOVE tt:<town>:inbox:<agent> tt:<town>:processing:<agent> LEFT RIGHT
+        <timeout>``. Raises :class:`InvalidArgumentError` for a bad id, a ``timeout``
+        that is not a positive, finite number of seconds or a timedelta, or on a Redis
+        Cluster (nothing is sent), :class:`DecodeError` (with ``raw``) for an
+        undecodable message, :class:`ReplyError` (WRONGTYPE; ``ERR unknown command``
+        before Redis 6.2), :class:`ConnectionError` if the connection is lost or cannot
+        be made, :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("receive_reliable")
         agent = AgentId(agent_id)
@@ -947,6 +973,12 @@ class Channel:
 
         True if it was there; False if it was not (already acked, or
         reclaimed meanwhile, in which case it will be delivered again).
+
+        ``LREM tt:<town>:processing:<agent> 1 <delivery.raw>``. Raises
+        :class:`InvalidArgumentError` if ``delivery`` is not a :class:`Delivery`,
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         if not isinstance(delivery, Delivery):
             raise InvalidArgumentError(
@@ -963,6 +995,13 @@ class Channel:
         before its first :meth:`receive_reliable`: while a consumer is alive,
         its messages in processing are not abandoned, and reclaiming them
         would deliver them twice.
+
+        One ``EVAL`` of a Lua script that runs ``LMOVE tt:<town>:processing:<agent>
+        tt:<town>:inbox:<agent> RIGHT LEFT`` until the processing list is empty. Raises
+        :class:`InvalidArgumentError` for a bad id or on a Redis Cluster,
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("reclaim")
         agent = AgentId(agent_id)
@@ -978,12 +1017,24 @@ class Channel:
                    "command, and Tinytown's key names put them on different hash slots"))
 
     async def processing_len(self, agent_id: AgentId | Any) -> int:
-        """Number of messages received reliably by the agent and not yet acked."""
+        """Number of messages received reliably by the agent and not yet acked.
+
+        ``LLEN tt:<town>:processing:<agent>``. Raises :class:`InvalidArgumentError` for
+        a bad id (nothing is sent), :class:`ReplyError` (WRONGTYPE) if the key holds
+        another type, :class:`ConnectionError` if the connection is lost or cannot be
+        made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         conn = await self._main()
         return await conn.execute(b"LLEN", self._keys.processing(AgentId(agent_id)))
 
     async def inbox_len(self, agent_id: AgentId | Any) -> int:
-        """Number of messages waiting in the agent's inbox (LLEN)."""
+        """Number of messages waiting in the agent's inbox (LLEN).
+
+        Key: ``tt:<town>:inbox:<agent>``. Raises :class:`InvalidArgumentError` for a bad
+        id (nothing is sent), :class:`ReplyError` (WRONGTYPE) if the key holds another
+        type, :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         key = self._keys.inbox_prefix + AgentId(agent_id)
         conn = self._conn
         if conn is None or conn.is_closed:
@@ -993,7 +1044,13 @@ class Channel:
     async def broadcast(self, message: Message) -> int:
         """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:
         ``tt:<town>:broadcast`` (hash layout) or ``tt:broadcast`` (json
-        layout); returns how many subscribers got it."""
+        layout); returns how many subscribers got it.
+
+        Raises :class:`InvalidArgumentError` for a non-Message or one over
+        ``max_message_bytes`` and :class:`EncodeError` for one that JSON cannot carry
+        (nothing is published), :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         check_message(message, "broadcast")
         payload = message.to_json()
         if len(payload) > self._max_bytes:
@@ -1010,6 +1067,10 @@ class Channel:
         The subscription has a connection of its own, opened on first
         iteration (or on ``async with``/``await sub.start()``, to be sure to
         be subscribed before something is published).
+
+        No Redis command is sent here: the subscription sends ``SUBSCRIBE <channel>`` on
+        its own connection when it starts, and its start and iteration raise the
+        connection errors. Raises :class:`ChannelClosedError` if the channel is closed.
         """
         if self._closed:
             raise ChannelClosedError("the channel is closed")
@@ -1038,11 +1099,22 @@ class Channel:
         result reaches it, the messages go back to the front of the urgent
         inbox in their order. A key of another type raises
         :class:`ReplyError` (WRONGTYPE) and is left as it is.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         return await self._run(_ops_inbox.receive_urgent(self._keys, agent_id))
 
     async def urgent_len(self, agent_id: AgentId | Any) -> int:
-        """Number of messages in the agent's urgent inbox (``LLEN tt:<town>:urgent:<agent>``)."""
+        """Number of messages in the agent's urgent inbox (``LLEN tt:<town>:urgent:<agent>``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_ops_inbox.urgent_len(self._keys, agent_id))
 
     async def peek_inbox(self, agent_id: AgentId | Any, count: int) -> list[Message]:
@@ -1055,6 +1127,11 @@ class Channel:
         Tinytown 0.10 reads 0 as "the whole inbox" and negative counts as
         offsets from the end, which is rejected here with
         :class:`InvalidArgumentError` (nothing is sent).
+
+        Raises :class:`InvalidArgumentError` for a bad id or ``count``,
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         return await self._run(_ops_inbox.peek_inbox(self._keys, agent_id, count))
 
@@ -1067,6 +1144,11 @@ class Channel:
         ``tt:<town>:dead:<agent>`` with a logged warning; every good message
         is returned. If the caller is cancelled before the result reaches
         it, the messages go back to the front of the inbox in their order.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         return await self._run(_ops_inbox.drain_inbox(self._keys, agent_id))
 
@@ -1075,6 +1157,12 @@ class Channel:
         otherwise), placed as :meth:`send` places it (LPUSH for urgent/high,
         RPUSH for normal/low, on ``tt:<town>:inbox:<to>``). The original is
         not removed from anywhere.
+
+        Raises :class:`InvalidArgumentError` for a non-Message or one over
+        ``max_message_bytes`` or a bad ``to`` (nothing is sent), :class:`ReplyError`
+        (WRONGTYPE) if the key holds another type, :class:`ConnectionError` if the
+        connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`.
         """
         await self._run(_ops_inbox.move_message_to_inbox(self._keys, message, to, self._max_bytes))
 
@@ -1112,11 +1200,26 @@ class Channel:
 
     async def set_task(self, task: Task) -> None:
         """Store ``task`` at ``tt:<town>:task:<id>`` in the channel's layout,
-        exactly as :meth:`set_agent_state` stores an agent."""
+        exactly as :meth:`set_agent_state` stores an agent.
+
+        Hash layout: ``MULTI, HDEL <absent optional fields>, HMSET <fields>, EXEC``;
+        json layout: ``SET <key> <json>``. Raises :class:`InvalidArgumentError` for a
+        non-Task or one over ``max_message_bytes`` (nothing is written),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         await self._run(_ops_state.set_task(self._keys, self._layout, task, self._max_bytes))
 
     async def get_task(self, task_id: TaskId | Any) -> Task | None:
-        """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`)."""
+        """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`).
+
+        ``HGETALL tt:<town>:task:<id>`` (hash layout) or ``GET`` (json layout), the
+        other one after a WRONGTYPE. Raises :class:`InvalidArgumentError` for a bad id
+        (nothing is sent), :class:`DecodeError` for state that cannot be read,
+        :class:`ReplyError` (WRONGTYPE) if the key is neither a Hash nor a string,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_ops_state.get_task(self._keys, self._layout, task_id))
 
     async def list_agents(self) -> list[Agent]:
@@ -1130,6 +1233,10 @@ class Channel:
         state, a name that is not ``agent:<uuid>``) is skipped with a
         logged warning.
         Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+
+        Raises :class:`InvalidArgumentError` on a Redis Cluster,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("list_agents", "it SCANs one server's keys")
         return await self._run(_ops_state.list_agents(self._keys, self._layout))
@@ -1138,6 +1245,12 @@ class Channel:
         """The first agent (of :meth:`list_agents`, so in no particular order)
         whose ``name`` is exactly ``name`` (case-sensitive); None if none.
         Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+
+        Commands: those of :meth:`list_agents` (``SCAN ... MATCH tt:<town>:agent:*``,
+        then ``HGETALL`` in the hash layout or ``GET`` in the json layout per key).
+        Raises :class:`InvalidArgumentError` for a non-str ``name`` or on a Redis
+        Cluster, :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("get_agent_by_name", "it SCANs one server's keys")
         return await self._run(_ops_state.get_agent_by_name(self._keys, self._layout, name))
@@ -1155,6 +1268,13 @@ class Channel:
         the agent if one, :class:`AmbiguousAgentRefError` (with
         ``matches``) if several.
         Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+
+        Commands: ``HGETALL tt:<town>:agent:<id>`` (or ``GET``) for a UUID, else those of
+        :meth:`list_agents`. Raises :class:`AmbiguousAgentRefError` if several agents match,
+        :class:`InvalidArgumentError` for a non-str ``ref`` or on a Redis Cluster,
+        :class:`DecodeError` for a UUID whose stored state cannot be read,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("resolve_agent_ref", "it SCANs one server's keys")
         return await self._run(_ops_state.resolve_agent_ref(self._keys, self._layout, ref))
@@ -1164,19 +1284,33 @@ class Channel:
         flag: ``DEL`` of ``tt:<town>:agent|inbox|urgent|activity|stop:<id>``, in
         that order, in one write. Its event stream
         (``tt:<town>:events:agent:<id>``) and dead letters are kept, as in
-        Tinytown 0.10."""
+        Tinytown 0.10.
+
+        ``DEL`` takes keys of any type. Raises :class:`InvalidArgumentError` for a bad
+        id (nothing is sent), :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         await self._run(_ops_state.delete_agent(self._keys, agent_id))
 
     async def list_tasks(self) -> list[Task]:
         """Every task of the town, in no particular order; either layout
         (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`).
         Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+
+        Raises :class:`InvalidArgumentError` on a Redis Cluster,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("list_tasks", "it SCANs one server's keys")
         return await self._run(_ops_state.list_tasks(self._keys, self._layout))
 
     async def delete_task(self, task_id: TaskId | Any) -> bool:
-        """Delete ``tt:<town>:task:<id>`` (``DEL``, any type); True if it existed."""
+        """Delete ``tt:<town>:task:<id>`` (``DEL``, any type); True if it existed.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_ops_state.delete_task(self._keys, task_id))
 
     async def increment_agent_rounds(self, agent_id: AgentId | Any) -> int:
@@ -1196,7 +1330,15 @@ class Channel:
 
     async def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
         """Add 1 to the agent's ``tasks_completed``; returns the new value.
-        As :meth:`increment_agent_rounds` (same guarantees and errors)."""
+        As :meth:`increment_agent_rounds` (same guarantees and errors).
+
+        Commands: ``HGETALL tt:<town>:agent:<id>`` (or ``GET``, json layout), then
+        ``EVALSHA`` of the compare-and-set script. Raises :class:`AgentNotFoundError` if
+        the agent has no state, :class:`EncodeError` if the counter is already 2**64-1,
+        :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
 
@@ -1226,6 +1368,10 @@ class Channel:
         returns the number scanned. Not atomic: keys written meanwhile may
         survive.
         Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+
+        Raises :class:`InvalidArgumentError` on a Redis Cluster,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("reset_all", "it SCANs one server's keys")
         return await self._run(_ops_state.reset_all(self._keys))
@@ -1236,6 +1382,10 @@ class Channel:
         processing lists), keeping tasks, backlog, docket and event streams;
         returns how many were deleted. One SCAN per kind, as :meth:`reset_all`.
         Not available on a Redis Cluster (:class:`InvalidArgumentError`).
+
+        Raises :class:`InvalidArgumentError` on a Redis Cluster,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         self._check_not_cluster("reset_agents_only", "it SCANs one server's keys")
         return await self._run(_ops_state.reset_agents_only(self._keys))
@@ -1411,15 +1561,30 @@ class Channel:
     # -- stop flag --------------------------------------------------------------
 
     async def request_stop(self, agent_id: AgentId | Any) -> None:
-        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
+        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h).
+
+        ``SETEX`` replaces a key of any type. Raises :class:`InvalidArgumentError` for a
+        bad id (nothing is sent), :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         await self._run(_ops.request_stop(self._keys, agent_id))
 
     async def should_stop(self, agent_id: AgentId | Any) -> bool:
-        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
+        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_ops.should_stop(self._keys, agent_id))
 
     async def clear_stop(self, agent_id: AgentId | Any) -> None:
-        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
+        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``).
+
+        ``DEL`` takes a key of any type. Raises :class:`InvalidArgumentError` for a bad
+        id (nothing is sent), :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         await self._run(_ops.clear_stop(self._keys, agent_id))
 
     async def _run(self, op: _ops.Op[_T]) -> _T:
@@ -1489,6 +1654,11 @@ class Channel:
         As Tinytown returns it; a line containing a newline makes the text
         ambiguous: :meth:`get_agent_activity_lines` returns the list instead.
         Bytes that are not UTF-8 read as U+FFFD.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         return await self._run(_streams.get_agent_activity(self._keys, agent_id))
 
@@ -1496,7 +1666,13 @@ class Channel:
                                        count: int = 5) -> list[str]:
         """The agent's ``count`` (default 5, at most 10 are kept) newest activity
         lines as a list, newest first; ``[]`` when none (``LRANGE ... 0 count-1``).
-        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``."""
+        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``.
+
+        Raises :class:`InvalidArgumentError` for a bad id or a ``count`` outside
+        1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE) if the key holds
+        another type, :class:`ConnectionError` if the connection is lost or cannot be
+        made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.get_agent_activity_lines(self._keys, agent_id, count))
 
     async def emit_event(self, event: TownEvent) -> str:
@@ -1542,33 +1718,71 @@ class Channel:
     async def read_agent_events(self, agent_id: AgentId | Any, last_id: str = "-",
                                 count: int = 100) -> list[tuple[str, TownEvent]]:
         """Like :meth:`read_town_events`, on the agent's stream
-        ``tt:<town>:events:agent:<agent>``."""
+        ``tt:<town>:events:agent:<agent>``.
+
+        ``XRANGE tt:<town>:events:agent:<agent> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
+        :class:`InvalidArgumentError` for a bad id, a malformed ``last_id`` or a
+        ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
+        if the key holds another type, :class:`ConnectionError` if the connection is
+        lost or cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.read_agent_events(self._keys, agent_id, last_id, count))
 
     async def read_mission_events(self, mission_id: Any, last_id: str = "-",
                                   count: int = 100) -> list[tuple[str, TownEvent]]:
         """Like :meth:`read_town_events`, on the mission's stream
-        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID)."""
+        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID).
+
+        ``XRANGE tt:<town>:events:mission:<mission> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
+        :class:`InvalidArgumentError` for a bad mission id, a malformed ``last_id`` or a
+        ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
+        if the key holds another type, :class:`ConnectionError` if the connection is
+        lost or cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.read_mission_events(self._keys, mission_id, last_id, count))
 
     async def read_recent_town_events(self, count: int = 100) -> list[tuple[str, TownEvent]]:
         """The ``count`` newest events of ``tt:<town>:events``, oldest first, as
         ``(entry_id, TownEvent)`` (``XREVRANGE <key> + - COUNT <count>``);
         undecodable entries skipped. The last id can start a
-        :meth:`read_town_events` follow loop."""
+        :meth:`read_town_events` follow loop.
+
+        Raises :class:`InvalidArgumentError` for a ``count`` outside 1..2**63-1 (nothing
+        is sent), :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.read_recent_town_events(self._keys, count))
 
     async def backlog_push(self, task_id: TaskId | Any) -> None:
-        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``)."""
+        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         await self._run(_streams.backlog_push(self._keys, task_id))
 
     async def backlog_list(self) -> list[TaskId]:
         """Every task id in the backlog, front first (``LRANGE tt:<town>:backlog 0 -1``);
-        entries that are not task ids are skipped (logged), as Tinytown does."""
+        entries that are not task ids are skipped (logged), as Tinytown does.
+
+        Raises :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.backlog_list(self._keys))
 
     async def backlog_len(self) -> int:
-        """Number of entries in the backlog (``LLEN``), unreadable ones included."""
+        """Number of entries in the backlog (``LLEN``), unreadable ones included.
+
+        Key: ``tt:<town>:backlog``. Raises :class:`ReplyError` (WRONGTYPE) if the key
+        holds another type, :class:`ConnectionError` if the connection is lost or cannot
+        be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.backlog_len(self._keys))
 
     async def backlog_pop(self) -> TaskId | None:
@@ -1579,19 +1793,35 @@ class Channel:
         it, spec §9.9); the next call goes on with the following entry. If
         the caller is cancelled while the LPOP is on its way, an entry it took
         goes back to the front of the backlog: nothing is lost.
+
+        Raises :class:`DecodeError` for an entry that is not a task id (as above),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         return await self._run(_streams.backlog_pop(self._keys))
 
     async def backlog_remove(self, task_id: TaskId | Any) -> bool:
         """Remove the first occurrence of ``task_id`` from the backlog; True if
-        it was there (``LREM tt:<town>:backlog 1 <task_id>``)."""
+        it was there (``LREM tt:<town>:backlog 1 <task_id>``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.backlog_remove(self._keys, task_id))
 
     async def docket_ensure_group(self) -> None:
         """Create the docket stream and its consumer group ``workers`` if missing
         (``XGROUP CREATE tt:<town>:docket:tasks workers $ MKSTREAM``; the
         BUSYGROUP error of an existing group is ignored). Entries pushed
-        before the group existed are not delivered to it (``$``), as in Tinytown."""
+        before the group existed are not delivered to it (``$``), as in Tinytown.
+
+        Raises :class:`ReplyError` for an error other than BUSYGROUP (e.g. WRONGTYPE if
+        the key holds another type), :class:`ConnectionError` if the connection is lost
+        or cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         await self._run(_streams.docket_ensure_group(self._keys))
 
     async def docket_push(self, task_id: TaskId | Any, description: str, priority: str,
@@ -1622,6 +1852,11 @@ class Channel:
         Redis delivered an entry, the entry stays pending for ``consumer``:
         :meth:`docket_reclaim` returns it. A missing group raises
         :class:`ReplyError` (NOGROUP; see :meth:`docket_ensure_group`).
+
+        Raises :class:`InvalidArgumentError` for a non-str ``consumer`` or a
+        ``block_ms`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (NOGROUP,
+        WRONGTYPE), :class:`ConnectionError` if the connection is lost or cannot be
+        made, :class:`ChannelClosedError` after :meth:`close`.
         """
         keys = self._keys
         ms = _streams.docket_block_ms(block_ms)
@@ -1644,24 +1879,46 @@ class Channel:
         return await self._run(_streams.docket_ack(self._keys, entry_id))
 
     async def docket_len(self) -> int:
-        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent)."""
+        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent).
+
+        Key: ``tt:<town>:docket:tasks``. Raises :class:`ReplyError` (WRONGTYPE) if the
+        key holds another type, :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.docket_len(self._keys))
 
     async def docket_pending_count(self) -> int:
         """Entries delivered to the group and not yet acked (``XPENDING tt:<town>:docket:tasks
-        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP)."""
+        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP).
+
+        Raises :class:`ReplyError` (NOGROUP, WRONGTYPE), :class:`ConnectionError` if the
+        connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`.
+        """
         return await self._run(_streams.docket_pending_count(self._keys))
 
     async def docket_group_lag(self) -> int | None:
         """Entries of the docket not yet delivered to the group (``lag`` of
         ``XINFO GROUPS``); None when the group is missing or Redis cannot
-        tell (Redis < 7). A missing stream raises :class:`ReplyError`."""
+        tell (Redis < 7). A missing stream raises :class:`ReplyError`.
+
+        Raises :class:`ReplyError` (missing stream: ``ERR no such key``; WRONGTYPE),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.docket_group_lag(self._keys))
 
     async def docket_log_event(self, task_id: TaskId | Any, event_type: str, detail: str) -> str:
         """Append to the docket's event log; returns the entry id (``XADD
         tt:<town>:docket:events * task_id <id> event <event_type> detail <detail>
-        timestamp <now, +00:00>``, never trimmed)."""
+        timestamp <now, +00:00>``, never trimmed).
+
+        Raises :class:`InvalidArgumentError` for a bad task id or a non-str
+        ``event_type``/``detail``, :class:`EncodeError` for text that is not valid
+        Unicode, :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
+        """
         return await self._run(_streams.docket_log_event(self._keys, task_id, event_type, detail))
 
     async def docket_reclaim(self, consumer: str, min_idle_ms: int,
@@ -1674,6 +1931,12 @@ class Channel:
         tt:<town>:docket:tasks workers <consumer> <min_idle_ms> <cursor> COUNT
         <n>``, repeated until Redis's scan wraps or ``count`` came back).
         Not in Tinytown, which never reclaims; needs Redis >= 6.2.
+
+        Raises :class:`InvalidArgumentError` for a non-str ``consumer``, a
+        ``min_idle_ms`` (milliseconds) outside 0..2**63-1 or a ``count`` outside
+        1..2**63-1 (nothing is sent), :class:`ReplyError` (NOGROUP; ``ERR unknown
+        command`` before Redis 6.2), :class:`ConnectionError` if the connection is lost
+        or cannot be made, :class:`ChannelClosedError` after :meth:`close`.
         """
         return await self._run(_streams.docket_reclaim(self._keys, consumer, min_idle_ms, count))
 
@@ -1687,6 +1950,15 @@ class Channel:
         or subscribing commands here: they would hold up every other call.
         Waits first while the connection's write queue is over its high-water
         mark (``write_buffer_limits`` of :meth:`connect`).
+
+        No Redis command of its own: ``args`` is sent as the command, e.g.
+        ``execute("GET", key)``; each argument bytes, str (UTF-8), int or float.
+        Raises :class:`InvalidArgumentError` (nothing is sent) for another argument
+        type (bool included), for a command that changes the connection's protocol
+        state (the SUBSCRIBE family, MONITOR, RESET, QUIT, HELLO 3, CLIENT REPLY
+        OFF/SKIP) or one of 2 GiB - 64 KiB or more; :class:`ReplyError` for an error reply,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`.
         """
         conn = await self._main()
         waiter = conn.wait_writable(_command_bytes(args))
@@ -1710,7 +1982,11 @@ class Channel:
         return self._closed
 
     async def close(self) -> None:
-        """Close every connection of the channel; pending calls fail with ConnectionError."""
+        """Close every connection of the channel; pending calls fail with ConnectionError.
+
+        No Redis command: the connections are closed without QUIT. Idempotent. Raises
+        nothing.
+        """
         if self._closed:
             return
         self._closed = True
@@ -1758,6 +2034,9 @@ class Channel:
             pass
 
     async def __aenter__(self) -> Channel:
+        """The channel itself; ``__aexit__`` calls :meth:`close`. No Redis command:
+        :meth:`connect` already connected (AUTH and SELECT when the URL has them).
+        Raises nothing."""
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -1907,6 +2186,11 @@ class BroadcastSubscription:
         return self
 
     async def __anext__(self) -> Message:
+        """The next broadcast, waiting as long as it takes; subscribes first
+        (``SUBSCRIBE <channel>``) if :meth:`start` was not called. Raises
+        :class:`DecodeError` (with ``raw``) for a broadcast that is not a Message,
+        :class:`ConnectionError` once when the connection drops (it re-subscribes
+        by itself), and ``StopAsyncIteration`` once closed."""
         if self._subscribed is None and not self._closed:
             await self.start()
         while not self._queue:
@@ -1928,7 +2212,11 @@ class BroadcastSubscription:
             raise
 
     async def close(self) -> None:
-        """Unsubscribe and close the subscription's connection."""
+        """Unsubscribe and close the subscription's connection.
+
+        No Redis command (no UNSUBSCRIBE): closing the connection ends the subscription
+        on the server. Idempotent; ``aclose`` is the same call. Raises nothing.
+        """
         self._shut(ChannelClosedError("the subscription is closed"))
 
     aclose = close
@@ -1948,6 +2236,10 @@ class BroadcastSubscription:
                 pass
 
     async def __aenter__(self) -> BroadcastSubscription:
+        """Subscribe (``SUBSCRIBE <channel>``, as :meth:`start`) and return the
+        subscription; ``__aexit__`` calls :meth:`close`. Raises
+        :class:`ChannelClosedError` if it is closed, :class:`ConnectionError` if it
+        cannot connect."""
         return await self.start()
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -747,11 +747,12 @@ class AgentBook:
         name or nickname, a unique prefix (4+ hex digits) of a registered
         agent's id, else as Tinytown's ``tt`` does (SyncChannel.resolve_agent_ref:
         name, display name or label ignoring ASCII case, 4-character short id)."""
+        from ._uuid import normalize
         from .errors import AmbiguousAgentRefError
-        from .ids import AgentId, _normalize
+        from .ids import AgentId
         if text == "supervisor":
             return AgentId.supervisor()
-        if _normalize(text) is not None:
+        if normalize(text) is not None:
             return AgentId(text)
         matches = [a.id for a in self.all() if text in (a.name, a.nickname)]
         if not matches and len(text) >= 4:
@@ -783,8 +784,9 @@ def resolve_task(channel: SyncChannel, text: str) -> TaskId:
 
     The rule of both ``state task ID`` and ``send --task-id``.
     """
-    from .ids import TaskId, _normalize
-    if _normalize(text) is not None:
+    from ._uuid import normalize
+    from .ids import TaskId
+    if normalize(text) is not None:
         return TaskId(text)
     prefix = text.lower()
     if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
@@ -792,7 +794,7 @@ def resolve_task(channel: SyncChannel, text: str) -> TaskId:
                       f"'{PROG} tasks' lists the town's tasks")
     keys = _scan(channel, _glob_escape(channel.keys.task_prefix) + prefix + "*")
     ids = [k[len(channel.keys.task_prefix):] for k in keys]
-    ids = [i for i in ids if _normalize(i) is not None]
+    ids = [i for i in ids if normalize(i) is not None]
     if not ids:
         raise Failure(f"no task in town {channel.town!r} has an id starting with {text!r}: "
                       f"'{PROG} tasks' lists them")

@@ -8,8 +8,11 @@ from typing import Any
 __all__ = ["Priority", "AgentState", "AgentType", "SpawnMode", "TaskState"]
 
 
-class _WireEnum(str, enum.Enum):
-    """A str enum whose ``str()`` and ``format()`` are the wire string."""
+class WireEnum(str, enum.Enum):
+    """A str enum whose ``str()`` and ``format()`` are the wire string.
+
+    The base of the wire enums here and of :class:`tinytown.events.EventType`;
+    not part of the public API (``__all__``)."""
 
     def __str__(self) -> str:
         return self._value_
@@ -21,7 +24,7 @@ class _WireEnum(str, enum.Enum):
         return f"{type(self).__name__}.{self._name_}"
 
 
-class Priority(_WireEnum):
+class Priority(WireEnum):
     """Message priority. ``HIGH`` and ``URGENT`` go to the front of the inbox."""
 
     LOW = "low"
@@ -38,7 +41,7 @@ for _p in Priority:
 del _p
 
 
-class AgentState(_WireEnum):
+class AgentState(WireEnum):
     """Lifecycle state of an agent (default ``STARTING``)."""
 
     COLD = "cold"
@@ -69,14 +72,14 @@ class AgentState(_WireEnum):
         )
 
 
-class AgentType(_WireEnum):
+class AgentType(WireEnum):
     """Kind of agent (default ``WORKER``)."""
 
     SUPERVISOR = "supervisor"
     WORKER = "worker"
 
 
-class SpawnMode(_WireEnum):
+class SpawnMode(WireEnum):
     """How an agent session was created (default ``FRESH``)."""
 
     FRESH = "fresh"
@@ -84,7 +87,7 @@ class SpawnMode(_WireEnum):
     RESUMED = "resumed"
 
 
-class TaskState(_WireEnum):
+class TaskState(WireEnum):
     """State of a task (default ``PENDING``). ``"in_flight"`` is read as ``RUNNING``."""
 
     PENDING = "pending"

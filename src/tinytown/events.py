@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _json
-from ._json import as_enum, as_opt_id, as_opt_str, as_str, as_ts, encode_str
-from .enums import SpawnMode, _WireEnum
+from ._json import as_enum, as_opt_id, as_opt_str, as_str, as_ts, checked_id, encode_str
+from .enums import SpawnMode, WireEnum
 from .errors import EncodeError, InvalidArgumentError
 from .ids import AgentId, MissionId, TaskId
 from .timestamp import Timestamp
@@ -29,7 +29,7 @@ __all__ = ["EventType", "TownEvent"]
 _new = object.__new__
 
 
-class EventType(_WireEnum):
+class EventType(WireEnum):
     """Kind of a town event; the value is the snake_case wire name (the
     Stream field ``event_type`` and the JSON ``"event_type"``)."""
 
@@ -74,10 +74,7 @@ _STR_FIELDS = ("old_state", "new_state", "scope")
 def _id(value: Any, cls: type[Any], field: str) -> str:
     """``,"field":"<uuid>"`` for a set optional id; EncodeError if it is not one."""
     if type(value) is not cls:
-        try:
-            value = cls(value)
-        except Exception:
-            raise EncodeError(f"TownEvent.{field} must be a {cls.__name__} or None, got {value!r}") from None
+        value = checked_id(value, cls, "TownEvent", field, optional=True)
     return f',"{field}":"{value}"'
 
 

@@ -18,20 +18,29 @@ __all__ = ["BROADCAST_CHANNEL", "TownKeys", "validate_town_name"]
 BROADCAST_CHANNEL = "tt:broadcast"
 
 # ':' would let one town's keys alias another's; '*', '?', '[' are glob
-# characters that would make SCAN patterns over the town match too much.
+# characters that would make SCAN/KEYS patterns over the town match too much.
 _BAD_TOWN_CHARS = re.compile(r"[:*?\[\s]")
 
 
-def validate_town_name(town: object) -> str:
-    """Return ``town`` if it is a usable town name, else raise InvalidArgumentError."""
-    if not isinstance(town, str) or not town:
-        raise InvalidArgumentError(f"town name must be a non-empty string, not {town!r}")
-    bad = _BAD_TOWN_CHARS.search(town)
-    if bad:
+def validate_town_name(name: object) -> str:
+    """Return ``name`` if it is a valid town name, else raise InvalidArgumentError.
+
+    A town name is part of every Redis key (``tt:<town>:inbox:<id>``), so it
+    must be a non-empty str without ``:`` (the key separator), without the
+    glob characters ``*``, ``?`` and ``[`` (so ``KEYS tt:<town>:*`` matches
+    only that town) and without whitespace. The one statement of the rule:
+    :class:`TownKeys`, :class:`~tinytown.town.Town` and the CLI use it.
+    """
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"town name must be a str, not {type(name).__name__}")
+    if not name:
+        raise InvalidArgumentError("town name must not be empty")
+    if _BAD_TOWN_CHARS.search(name):
+        bad = sorted(set(_BAD_TOWN_CHARS.findall(name)))
         raise InvalidArgumentError(
-            f"town name {town!r} contains {bad.group()!r}; "
-            "':', '*', '?', '[' and whitespace are not allowed")
-    return town
+            f"invalid town name {name!r}: it must not contain {' '.join(map(repr, bad))} "
+            "(':', '*', '?', '[' and whitespace are not allowed)")
+    return name
 
 
 class TownKeys:

@@ -13,9 +13,10 @@ from typing import Any, Callable, ClassVar
 
 from . import _json
 from ._json import FieldError, as_enum, as_id, as_opt_str, as_str, as_ts, missing
+from ._uuid import match_canonical, new_uuid4_text
 from .enums import Priority
 from .errors import EncodeError, InvalidArgumentError
-from .ids import AgentId, MessageId, _canonical, _new_uuid4_text
+from .ids import AgentId, MessageId
 from .timestamp import Timestamp
 
 __all__ = ["Message", "MessageType", "ConfirmationType"]
@@ -555,11 +556,15 @@ class Message:
 
     @classmethod
     def new(cls, from_id: AgentId | Any, to_id: AgentId | Any, msg_type: MessageType) -> Message:
-        """A new message with a fresh id, normal priority, created now."""
+        """A new message with a fresh id, normal priority, created now.
+
+        Raises :class:`~tinytown.InvalidArgumentError` if ``msg_type`` is not a
+        MessageType or an id is malformed.
+        """
         if not isinstance(msg_type, MessageType):
             raise InvalidArgumentError(f"Message: msg_type must be a MessageType, got {msg_type!r}")
         self = _object_new(cls)
-        _set_id(self, _str_new(MessageId, _new_uuid4_text()))
+        _set_id(self, _str_new(MessageId, new_uuid4_text()))
         _set_from(self, from_id if type(from_id) is AgentId else AgentId(from_id))
         _set_to(self, to_id if type(to_id) is AgentId else AgentId(to_id))
         _set_msg_type(self, msg_type)
@@ -569,7 +574,11 @@ class Message:
         return self
 
     def with_priority(self, priority: Priority | str) -> Message:
-        """A copy of this message with another priority."""
+        """A copy of this message with another priority.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for anything but a Priority or
+        ``'low'``, ``'normal'``, ``'high'``, ``'urgent'``.
+        """
         if type(priority) is not Priority:
             priority = _coerce_priority(priority)
         return _make(
@@ -578,7 +587,10 @@ class Message:
         )
 
     def with_correlation(self, message_id: MessageId | Any) -> Message:
-        """A copy of this message correlated to ``message_id`` (request/response)."""
+        """A copy of this message correlated to ``message_id`` (request/response).
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a malformed id.
+        """
         corr = message_id if type(message_id) is MessageId else MessageId(message_id)
         return _make(
             type(self), self.id, self.from_, self.to, self.msg_type, self.priority,
@@ -629,15 +641,15 @@ class Message:
             except KeyError as exc:
                 missing(exc.args[0])
             # Ids in canonical form (all that Rust writes) skip the helper call.
-            if type(mid) is str and _canonical(mid) is not None:
+            if type(mid) is str and match_canonical(mid) is not None:
                 mid = _str_new(MessageId, mid)
             else:
                 mid = as_id(mid, MessageId, "id")
-            if type(from_) is str and _canonical(from_) is not None:
+            if type(from_) is str and match_canonical(from_) is not None:
                 from_ = _str_new(AgentId, from_)
             else:
                 from_ = as_id(from_, AgentId, "from")
-            if type(to) is str and _canonical(to) is not None:
+            if type(to) is str and match_canonical(to) is not None:
                 to = _str_new(AgentId, to)
             else:
                 to = as_id(to, AgentId, "to")
@@ -649,7 +661,7 @@ class Message:
                     priority = as_enum(obj["priority"], _PRIORITIES, "priority")
             corr = obj.get("correlation_id")
             if corr is not None:
-                if type(corr) is str and _canonical(corr) is not None:
+                if type(corr) is str and match_canonical(corr) is not None:
                     corr = _str_new(MessageId, corr)
                 else:
                     corr = as_id(corr, MessageId, "correlation_id")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import ssl as ssl_module
 import time
 import weakref
@@ -28,9 +27,10 @@ from ._commands import (
     check_message,
     login_commands,
     push_commands,
+    push_verb,
 )
 from ._transport.choose import sync_connection_class, tls_sync_connection_class
-from .address import Address, parse_url, with_tls
+from .address import Address, connect_each_ip, parse_url, with_tls
 from .agent import Agent
 from .errors import (
     ChannelClosedError,
@@ -180,24 +180,17 @@ class SyncChannel:
             conn = self._connection_class()
             conn.connect_unix(address.unix_path, self._connect_timeout)
             return conn
-        try:
-            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ConnectionError(f"cannot resolve Redis host {address.host!r}: {exc}") from None
-        # Try every address in order, as Channel does ("localhost" may give ::1 first).
-        error: ConnectionError | None = None
-        for ip in dict.fromkeys(info[4][0] for info in infos):
+
+        def attempt(ip: str) -> SyncConnection:
             conn = self._connection_class()
-            try:
-                if address.tls:   # the Python SyncConnection (see __init__)
-                    conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg,arg-type]
-                                     tls=address.ssl_context, server_hostname=address.host)
-                else:
-                    conn.connect_tcp(ip, address.port, self._connect_timeout)
-                return conn
-            except ConnectionError as exc:
-                error = exc
-        raise error or ConnectionError(f"cannot resolve Redis host {address.host!r}")
+            if address.tls:   # the Python SyncConnection (see __init__)
+                conn.connect_tcp(ip, address.port, self._connect_timeout,  # type: ignore[call-arg]
+                                 tls=address.ssl_context, server_hostname=address.host)
+            else:
+                conn.connect_tcp(ip, address.port, self._connect_timeout)
+            return conn
+
+        return connect_each_ip(address, attempt)
 
     def _reconnect(self) -> SyncConnection:
         """The main connection, (re)opened."""
@@ -224,13 +217,21 @@ class SyncChannel:
 
         Urgent and high priority go to the front (LPUSH), normal and low to
         the back (RPUSH).
+
+        Key: ``tt:<town>:inbox:<message.to>``; one ``LPUSH``/``RPUSH <key> <json>``.
+        Raises :class:`InvalidArgumentError` for a non-Message and :class:`EncodeError`
+        for one that JSON cannot carry (nothing is sent), :class:`ReplyError`
+        (WRONGTYPE) if the key holds another type, :class:`ConnectionError` if the
+        connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`, :class:`ConcurrentUseError` if another thread is in a call on
+        this channel.
         """
         check_message(message, "send")
         conn = self._conn
         if conn is None or not conn.is_usable():
             conn = self._reconnect()
         # message.to is an AgentId already: Message checks its fields.
-        conn.execute(LPUSH if message.priority.is_front else RPUSH,
+        conn.execute(push_verb(message),
                      self._inbox_prefix + message.to, message.to_json())
 
     def send_many(self, messages: Iterable[Message]) -> None:
@@ -238,6 +239,15 @@ class SyncChannel:
 
         Placement follows :meth:`send`. Every message is encoded before
         anything is sent, so a message that cannot be encoded sends nothing.
+
+        Pushes: ``LPUSH``/``RPUSH tt:<town>:inbox:<to> <json>...``, one variadic push
+        per run of messages for the same inbox and end. Raises
+        :class:`InvalidArgumentError` for a non-Message and :class:`EncodeError` for one
+        that JSON cannot carry (nothing is sent), :class:`ReplyError` (the first error
+        reply, e.g. WRONGTYPE; the other pushes are done), :class:`ConnectionError` if
+        the connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`, :class:`ConcurrentUseError` if another thread is in a call on
+        this channel.
         """
         commands = push_commands(messages, self._inbox_prefix)
         if not commands:
@@ -253,6 +263,15 @@ class SyncChannel:
         and a message it took is put back at the front of the inbox before
         the exception propagates: nothing is lost, nothing duplicated. (Once
         receive() has returned, the message is the caller's.)
+
+        Key: ``tt:<town>:inbox:<agent>``. Raises :class:`InvalidArgumentError` for a bad
+        id or a ``timeout`` that is not a positive, finite number of seconds or a
+        timedelta (nothing is sent), :class:`DecodeError` (with ``raw``; the message is
+        moved to ``tt:<town>:dead:<agent>``) for an undecodable message,
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         agent = AgentId(agent_id)
         key = self._inbox_prefix + agent
@@ -354,6 +373,13 @@ class SyncChannel:
         the inbox before the exception propagates: nothing is lost. An
         undecodable message is moved to ``tt:<town>:dead:<agent>`` and
         :class:`DecodeError` (with ``raw``) is raised.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`DecodeError` for an undecodable message (as above), :class:`ReplyError`
+        (WRONGTYPE) if the key holds another type, :class:`ConnectionError` if the
+        connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`, :class:`ConcurrentUseError` if another thread is in a call on
+        this channel.
         """
         return self._run(_ops_inbox.try_receive(self._keys, agent_id))
 
@@ -374,7 +400,14 @@ class SyncChannel:
             raise
 
     def inbox_len(self, agent_id: AgentId | Any) -> int:
-        """Number of messages waiting in the agent's inbox (LLEN)."""
+        """Number of messages waiting in the agent's inbox (LLEN).
+
+        Key: ``tt:<town>:inbox:<agent>``. Raises :class:`InvalidArgumentError` for a bad
+        id (nothing is sent), :class:`ReplyError` (WRONGTYPE) if the key holds another
+        type, :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         key = self._inbox_prefix + AgentId(agent_id)
         conn = self._conn
         if conn is None or not conn.is_usable():
@@ -384,7 +417,14 @@ class SyncChannel:
     def broadcast(self, message: Message) -> int:
         """Publish ``message`` (``PUBLISH``) on the layout's broadcast channel:
         ``tt:<town>:broadcast`` (hash layout) or ``tt:broadcast`` (json
-        layout); returns how many subscribers got it."""
+        layout); returns how many subscribers got it.
+
+        Raises :class:`InvalidArgumentError` for a non-Message and :class:`EncodeError`
+        for one that JSON cannot carry (nothing is published), :class:`ConnectionError`
+        if the connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`, :class:`ConcurrentUseError` if another thread is in a call on
+        this channel.
+        """
         check_message(message, "broadcast")
         payload = message.to_json()
         return self._main().execute(b"PUBLISH", self._broadcast_name, payload)  # type: ignore[no-any-return]
@@ -399,6 +439,10 @@ class SyncChannel:
         iteration (or on ``with``/``sub.start()``, to be sure to be subscribed
         before something is published). Use it from one thread; its
         :meth:`~SyncBroadcastSubscription.close` works from any thread.
+
+        No Redis command is sent here: the subscription sends ``SUBSCRIBE <channel>`` on
+        its own connection when it starts, and its start and iteration raise the
+        connection errors. Raises :class:`ChannelClosedError` if the channel is closed.
         """
         if self._closed:
             raise ChannelClosedError("the channel is closed")
@@ -427,11 +471,24 @@ class SyncChannel:
         before the result reaches the caller, the messages go back to the front of the urgent
         inbox in their order. A key of another type raises
         :class:`ReplyError` (WRONGTYPE) and is left as it is.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_ops_inbox.receive_urgent(self._keys, agent_id))
 
     def urgent_len(self, agent_id: AgentId | Any) -> int:
-        """Number of messages in the agent's urgent inbox (``LLEN tt:<town>:urgent:<agent>``)."""
+        """Number of messages in the agent's urgent inbox (``LLEN tt:<town>:urgent:<agent>``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops_inbox.urgent_len(self._keys, agent_id))
 
     def peek_inbox(self, agent_id: AgentId | Any, count: int) -> list[Message]:
@@ -444,6 +501,12 @@ class SyncChannel:
         Tinytown 0.10 reads 0 as "the whole inbox" and negative counts as
         offsets from the end, which is rejected here with
         :class:`InvalidArgumentError` (nothing is sent).
+
+        Raises :class:`InvalidArgumentError` for a bad id or ``count``,
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_ops_inbox.peek_inbox(self._keys, agent_id, count))
 
@@ -456,6 +519,12 @@ class SyncChannel:
         ``tt:<town>:dead:<agent>`` with a logged warning; every good message
         is returned. If a signal handler raises (Ctrl-C) before the result
         reaches the caller, the messages go back to the front of the inbox in their order.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_ops_inbox.drain_inbox(self._keys, agent_id))
 
@@ -464,6 +533,12 @@ class SyncChannel:
         otherwise), placed as :meth:`send` places it (LPUSH for urgent/high,
         RPUSH for normal/low, on ``tt:<town>:inbox:<to>``). The original is
         not removed from anywhere.
+
+        Raises :class:`InvalidArgumentError` for a non-Message or a bad ``to`` (nothing
+        is sent), :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         self._run(_ops_inbox.move_message_to_inbox(self._keys, message, to, None))
 
@@ -501,11 +576,27 @@ class SyncChannel:
 
     def set_task(self, task: Task) -> None:
         """Store ``task`` at ``tt:<town>:task:<id>`` in the channel's layout,
-        exactly as :meth:`set_agent_state` stores an agent."""
+        exactly as :meth:`set_agent_state` stores an agent.
+
+        Hash layout: ``MULTI, HDEL <absent optional fields>, HMSET <fields>, EXEC``;
+        json layout: ``SET <key> <json>``. Raises :class:`InvalidArgumentError` for a
+        non-Task (nothing is written), :class:`ConnectionError` if the connection is
+        lost or cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         self._run(_ops_state.set_task(self._keys, self._layout, task, None))
 
     def get_task(self, task_id: TaskId | Any) -> Task | None:
-        """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`)."""
+        """The stored Task, or None when absent; either layout (as :meth:`get_agent_state`).
+
+        ``HGETALL tt:<town>:task:<id>`` (hash layout) or ``GET`` (json layout), the
+        other one after a WRONGTYPE. Raises :class:`InvalidArgumentError` for a bad id
+        (nothing is sent), :class:`DecodeError` for state that cannot be read,
+        :class:`ReplyError` (WRONGTYPE) if the key is neither a Hash nor a string,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops_state.get_task(self._keys, self._layout, task_id))
 
     def list_agents(self) -> list[Agent]:
@@ -518,12 +609,24 @@ class SyncChannel:
         type; here a key that is not an agent (another type, unreadable
         state, a name that is not ``agent:<uuid>``) is skipped with a
         logged warning.
+
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_ops_state.list_agents(self._keys, self._layout))
 
     def get_agent_by_name(self, name: str) -> Agent | None:
         """The first agent (of :meth:`list_agents`, so in no particular order)
-        whose ``name`` is exactly ``name`` (case-sensitive); None if none."""
+        whose ``name`` is exactly ``name`` (case-sensitive); None if none.
+
+        Commands: those of :meth:`list_agents` (``SCAN ... MATCH tt:<town>:agent:*``,
+        then ``HGETALL`` in the hash layout or ``GET`` in the json layout per key).
+        Raises :class:`InvalidArgumentError` for a non-str ``name``,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops_state.get_agent_by_name(self._keys, self._layout, name))
 
     def resolve_agent_ref(self, ref: str) -> Agent | None:
@@ -538,6 +641,14 @@ class SyncChannel:
         characters) equal ``ref``, ignoring ASCII case: None if none,
         the agent if one, :class:`AmbiguousAgentRefError` (with
         ``matches``) if several.
+
+        Commands: ``HGETALL tt:<town>:agent:<id>`` (or ``GET``) for a UUID, else those of
+        :meth:`list_agents`. Raises :class:`AmbiguousAgentRefError` if several agents match,
+        :class:`InvalidArgumentError` for a non-str ``ref``,
+        :class:`DecodeError` for a UUID whose stored state cannot be read,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_ops_state.resolve_agent_ref(self._keys, self._layout, ref))
 
@@ -546,16 +657,33 @@ class SyncChannel:
         flag: ``DEL`` of ``tt:<town>:agent|inbox|urgent|activity|stop:<id>``, in
         that order, in one write. Its event stream
         (``tt:<town>:events:agent:<id>``) and dead letters are kept, as in
-        Tinytown 0.10."""
+        Tinytown 0.10.
+
+        ``DEL`` takes keys of any type. Raises :class:`InvalidArgumentError` for a bad
+        id (nothing is sent), :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         self._run(_ops_state.delete_agent(self._keys, agent_id))
 
     def list_tasks(self) -> list[Task]:
         """Every task of the town, in no particular order; either layout
-        (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`)."""
+        (``SCAN ... MATCH tt:<town>:task:*``, as :meth:`list_agents`).
+
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops_state.list_tasks(self._keys, self._layout))
 
     def delete_task(self, task_id: TaskId | Any) -> bool:
-        """Delete ``tt:<town>:task:<id>`` (``DEL``, any type); True if it existed."""
+        """Delete ``tt:<town>:task:<id>`` (``DEL``, any type); True if it existed.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops_state.delete_task(self._keys, task_id))
 
     def increment_agent_rounds(self, agent_id: AgentId | Any) -> int:
@@ -575,7 +703,16 @@ class SyncChannel:
 
     def increment_agent_tasks_completed(self, agent_id: AgentId | Any) -> int:
         """Add 1 to the agent's ``tasks_completed``; returns the new value.
-        As :meth:`increment_agent_rounds` (same guarantees and errors)."""
+        As :meth:`increment_agent_rounds` (same guarantees and errors).
+
+        Commands: ``HGETALL tt:<town>:agent:<id>`` (or ``GET``, json layout), then
+        ``EVALSHA`` of the compare-and-set script. Raises :class:`AgentNotFoundError` if
+        the agent has no state, :class:`EncodeError` if the counter is already 2**64-1,
+        :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops_state.update_agent(
             self._keys, self._layout, agent_id, "tasks_completed", True))  # type: ignore[return-value]
 
@@ -604,6 +741,10 @@ class SyncChannel:
         batches of 1000. Tinytown 0.10 deletes the other towns' keys and
         returns the number scanned. Not atomic: keys written meanwhile may
         survive.
+
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_ops_state.reset_all(self._keys))
 
@@ -611,7 +752,12 @@ class SyncChannel:
         """Delete every agent's keys of this town (state, inbox, urgent inbox,
         stop flag, activity log, and this package's dead letters and
         processing lists), keeping tasks, backlog, docket and event streams;
-        returns how many were deleted. One SCAN per kind, as :meth:`reset_all`."""
+        returns how many were deleted. One SCAN per kind, as :meth:`reset_all`.
+
+        Raises :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops_state.reset_agents_only(self._keys))
 
     # -- driving operations (tinytown._ops): pops that hand back, pipelines ----
@@ -716,15 +862,33 @@ class SyncChannel:
     # -- stop flag --------------------------------------------------------------
 
     def request_stop(self, agent_id: AgentId | Any) -> None:
-        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h)."""
+        """Ask the agent to stop: ``SETEX tt:<town>:stop:<agent> 3600 1`` (the flag lives 1 h).
+
+        ``SETEX`` replaces a key of any type. Raises :class:`InvalidArgumentError` for a
+        bad id (nothing is sent), :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         self._run(_ops.request_stop(self._keys, agent_id))
 
     def should_stop(self, agent_id: AgentId | Any) -> bool:
-        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``)."""
+        """True if a stop was requested for the agent (``EXISTS tt:<town>:stop:<agent>``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_ops.should_stop(self._keys, agent_id))
 
     def clear_stop(self, agent_id: AgentId | Any) -> None:
-        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``)."""
+        """Withdraw a stop request (``DEL tt:<town>:stop:<agent>``).
+
+        ``DEL`` takes a key of any type. Raises :class:`InvalidArgumentError` for a bad
+        id (nothing is sent), :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         self._run(_ops.clear_stop(self._keys, agent_id))
 
     def _run(self, op: _ops.Op[_T]) -> _T:
@@ -812,13 +976,26 @@ class SyncChannel:
         As Tinytown returns it; a line containing a newline makes the text
         ambiguous: :meth:`get_agent_activity_lines` returns the list instead.
         Bytes that are not UTF-8 read as U+FFFD.
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_streams.get_agent_activity(self._keys, agent_id))
 
     def get_agent_activity_lines(self, agent_id: AgentId | Any, count: int = 5) -> list[str]:
         """The agent's ``count`` (default 5, at most 10 are kept) newest activity
         lines as a list, newest first; ``[]`` when none (``LRANGE ... 0 count-1``).
-        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``."""
+        Not in Tinytown: its :meth:`get_agent_activity` joins them with ``"\\n"``.
+
+        Raises :class:`InvalidArgumentError` for a bad id or a ``count`` outside
+        1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE) if the key holds
+        another type, :class:`ConnectionError` if the connection is lost or cannot be
+        made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         return self._run(_streams.get_agent_activity_lines(self._keys, agent_id, count))
 
     def emit_event(self, event: TownEvent) -> str:
@@ -862,33 +1039,77 @@ class SyncChannel:
     def read_agent_events(self, agent_id: AgentId | Any, last_id: str = "-",
                           count: int = 100) -> list[tuple[str, TownEvent]]:
         """Like :meth:`read_town_events`, on the agent's stream
-        ``tt:<town>:events:agent:<agent>``."""
+        ``tt:<town>:events:agent:<agent>``.
+
+        ``XRANGE tt:<town>:events:agent:<agent> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
+        :class:`InvalidArgumentError` for a bad id, a malformed ``last_id`` or a
+        ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
+        if the key holds another type, :class:`ConnectionError` if the connection is
+        lost or cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         return self._run(_streams.read_agent_events(self._keys, agent_id, last_id, count))
 
     def read_mission_events(self, mission_id: Any, last_id: str = "-",
                             count: int = 100) -> list[tuple[str, TownEvent]]:
         """Like :meth:`read_town_events`, on the mission's stream
-        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID)."""
+        ``tt:<town>:events:mission:<mission>`` (``mission_id``: a UUID).
+
+        ``XRANGE tt:<town>:events:mission:<mission> (<last_id> + COUNT <count>`` (``-``/``0``
+        sent as they are, as :meth:`read_town_events` does). Raises
+        :class:`InvalidArgumentError` for a bad mission id, a malformed ``last_id`` or a
+        ``count`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (WRONGTYPE)
+        if the key holds another type, :class:`ConnectionError` if the connection is
+        lost or cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         return self._run(_streams.read_mission_events(self._keys, mission_id, last_id, count))
 
     def read_recent_town_events(self, count: int = 100) -> list[tuple[str, TownEvent]]:
         """The ``count`` newest events of ``tt:<town>:events``, oldest first, as
         ``(entry_id, TownEvent)`` (``XREVRANGE <key> + - COUNT <count>``);
         undecodable entries skipped. The last id can start a
-        :meth:`read_town_events` follow loop."""
+        :meth:`read_town_events` follow loop.
+
+        Raises :class:`InvalidArgumentError` for a ``count`` outside 1..2**63-1 (nothing
+        is sent), :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_streams.read_recent_town_events(self._keys, count))
 
     def backlog_push(self, task_id: TaskId | Any) -> None:
-        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``)."""
+        """Queue a task id at the end of the town's backlog (``RPUSH tt:<town>:backlog``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         self._run(_streams.backlog_push(self._keys, task_id))
 
     def backlog_list(self) -> list[TaskId]:
         """Every task id in the backlog, front first (``LRANGE tt:<town>:backlog 0 -1``);
-        entries that are not task ids are skipped (logged), as Tinytown does."""
+        entries that are not task ids are skipped (logged), as Tinytown does.
+
+        Raises :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_streams.backlog_list(self._keys))
 
     def backlog_len(self) -> int:
-        """Number of entries in the backlog (``LLEN``), unreadable ones included."""
+        """Number of entries in the backlog (``LLEN``), unreadable ones included.
+
+        Key: ``tt:<town>:backlog``. Raises :class:`ReplyError` (WRONGTYPE) if the key
+        holds another type, :class:`ConnectionError` if the connection is lost or cannot
+        be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         return self._run(_streams.backlog_len(self._keys))
 
     def backlog_pop(self) -> TaskId | None:
@@ -899,19 +1120,38 @@ class SyncChannel:
         it, spec §9.9); the next call goes on with the following entry. If a
         signal handler raises (Ctrl-C) the task id just taken goes back to
         the front of the backlog first: nothing is lost.
+
+        Raises :class:`DecodeError` for an entry that is not a task id (as above),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._run(_streams.backlog_pop(self._keys))
 
     def backlog_remove(self, task_id: TaskId | Any) -> bool:
         """Remove the first occurrence of ``task_id`` from the backlog; True if
-        it was there (``LREM tt:<town>:backlog 1 <task_id>``)."""
+        it was there (``LREM tt:<town>:backlog 1 <task_id>``).
+
+        Raises :class:`InvalidArgumentError` for a bad id (nothing is sent),
+        :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_streams.backlog_remove(self._keys, task_id))
 
     def docket_ensure_group(self) -> None:
         """Create the docket stream and its consumer group ``workers`` if missing
         (``XGROUP CREATE tt:<town>:docket:tasks workers $ MKSTREAM``; the
         BUSYGROUP error of an existing group is ignored). Entries pushed
-        before the group existed are not delivered to it (``$``), as in Tinytown."""
+        before the group existed are not delivered to it (``$``), as in Tinytown.
+
+        Raises :class:`ReplyError` for an error other than BUSYGROUP (e.g. WRONGTYPE if
+        the key holds another type), :class:`ConnectionError` if the connection is lost
+        or cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         self._run(_streams.docket_ensure_group(self._keys))
 
     def docket_push(self, task_id: TaskId | Any, description: str, priority: str,
@@ -941,6 +1181,12 @@ class SyncChannel:
         ended (CLIENT UNBLOCK) and an entry it already took stays pending
         for ``consumer``: :meth:`docket_reclaim` returns it. A missing group
         raises :class:`ReplyError` (NOGROUP; see :meth:`docket_ensure_group`).
+
+        Raises :class:`InvalidArgumentError` for a non-str ``consumer`` or a
+        ``block_ms`` outside 1..2**63-1 (nothing is sent), :class:`ReplyError` (NOGROUP,
+        WRONGTYPE), :class:`ConnectionError` if the connection is lost or cannot be
+        made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
         """
         keys = self._keys
         ms = _streams.docket_block_ms(block_ms)
@@ -988,24 +1234,50 @@ class SyncChannel:
         return self._run(_streams.docket_ack(self._keys, entry_id))
 
     def docket_len(self) -> int:
-        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent)."""
+        """Entries in the docket stream, acked ones included (``XLEN``; 0 when absent).
+
+        Key: ``tt:<town>:docket:tasks``. Raises :class:`ReplyError` (WRONGTYPE) if the
+        key holds another type, :class:`ConnectionError` if the connection is lost or
+        cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
+        """
         return self._run(_streams.docket_len(self._keys))
 
     def docket_pending_count(self) -> int:
         """Entries delivered to the group and not yet acked (``XPENDING tt:<town>:docket:tasks
-        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP)."""
+        workers``). A missing stream or group raises :class:`ReplyError` (NOGROUP).
+
+        Raises :class:`ReplyError` (NOGROUP, WRONGTYPE), :class:`ConnectionError` if the
+        connection is lost or cannot be made, :class:`ChannelClosedError` after
+        :meth:`close`, :class:`ConcurrentUseError` if another thread is in a call on
+        this channel.
+        """
         return self._run(_streams.docket_pending_count(self._keys))
 
     def docket_group_lag(self) -> int | None:
         """Entries of the docket not yet delivered to the group (``lag`` of
         ``XINFO GROUPS``); None when the group is missing or Redis cannot
-        tell (Redis < 7). A missing stream raises :class:`ReplyError`."""
+        tell (Redis < 7). A missing stream raises :class:`ReplyError`.
+
+        Raises :class:`ReplyError` (missing stream: ``ERR no such key``; WRONGTYPE),
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_streams.docket_group_lag(self._keys))
 
     def docket_log_event(self, task_id: TaskId | Any, event_type: str, detail: str) -> str:
         """Append to the docket's event log; returns the entry id (``XADD
         tt:<town>:docket:events * task_id <id> event <event_type> detail <detail>
-        timestamp <now, +00:00>``, never trimmed)."""
+        timestamp <now, +00:00>``, never trimmed).
+
+        Raises :class:`InvalidArgumentError` for a bad task id or a non-str
+        ``event_type``/``detail``, :class:`EncodeError` for text that is not valid
+        Unicode, :class:`ReplyError` (WRONGTYPE) if the key holds another type,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
+        """
         return self._run(_streams.docket_log_event(self._keys, task_id, event_type, detail))
 
     def docket_reclaim(self, consumer: str, min_idle_ms: int,
@@ -1018,6 +1290,13 @@ class SyncChannel:
         tt:<town>:docket:tasks workers <consumer> <min_idle_ms> <cursor> COUNT
         <n>``, repeated until Redis's scan wraps or ``count`` came back).
         Not in Tinytown, which never reclaims; needs Redis >= 6.2.
+
+        Raises :class:`InvalidArgumentError` for a non-str ``consumer``, a
+        ``min_idle_ms`` (milliseconds) outside 0..2**63-1 or a ``count`` outside
+        1..2**63-1 (nothing is sent), :class:`ReplyError` (NOGROUP; ``ERR unknown
+        command`` before Redis 6.2), :class:`ConnectionError` if the connection is lost
+        or cannot be made, :class:`ChannelClosedError` after :meth:`close`,
+        :class:`ConcurrentUseError` if another thread is in a call on this channel.
         """
         return self._run(_streams.docket_reclaim(self._keys, consumer, min_idle_ms, count))
 
@@ -1029,6 +1308,16 @@ class SyncChannel:
         Replies: bulk/status -> bytes, integer -> int, nil -> None, array ->
         list; an error reply raises :class:`ReplyError`. Do not send
         subscribing commands (SUBSCRIBE, MONITOR) here.
+
+        No Redis command of its own: ``args`` is sent as the command, e.g.
+        ``execute("GET", key)``; each argument bytes, str (UTF-8), int or float.
+        Raises :class:`InvalidArgumentError` (nothing is sent) for another argument
+        type (bool included), for a command that changes the connection's protocol
+        state (the SUBSCRIBE family, MONITOR, RESET, QUIT, HELLO 3, CLIENT REPLY
+        OFF/SKIP) or one of 2 GiB - 64 KiB or more; :class:`ReplyError` for an error reply,
+        :class:`ConnectionError` if the connection is lost or cannot be made,
+        :class:`ChannelClosedError` after :meth:`close`, :class:`ConcurrentUseError` if
+        another thread is in a call on this channel.
         """
         return self._main().execute(*args)
 
@@ -1048,7 +1337,11 @@ class SyncChannel:
         return self._closed
 
     def close(self) -> None:
-        """Close every connection of the channel (from any thread); idempotent."""
+        """Close every connection of the channel (from any thread); idempotent.
+
+        No Redis command: the connections are closed without QUIT. Idempotent. Raises
+        nothing.
+        """
         if self._closed:
             return
         self._closed = True
@@ -1109,7 +1402,15 @@ class SyncBroadcastSubscription:
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The next broadcast; waits at most ``timeout`` seconds (None: no limit)
-        and returns None if nothing came. Raises ChannelClosedError once closed."""
+        and returns None if nothing came. Raises ChannelClosedError once closed.
+
+        Subscribes first if needed (``SUBSCRIBE <channel>``, as :meth:`start`); then
+        reads the ``message`` pushes of that connection, sending no command. Raises
+        :class:`InvalidArgumentError` for a negative or non-number ``timeout``
+        (seconds), :class:`DecodeError` (with ``raw``) for a broadcast that is not a
+        Message (the next call goes on), :class:`ConnectionError` if the connection is
+        lost or cannot be made, :class:`ChannelClosedError` once closed.
+        """
         if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
             raise InvalidArgumentError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout

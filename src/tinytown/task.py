@@ -118,14 +118,22 @@ class Task:
 
     @classmethod
     def new(cls, description: str, tags: Iterable[str] = ()) -> Task:
-        """A new PENDING task with a fresh id, created now."""
+        """A new PENDING task with a fresh id, created now.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a non-str ``description`` or
+        a tag that is not a str.
+        """
         now = Timestamp.now()
         return cls(id=TaskId.new(), description=description, created_at=now, updated_at=now, tags=list(tags))
 
     # -- lifecycle ------------------------------------------------------------
 
     def assign(self, agent_id: AgentId | Any) -> None:
-        """Assign the task to an agent (state ASSIGNED)."""
+        """Assign the task to an agent (state ASSIGNED).
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a malformed agent id (the
+        task is left unchanged).
+        """
         self.assigned_to = _to_id(agent_id, AgentId, "assigned_to")
         self.state = TaskState.ASSIGNED
         self.updated_at = Timestamp.now()
@@ -138,7 +146,11 @@ class Task:
         self.updated_at = now
 
     def complete(self, result: str) -> None:
-        """Mark the task COMPLETED with its result."""
+        """Mark the task COMPLETED with its result.
+
+        Raises :class:`~tinytown.InvalidArgumentError` if ``result`` is not a str (the
+        task is left unchanged).
+        """
         if not isinstance(result, str):
             raise _bad("result", "a str", result)
         now = Timestamp.now()
@@ -148,7 +160,11 @@ class Task:
         self.updated_at = now
 
     def fail(self, error: str) -> None:
-        """Mark the task FAILED; the error goes into ``result``."""
+        """Mark the task FAILED; the error goes into ``result``.
+
+        Raises :class:`~tinytown.InvalidArgumentError` if ``error`` is not a str (the
+        task is left unchanged).
+        """
         if not isinstance(error, str):
             raise _bad("result", "a str", error)
         now = Timestamp.now()

@@ -85,9 +85,11 @@ def _head_fields(head: str) -> tuple[int, int, int, int, int, int]:
     return fields
 
 
-def _parse(text: str, strict: bool = False) -> Timestamp:
+def parse_text(text: str, strict: bool = False) -> Timestamp:
     """Parse RFC 3339 text; raises ValueError saying what is wrong.
 
+    For tinytown's readers (:class:`Timestamp` itself and the JSON and Hash
+    readers of ``tinytown._json``); not part of the public API (``__all__``).
     ``strict`` rejects an offset without its colon (``+0000``), as chrono's
     ``parse_from_rfc3339`` does; serde's reader (JSON) accepts it."""
     # Fast path: the canonical form chrono writes. Characters 4, 7, 10, 13, 16
@@ -112,7 +114,7 @@ def _parse(text: str, strict: bool = False) -> Timestamp:
         canonical = True
     elif text[-6:] == "+00:00":
         # What chrono's to_rfc3339() writes into Hashes: the same instant as "Z".
-        return _parse(text[:-6] + "Z", strict)
+        return parse_text(text[:-6] + "Z", strict)
     else:
         return _parse_slow(text, strict)
     fields = _HEAD_CACHE.get(text[:19])
@@ -171,10 +173,10 @@ def _parse_slow(text: str, strict: bool = False) -> Timestamp:
     return Timestamp._from_parts(year, dt.month, dt.day, dt.hour, dt.minute, dt.second, nanos // 1000, nanos % 1000)
 
 
-def _parse_rfc3339(text: str) -> Timestamp:
+def parse_rfc3339(text: str) -> Timestamp:
     """Parse as chrono's ``DateTime::parse_from_rfc3339`` (the Hash reader):
-    like :func:`_parse` but the offset needs its colon."""
-    return _parse(text, True)
+    like :func:`parse_text` but the offset needs its colon."""
+    return parse_text(text, True)
 
 
 class Timestamp(datetime):
@@ -228,7 +230,7 @@ class Timestamp(datetime):
         if month is None and day is None:
             if isinstance(year, str):
                 try:
-                    return _parse(year)
+                    return parse_text(year)
                 except ValueError as exc:
                     raise InvalidArgumentError(f"Timestamp: invalid RFC 3339 text {year!r}: {exc}") from None
             if isinstance(year, datetime):
@@ -267,6 +269,8 @@ class Timestamp(datetime):
         """The current time, with the nanoseconds the system clock gives.
 
         Always UTC: ``tz`` is accepted for datetime compatibility and ignored.
+
+        Raises nothing.
         """
         global _now_cache
         sec, sub = divmod(_time_ns(), 1_000_000_000)
@@ -290,12 +294,20 @@ class Timestamp(datetime):
 
     @classmethod
     def fromtimestamp(cls, t: float, tz: Any = None) -> Timestamp:  # type: ignore[override]
-        """The instant ``t`` seconds after the Unix epoch (``tz`` is ignored: always UTC)."""
+        """The instant ``t`` seconds after the Unix epoch (``tz`` is ignored: always UTC).
+
+        Raises ``OverflowError`` or ``ValueError`` (as :meth:`datetime.fromtimestamp`)
+        for a ``t`` out of range and ``TypeError`` for a non-number.
+        """
         return cls.from_datetime(datetime.fromtimestamp(t, UTC))
 
     @classmethod
     def from_timestamp_ns(cls, ns: int) -> Timestamp:
-        """The instant ``ns`` nanoseconds after the Unix epoch."""
+        """The instant ``ns`` nanoseconds after the Unix epoch.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a non-int or an instant
+        outside years 0000-9999.
+        """
         if isinstance(ns, bool) or not isinstance(ns, int):
             raise InvalidArgumentError(f"Timestamp: expected an int of nanoseconds, got {type(ns).__name__}")
         result = _from_epoch_ns(ns)
@@ -327,7 +339,7 @@ class Timestamp(datetime):
             else:
                 raise DecodeError(f"invalid timestamp: expected a string, got {type(text).__name__}")
         try:
-            return _parse(text)
+            return parse_text(text)
         except ValueError as exc:
             raise DecodeError(
                 f"invalid timestamp {text!r}: {exc}", raw=text.encode("utf-8", "surrogatepass")
@@ -335,7 +347,11 @@ class Timestamp(datetime):
 
     @classmethod
     def from_datetime(cls, dt: datetime) -> Timestamp:
-        """A Timestamp for ``dt``; a naive datetime is taken to be UTC."""
+        """A Timestamp for ``dt``; a naive datetime is taken to be UTC.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for a non-datetime or one out of
+        range once converted to UTC.
+        """
         if isinstance(dt, Timestamp):
             return dt
         if not isinstance(dt, datetime):
@@ -409,7 +425,11 @@ class Timestamp(datetime):
     # -- datetime methods that would otherwise drop the nanoseconds -----------
 
     def replace(self, *args: Any, nanosecond: int | None = None, **kwargs: Any) -> Timestamp:  # type: ignore[override]
-        """Like :meth:`datetime.replace`, plus ``nanosecond=``; the result is a UTC Timestamp."""
+        """Like :meth:`datetime.replace`, plus ``nanosecond=``; the result is a UTC Timestamp.
+
+        Raises :class:`~tinytown.InvalidArgumentError` for arguments
+        :meth:`datetime.replace` rejects or a ``nanosecond`` outside 0..999.
+        """
         if args or kwargs:
             try:
                 dt = datetime.replace(self.to_datetime(), *args, **kwargs)
@@ -429,7 +449,10 @@ class Timestamp(datetime):
         return result
 
     def astimezone(self, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]
-        """This instant in another time zone, as a plain datetime (microsecond precision)."""
+        """This instant in another time zone, as a plain datetime (microsecond precision).
+
+        Raises ``TypeError`` if ``tz`` is neither None nor a tzinfo (as datetime does).
+        """
         return self.to_datetime().astimezone(tz)
 
     def __add__(self, other: Any) -> Any:

@@ -34,7 +34,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, AsyncIterator
 
+from ._transport.resp import encode_command
 from .errors import ConnectionError, InvalidArgumentError, ReplyError, ServerError
+from .keys import validate_town_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from .channel import Channel
@@ -55,49 +57,17 @@ TOWN_FILE_NAME = "town.json"
 APPENDFSYNC_POLICIES = ("always", "everysec", "no")
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
-_FORBIDDEN_IN_NAME = frozenset(":*?[")
-
-
-def validate_town_name(name: object) -> str:
-    """Return ``name`` if it is a valid town name, else raise InvalidArgumentError.
-
-    A town name is part of every Redis key (``tt:<town>:inbox:<id>``), so it
-    must be a non-empty string without ``:`` (the key separator), without the
-    glob characters ``*``, ``?`` and ``[`` (so ``KEYS tt:<town>:*`` matches
-    only that town) and without whitespace.
-    """
-    if not isinstance(name, str):
-        raise InvalidArgumentError(f"town name must be a str, not {type(name).__name__}")
-    if not name:
-        raise InvalidArgumentError("town name must not be empty")
-    bad = sorted({c for c in name if c in _FORBIDDEN_IN_NAME or c.isspace()})
-    if bad:
-        raise InvalidArgumentError(
-            f"invalid town name {name!r}: it must not contain {' '.join(map(repr, bad))}"
-        )
-    return name
 
 
 # ------------------------------------------------------------------ RESP
+# Commands are encoded by _transport.resp.encode_command, tinytown's one encoder. The
+# reply is read here from the asyncio stream (readline/readexactly wait for
+# every byte), not with hiredis.Reader: the town works without the optional
+# hiredis package.
 
 
 class _Closed(Exception):
     """The server closed the connection before replying."""
-
-
-def _encode(args: tuple[object, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        elif isinstance(arg, int):
-            data = str(arg).encode()
-        else:  # pragma: no cover - internal use only
-            raise TypeError(type(arg).__name__)
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
 
 
 async def _read_reply(reader: asyncio.StreamReader) -> object:
@@ -133,7 +103,7 @@ async def _call(path: Path, *args: object, timeout: float = 5.0) -> object:
     async def run() -> object:
         reader, writer = await asyncio.open_unix_connection(str(path))
         try:
-            writer.write(_encode(args))
+            writer.write(encode_command(args))
             await writer.drain()
             try:
                 return await _read_reply(reader)
@@ -706,6 +676,8 @@ class Town:
         self._pid = None
 
     async def __aenter__(self) -> "Town":
+        """The town itself (its server is already running); ``__aexit__`` calls
+        :meth:`stop`. Raises nothing."""
         return self
 
     async def __aexit__(

@@ -1,17 +1,21 @@
 """RESP encoding of commands, with the argument rules of the hiredis extension.
 
-Used by the pure-Python transport to write commands, and by the cluster
-router to reject bad arguments before it waits for a node connection.
+Used by the pure-Python transport to write commands, by the cluster router to
+reject bad arguments before it waits for a node connection, and by the code
+that speaks to a redis-server without a transport: the managed town
+(:func:`encode_command`) and the benchmark's servers (:func:`call`).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import EncodeError, InvalidArgumentError
+from ..errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
 
-__all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "check_command", "coerce_arg", "encode_command"]
+__all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "call", "check_command", "coerce_arg",
+           "encode_command"]
 
 _CRLF = b"\r\n"
 
@@ -113,6 +117,8 @@ def encode_command(args: Sequence[Any]) -> bytes:
     of another type or a command of :data:`MAX_COMMAND_BYTES` or more,
     :class:`EncodeError` for a str that is not valid UTF-8 (a lone surrogate).
     """
+    # Not hiredis.pack_command: it is faster on small commands but 30 to 200
+    # times slower on arguments of 1 MiB or more (benches/pack_command.py).
     if not args:
         raise InvalidArgumentError("empty Redis command")
     parts = [b"*%d\r\n" % len(args)]
@@ -144,3 +150,34 @@ def encode_command(args: Sequence[Any]) -> bytes:
             and 16 + sum(len(p) + 24 for p in parts[2::3]) >= MAX_COMMAND_BYTES:
         _too_big()
     return b"".join(parts)
+
+
+def call(sock: socket.socket, *args: object) -> object:
+    """Send one command on a connected blocking socket and return its reply.
+
+    The reply is read until it is complete, however the server's bytes are
+    split across reads. Replies as the Python transport gives them: bulk and
+    status -> bytes, integer -> int, nil -> None, array -> list; an error
+    reply is returned as a :class:`ReplyError` instance (not raised).
+
+    Raises what :func:`encode_command` raises for a bad command,
+    :class:`ConnectionError` if the server closes the connection before the
+    reply is complete or sends bytes that are not RESP, and the socket's own
+    ``OSError`` (``TimeoutError`` after the socket's timeout, in seconds).
+    Needs the ``hiredis`` package (its ``Reader``).
+    """
+    import hiredis  # the parser of the Python transport; only this helper needs it here
+
+    sock.sendall(encode_command(args))
+    reader = hiredis.Reader(replyError=ReplyError)
+    while True:
+        try:
+            reply = reader.gets()
+        except hiredis.ProtocolError as exc:
+            raise ConnectionError(f"not a RESP reply from the server: {exc}") from None
+        if reply is not False:  # False: not enough data yet (RESP2 has no false)
+            return reply
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"the server closed the connection before replying to {args[0]!r}")
+        reader.feed(data)
