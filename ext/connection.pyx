@@ -117,7 +117,12 @@ cdef inline void _settle(object fut, object value, bint failed) noexcept:
 
 
 cdef inline void _resolve(Connection conn, ReplyFuture fut, object value, bint failed) noexcept:
-    if not fut._settle(value, failed) or not fut._has_callbacks():
+    if not fut._settle(value, failed):
+        if fut._state == CANCELLED and fut.orphan is not None:
+            handler, fut.orphan = fut.orphan, None
+            _run_later(conn, fut._loop, _run_orphan, fut._loop, handler, value)
+        return
+    if not fut._has_callbacks():
         return
     if conn is not None and conn.in_read:
         # Woken at the end of the reader callback, in this loop iteration.
@@ -193,15 +198,43 @@ cdef void _report(object loop, str message, object exc, object where) noexcept:
         PyErr_WriteUnraisable(exc2)
 
 
-cdef void _call_push_handler(Connection conn, object handler, object item) noexcept:
+def _run_push_handler(Connection conn, object handler, object item):
     try:
         handler(item)
-    except (SystemExit, KeyboardInterrupt) as exc:
-        # Cannot propagate through hiredis: raised again once the read is over.
-        if conn.deferred is None:
-            conn.deferred = exc
+    except (SystemExit, KeyboardInterrupt):
+        raise
     except BaseException as exc:
         _report(conn.loop, "tinytown: exception in a pub/sub handler", exc, conn)
+
+
+cdef void _run_later(Connection conn, object loop, object fn, object a, object b, object c) noexcept:
+    """Run ``fn(a, b, c)``, a handler given a reply (an orphan or pub/sub
+    handler: the caller's code, which may write), outside hiredis: hiredis
+    still holds the reply and its callback list while it calls us, and a
+    write from there (a put-back hitting EPIPE) once freed them under it. In
+    a read: right after redisAsyncHandleRead returns, in order, before the
+    woken tasks run; else (a write error, close) through call_soon."""
+    try:
+        if conn is not None and conn.in_read:
+            conn.due.append((fn, a, b, c))
+        else:
+            loop.call_soon(fn, a, b, c)
+    except BaseException as exc:    # the loop is closed: nobody is listening
+        _report(loop, "tinytown: a reply was dropped (its event loop is closed)", exc, conn)
+
+
+def _run_orphan(loop, handler, value):
+    try:
+        handler(value)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        _report(loop, "tinytown: exception in the orphan handler of a cancelled command",
+                exc, None)
+
+
+cdef void _call_push_handler(Connection conn, object handler, object item) noexcept:
+    _run_later(conn, conn.loop, _run_push_handler, conn, handler, item)
 
 
 cdef void _on_push(redisAsyncContext *ac, void *reply, void *privdata) noexcept:
@@ -276,6 +309,7 @@ cdef class Connection:
     cdef bint flush_scheduled  # a call_soon flush is queued
     cdef bint in_read          # inside redisAsyncHandleRead
     cdef list wakeups          # futures settled by this read, woken after it
+    cdef list due              # (fn, a, b, c) handlers of replies of this read, run after it
     cdef object connect_waiter
     cdef object push_handler
     cdef object _create_future
@@ -322,6 +356,7 @@ cdef class Connection:
         self._write_cb = self._on_writable
         self._flush_cb = self._flush
         self.wakeups = []
+        self.due = []
         self.drain_waiters = _deque()
         self._recheck_cb = self._recheck_writers
         self.high_water = 4 * 2**20
@@ -479,6 +514,8 @@ cdef class Connection:
             redisAsyncHandleRead(self.ac)
         finally:
             self.in_read = False
+        if self.due:
+            self._run_due()
         if self.wakeups:
             woken, self.wakeups = self.wakeups, []
             try:
@@ -493,6 +530,29 @@ cdef class Connection:
                     (<ReplyFuture>woken[i])._schedule_callbacks()
                 raise
         self._raise_deferred()
+
+    cdef int _run_due(self) except -1:
+        # The handlers of this read's replies (see _run_later), in order;
+        # SystemExit/KeyboardInterrupt out of one: the rest, and the
+        # futures to wake, go through call_soon, then it propagates.
+        cdef list due = self.due
+        cdef Py_ssize_t i = 0
+        self.due = []
+        try:
+            for i in range(len(due)):
+                fn, a, b, c = due[i]
+                fn(a, b, c)
+        except BaseException:
+            try:
+                for fn, a, b, c in due[i + 1:]:
+                    self._call_soon(fn, a, b, c)
+                woken, self.wakeups = self.wakeups, []
+                for fut in woken:
+                    (<ReplyFuture>fut)._schedule_callbacks()
+            except BaseException as exc:
+                PyErr_WriteUnraisable(exc)
+            raise
+        return 0
 
     def _on_writable(self):
         if self.fork_gen != tt_fork_generation:

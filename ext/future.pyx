@@ -11,7 +11,8 @@
 #   every other settlement (cancel, close, errors) goes through call_soon.
 # - A caller that cancels a blocking command can leave an ``orphan``
 #   handler: the reply that still arrives (a popped message, say) is given
-#   to it instead of being dropped.
+#   to it instead of being dropped, once the read is over (never from
+#   inside hiredis: the handler writes, and hiredis still holds the reply).
 #
 # Needs: _report (connection.pyx, included later: a module-level cdef
 # function, so the order does not matter to Cython).
@@ -141,13 +142,8 @@ cdef class ReplyFuture:
     cdef inline bint _settle(self, object value, bint failed) noexcept:
         """Store the reply; False when the caller had cancelled already."""
         if self._state != PENDING:
-            if self._state == CANCELLED and self.orphan is not None:
-                handler, self.orphan = self.orphan, None
-                try:
-                    handler(value)
-                except BaseException as exc:
-                    _report(self._loop, "tinytown: exception in the orphan handler of a "
-                            "cancelled command", exc, None)
+            # A cancelled command's reply goes to its orphan handler, run by
+            # _resolve (connection.pyx) outside hiredis.
             return False
         self._state = FAILED if failed else FINISHED
         self._value = value

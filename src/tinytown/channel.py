@@ -277,6 +277,12 @@ class Channel:
         self._handbacks: list[tuple[int, tuple[Any, ...], bytes]] = []
         self._handback_seq: int | None = None
         self._handback_timer: asyncio.TimerHandle | None = None
+        # Pop steps in flight (future -> the task awaiting it) and put-backs of
+        # cancelled ones being written: a later pop waits for those, or it
+        # would take the next message before the put-back (see _pop_gate).
+        self._pops: dict[Any, asyncio.Task[Any] | None] = {}
+        self._putbacks = 0
+        self._pop_waiters: list[asyncio.Future[None]] = []
         self._writing_handbacks = 0
         self._settle_waiters: list[asyncio.Future[None]] = []
         # Weak: a subscription dropped by its user (``break`` out of
@@ -602,6 +608,8 @@ class Channel:
         loop = self._loop
         seconds = float(text)
         deadline = loop.time() + seconds
+        if self._pops or self._putbacks:
+            await self._pop_gate()  # a cancelled pop's put-back goes first
         for attempt in (1, 2):
             acquired = await self._receivers.acquire(deadline)
             if acquired is None:
@@ -771,6 +779,7 @@ class Channel:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            self._wake_pop_waiters()
 
     def _write_handbacks(self) -> None:
         if self._handback_timer is not None:
@@ -814,8 +823,7 @@ class Channel:
 
     async def _handbacks_reconnecting(self, batch: list[tuple[tuple[Any, ...], bytes]]) -> None:
         try:
-            conn = await self._main()
-            await conn.execute_many([command for command, _ in batch], False)
+            await self._retry_putback([command for command, _ in batch], None)
         except Exception as exc:  # nowhere left to put them: say so loudly
             log.error("tinytown: a cancelled receive could not requeue its message; lost: %r (%s)",
                       [raw for _, raw in batch], exc)
@@ -1397,11 +1405,23 @@ class Channel:
 
     async def _pop(self, conn: OpenConnection, pop: _ops.Pop) -> Any:
         """Run a Pop step; if the caller goes away first, what it took goes back."""
+        if self._pops or self._putbacks or not self._settled():
+            await self._pop_gate()
+            if conn.is_closed:  # dropped while waiting: nothing was sent on it
+                conn = await self._reconnect()
         step = pop.step
         fut = conn.execute(*step) if type(step) is tuple else conn.execute_many(step, True)
         restore = pop.restore
-        # The reply of a cancelled command comes here instead of being dropped.
-        fut.orphan = lambda reply: self._restore(restore(reply))  # type: ignore[attr-defined]
+        pops = self._pops
+
+        def orphan(reply: Any) -> None:
+            # The reply of a cancelled command comes here instead of being dropped.
+            pops.pop(fut, None)
+            self._restore(restore(reply))
+            self._wake_pop_waiters()
+
+        fut.orphan = orphan  # type: ignore[attr-defined]
+        pops[fut] = asyncio.current_task(self._loop)
         try:
             return await fut
         except ReplyError:
@@ -1417,6 +1437,59 @@ class Channel:
             fut.orphan = None  # type: ignore[attr-defined]
             self._restore(restore(exc))
             raise
+        finally:
+            # A cancelled one leaves when its orphan handler has run (its put-back queued).
+            if not fut.cancelled() and fut in pops:
+                del pops[fut]
+                self._wake_pop_waiters()
+
+    def _pops_unsettled(self) -> bool:
+        """True while a cancelled pop's reply or put-back is on its way (or a
+        cancelled blocking receive's handback): a pop sent now could take a
+        message that is to go back before it."""
+        if self._putbacks or not self._settled():
+            return True
+        for fut, task in self._pops.items():
+            if fut.cancelled():
+                return True
+            cancelling = getattr(task, "cancelling", None)
+            if cancelling is not None and cancelling():
+                return True  # its reply is in, its put-back not written yet
+        return False
+
+    async def _pop_gate(self) -> None:
+        """Wait until no cancelled pop of this channel has a put-back pending.
+
+        Put-backs go to the front of their list; a pop sent before one is
+        written would take the message behind it (an inversion). Only calls
+        that follow a cancelled pop wait here."""
+        deadline = self._loop.time() + RECEIVE_GRACE
+        while self._pops_unsettled():
+            left = deadline - self._loop.time()
+            if left <= 0:
+                break
+            waiter = self._loop.create_future()
+            self._pop_waiters.append(waiter)
+            try:
+                await _within(waiter, left)
+            except asyncio.TimeoutError:
+                break
+            finally:
+                if waiter in self._pop_waiters:
+                    self._pop_waiters.remove(waiter)
+        else:
+            return
+        # A reply that does not come (server paused): go on, as before, and
+        # stop waiting for those cancelled pops (their handlers still run).
+        for fut in [fut for fut in self._pops if fut.cancelled()]:
+            del self._pops[fut]
+
+    def _wake_pop_waiters(self) -> None:
+        if self._pop_waiters:
+            waiters, self._pop_waiters = self._pop_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def _pipeline(self, conn: OpenConnection, commands: _ops.Pipeline) -> list[Any]:
         """Run a Pipeline step: one future per command (the connection pipelines
@@ -1440,9 +1513,11 @@ class Channel:
 
     def _restore(self, commands: list[tuple[Any, ...]]) -> None:
         """Run ``commands``, which put back what a Pop step's caller left behind,
-        on the main connection (reconnecting first if it is down)."""
+        on the main connection (reconnecting first if it is down). Later pops
+        of this channel wait until they are done (see _pop_gate)."""
         if not commands:
             return
+        self._putbacks += 1
         main = self._conn
         if main is None or main.is_closed:
             self._loop.create_task(self._restore_reconnecting(commands))
@@ -1450,17 +1525,49 @@ class Channel:
 
         def written(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:
-                self._loop.create_task(self._restore_reconnecting(commands))
+                self._loop.create_task(self._restore_reconnecting(commands, f))
+            else:
+                self._putback_done()
 
-        main.execute_many(commands, False).add_done_callback(written)
-
-    async def _restore_reconnecting(self, commands: list[tuple[Any, ...]]) -> None:
         try:
-            conn = await self._main()
-            await conn.execute_many(commands, False)
+            main.execute_many(commands, False).add_done_callback(written)
+        except Exception:  # closed under us: nothing was sent
+            self._loop.create_task(self._restore_reconnecting(commands))
+
+    def _putback_done(self) -> None:
+        self._putbacks -= 1
+        self._wake_pop_waiters()
+
+    async def _restore_reconnecting(self, commands: list[tuple[Any, ...]],
+                                    failed: asyncio.Future[Any] | None = None) -> None:
+        try:
+            await self._retry_putback(commands, failed)
         except Exception as exc:  # nowhere left to put it: say so loudly
             log.error("tinytown: a cancelled call could not put back what it took; lost: %r (%s)",
                       commands, exc)
+        finally:
+            self._putback_done()
+
+    async def _retry_putback(self, commands: list[tuple[Any, ...]],
+                             failed: asyncio.Future[Any] | None) -> None:
+        """Write a put-back on a fresh connection, reconnecting (with the
+        channel's backoff) until ``reconnect_timeout`` runs out.
+
+        ``failed``: the earlier attempt's future. Only a connection failure is
+        retried; an error reply (a foreign key of another type) is final."""
+        error = None if failed is None or failed.cancelled() else failed.exception()
+        if error is not None and not isinstance(error, ConnectionError):
+            raise error
+        deadline = self._loop.time() + self._reconnect_timeout
+        while True:
+            try:
+                conn = await self._main()
+                await conn.execute_many(commands, False)
+                return
+            except ConnectionError:
+                if self._closed or self._loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.01)
 
     # -- stop flag --------------------------------------------------------------
 

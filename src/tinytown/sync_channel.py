@@ -60,6 +60,9 @@ _LLEN = b"LLEN"
 # How long past its own timeout a BLPOP may take to answer before the server
 # is considered gone (Redis checks blocked clients' timeouts 10 times a second).
 _BLPOP_GRACE = 10.0
+# An interrupted pop's put-back that meets a dropped connection is written again on
+# a fresh one until this many seconds have passed (then it is logged as lost).
+_PUTBACK_RETRY = 5.0
 # Without CLIENT UNBLOCK, how long an interrupted receive waits for a reply
 # already on its way before it drops the connection.
 _FALLBACK_WAIT = 0.1
@@ -325,11 +328,7 @@ class SyncChannel:
             reply = box[0]
             if reply is None:
                 return
-            try:
-                self._main().execute(LPUSH, reply[0], reply[1])
-            except BaseException as exc:
-                log.error("tinytown: receive() interrupted after taking a message, which could "
-                          "not be put back (%s); lost: %r", exc, reply[1])
+            self._restore([(LPUSH, reply[0], reply[1])])  # (retried on a fresh connection)
         elif not conn.is_closed and conn.pending_replies:
             self._abandon_pop(conn, client_id, key)
 
@@ -859,11 +858,22 @@ class SyncChannel:
         """Put back what an interrupted Pop step took (see :class:`tinytown._ops.Pop`)."""
         if not commands:
             return
-        try:
-            self._main().execute_many(commands, False)
-        except BaseException as exc:  # nowhere left to put it: say so loudly
+        deadline = time.monotonic() + _PUTBACK_RETRY
+        while True:
+            try:
+                self._main().execute_many(commands, False)
+                return
+            except ConnectionError as exc:  # dropped: again on a fresh connection
+                if time.monotonic() < deadline and not self._closed:
+                    time.sleep(0.02)
+                    continue
+                error: BaseException = exc
+            except BaseException as exc:
+                error = exc
+            # nowhere left to put it: say so loudly
             log.error("tinytown: an interrupted call could not put back what it took; lost: %r (%s)",
-                      commands, exc)
+                      commands, error)
+            return
 
     # -- stop flag --------------------------------------------------------------
 

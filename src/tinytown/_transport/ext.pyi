@@ -13,7 +13,9 @@ class ReplyFuture:
 
     Tasks awaiting replies read in one reader callback resume at its end,
     in the same loop iteration. ``orphan``, if set, receives the reply of a
-    command whose future was cancelled (instead of the reply being dropped).
+    command whose future was cancelled (instead of the reply being dropped),
+    never from inside hiredis: right after the read that got it (before the
+    tasks it woke resume), or through ``call_soon`` (a write error, close).
     """
 
     orphan: Callable[[Any], None] | None
