@@ -87,8 +87,16 @@ cdef int _read_one(redisContext *c, void **reply, double deadline) noexcept nogi
             return IO_EINTR
 
 
+# The longest connect wait handed to hiredis, in seconds (~24 days): hiredis
+# turns it into milliseconds in an int (poll's), and a double too big for a
+# long is undefined behaviour to convert (hiredis 1.2 then killed the process).
+cdef double LONGEST_CONNECT_WAIT = 2000000.0
+
+
 cdef timeval _timeval(double seconds):
     cdef timeval tv
+    if seconds > LONGEST_CONNECT_WAIT:
+        seconds = LONGEST_CONNECT_WAIT
     tv.tv_sec = <long>seconds
     tv.tv_usec = <long>((seconds - <double>tv.tv_sec) * 1e6)
     return tv
