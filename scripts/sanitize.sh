@@ -101,6 +101,7 @@ for version in $VERSIONS; do
     run_status=0
     for g in $(seq 1 "$ngroups"); do
         declare -n args="group$g"
+        start=$(stat -c %s "$log" 2>/dev/null || echo 0)   # this run's part of the shared log
         env PYTHONPATH="$WORK/$variant/lib${PYTHONPATH:+:$PYTHONPATH}" \
             TINYTOWN_TRANSPORT=hiredis TT_FUZZ_EXAMPLES="${TT_FUZZ_EXAMPLES:-100}" \
             ${preload:+LD_PRELOAD="$preload"} ${preload:+PYTHONMALLOC=malloc} \
@@ -108,11 +109,16 @@ for version in $VERSIONS; do
             UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/$variant/ubsan:${UBSAN_OPTIONS:-}" \
             "$PY" -m pytest -q -p no:cacheprovider -o addopts= "${args[@]}" >>"$log" 2>&1 || run_status=$?
         unset -n args
-        # (no summary line when the interpreter died: say so instead of letting set -e end the script)
-        { grep -E "(passed|failed|error).* in [0-9.]+s" "$log" || echo "no pytest summary (exit $run_status)"; } \
-            | tail -n 1 | sed 's/^/sanitize:   /'
-        grep -E "^Fatal Python error|Assertion .* failed" "$log" | head -n 3 | sed 's/^/sanitize:   /' || true
-        summary="$(grep -E "(passed|failed|error).* in [0-9.]+s" "$log" | tail -n 1 || true)"
+        part="$(tail -c +$((start + 1)) "$log")"
+        summary="$(grep -E "(passed|failed|error).* in [0-9.]+s" <<<"$part" | tail -n 1 || true)"
+        # (no summary line when the interpreter died: say so, with the last test it was running)
+        if [ -n "$summary" ]; then
+            say "  $summary"
+        else
+            say "  no pytest summary (exit $run_status): the interpreter died"
+            tail -n 3 <<<"$part" | sed 's/^/sanitize:   | /'
+        fi
+        grep -E "^Fatal Python error|Assertion .* failed" <<<"$part" | head -n 3 | sed 's/^/sanitize:   /' || true
         n="$(grep -oE "[0-9]+ passed" <<<"$summary" | awk '{s += $1} END {print s + 0}' || true)"
         total_passed=$((total_passed + n))
         n="$(grep -oE "[0-9]+ (failed|errors?)" <<<"$summary" | awk '{s += $1} END {print s + 0}' || true)"
