@@ -101,15 +101,31 @@ for version in $VERSIONS; do
     run_status=0
     for g in $(seq 1 "$ngroups"); do
         declare -n args="group$g"
-        start=$(stat -c %s "$log" 2>/dev/null || echo 0)   # this run's part of the shared log
-        env PYTHONPATH="$WORK/$variant/lib${PYTHONPATH:+:$PYTHONPATH}" \
-            TINYTOWN_TRANSPORT=hiredis TT_FUZZ_EXAMPLES="${TT_FUZZ_EXAMPLES:-100}" \
-            ${preload:+LD_PRELOAD="$preload"} ${preload:+PYTHONMALLOC=malloc} \
-            ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:log_path=$WORK/$variant/asan:${ASAN_OPTIONS:-}" \
-            UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/$variant/ubsan:${UBSAN_OPTIONS:-}" \
-            "$PY" -m pytest -q -p no:cacheprovider -o addopts= "${args[@]}" >>"$log" 2>&1 || run_status=$?
+        for attempt in 1 2; do
+            start=$(stat -c %s "$log" 2>/dev/null || echo 0)   # this run's part of the shared log
+            group_status=0
+            env PYTHONPATH="$WORK/$variant/lib${PYTHONPATH:+:$PYTHONPATH}" \
+                TINYTOWN_TRANSPORT=hiredis TT_FUZZ_EXAMPLES="${TT_FUZZ_EXAMPLES:-100}" \
+                ${preload:+LD_PRELOAD="$preload"} ${preload:+PYTHONMALLOC=malloc} \
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1:log_path=$WORK/$variant/asan:${ASAN_OPTIONS:-}" \
+                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$WORK/$variant/ubsan:${UBSAN_OPTIONS:-}" \
+                "$PY" -m pytest -q -p no:cacheprovider -o addopts= "${args[@]}" >>"$log" 2>&1 || group_status=$?
+            part="$(tail -c +$((start + 1)) "$log")"
+            # One known artefact of the sanitizer runtime, not of tinytown: a
+            # redis-server started by a test just after another test's thread
+            # ended can hang between fork and exec (ASan's allocator locked
+            # in the child; about 1 run in 10 of group 2, on either hiredis).
+            # Such a run, and only such a run, is run once more.
+            if [ "$group_status" != 0 ] && [ "$attempt" = 1 ] \
+                    && grep -q "Timeout (>" <<<"$part" && grep -q "errpipe_read" <<<"$part" \
+                    && [ "$(grep -cE "^(FAILED|ERROR) " <<<"$part")" = 1 ]; then
+                say "  a child process hung between fork and exec (sanitizer runtime); running this group again"
+                continue
+            fi
+            break
+        done
+        [ "$group_status" = 0 ] || run_status=$group_status
         unset -n args
-        part="$(tail -c +$((start + 1)) "$log")"
         summary="$(grep -E "(passed|failed|error).* in [0-9.]+s" <<<"$part" | tail -n 1 || true)"
         # (no summary line when the interpreter died: say so, with the last test it was running)
         if [ -n "$summary" ]; then
