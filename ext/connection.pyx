@@ -331,7 +331,6 @@ cdef class Connection:
     cdef tuple sub_names       # the channels of subscribe(), whose buffers the guard reads
     cdef const char **sub_ptrs
     cdef size_t *sub_lens
-    cdef object deferred       # SystemExit/KeyboardInterrupt of a handler, raised after the read
     cdef unsigned long fork_gen  # tt_fork_generation when connected (tt_misuse.h)
     cdef int tracked_fd        # the socket, in tt_misuse.h's list of open ones (or -1)
     cdef unsigned long loop_thread  # the thread last seen running the loop (_check_open)
@@ -529,7 +528,6 @@ cdef class Connection:
                 for i in range(i + 1, len(woken)):
                     (<ReplyFuture>woken[i])._schedule_callbacks()
                 raise
-        self._raise_deferred()
 
     cdef int _run_due(self) except -1:
         # The handlers of this read's replies (see _run_later), in order;
@@ -561,15 +559,6 @@ cdef class Connection:
         if self.ac != NULL:
             redisAsyncHandleWrite(self.ac)
             self._after_write()
-        self._raise_deferred()
-
-    cdef int _raise_deferred(self) except -1:
-        # SystemExit/KeyboardInterrupt of a push handler called from inside
-        # hiredis (a read, or a write error that disconnects): raised now.
-        if self.deferred is not None:
-            exc, self.deferred = self.deferred, None
-            raise exc
-        return 0
 
     def _flush(self):
         self.flush_scheduled = False
@@ -579,7 +568,6 @@ cdef class Connection:
         if self.ac != NULL and self.needs_flush and not self.writing:
             redisAsyncHandleWrite(self.ac)
             self._after_write()
-            self._raise_deferred()
 
     cdef inline void _after_issue(self, bint was_idle) noexcept:
         if not self.needs_flush or self.writing or self.flush_scheduled or self.ac == NULL:
