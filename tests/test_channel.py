@@ -405,3 +405,48 @@ async def test_write_buffer_limits_are_checked(redis_url):
     async with await Channel.connect(redis_url, town="alpha", write_buffer_limits=None) as channel:
         assert channel._conn.wait_writable() is None
         await channel.send(msg(AgentId.new(), "hi"))
+
+
+async def test_write_buffer_limits_too_big_for_a_connection_are_refused(redis_url):
+    """Marks past what a connection can count (the extension keeps them in a
+    size_t and compares them as a Py_ssize_t) are bad input like the others:
+    InvalidArgumentError, not OverflowError, on both transports."""
+    for bad in [(2**64, 0), (2**63, 0), (2**70, 2**69)]:
+        with pytest.raises(InvalidArgumentError, match="write_buffer_limits"):
+            await Channel.connect(redis_url, town="alpha", write_buffer_limits=bad)
+    async with await Channel.connect(redis_url, town="alpha",
+                                     write_buffer_limits=(2**62, 2**62)) as channel:
+        await channel.send(msg(AgentId.new(), "hi"))
+
+
+async def test_execute_refuses_bad_input_without_waiting_for_the_queue(fresh_redis):
+    """A bad command given to execute() while the connection's queue is over its
+    high-water mark (a stopped server) fails at once with InvalidArgumentError,
+    as it does on an idle connection; it does not wait for the server first,
+    and nothing of it is written."""
+    import os
+    import signal
+
+    async with await Channel.connect(fresh_redis.url, town="alpha",
+                                     write_buffer_limits=(64 * 1024, 16 * 1024)) as channel:
+        pid = fresh_redis.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            flood = [asyncio.ensure_future(channel.execute("RPUSH", "flood", b"x" * 1000))
+                     for _ in range(2000)]
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert channel._conn.wait_writable() is not None   # writers wait now
+            for bad in [(), ("SUBSCRIBE", "news"), ("SET", "bad", True), ("SET", "bad", object())]:
+                # The server stays stopped throughout: a call that waited for the
+                # queue would never return; 10 s only keeps a failure from hanging.
+                with pytest.raises(InvalidArgumentError):
+                    try:
+                        await asyncio.wait_for(channel.execute(*bad), 10)
+                    except asyncio.TimeoutError:
+                        pytest.fail(f"execute{bad!r} waited for the stopped server "
+                                    "instead of refusing its bad input")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await asyncio.gather(*flood) == list(range(1, 2001))
+        assert await channel.execute("EXISTS", "bad") == 0

@@ -30,6 +30,7 @@ from . import _ops_streams as _streams
 from ._transport.cluster import ClusterConnection, ClusterTopology
 from ._transport.choose import OpenConnection, connection_class, tls_connection_class
 from ._transport.futures import PyReplyFuture
+from ._transport.resp import check_command, encode_command
 from ._commands import (
     LPUSH,
     MAX_BLOCK_SECONDS,
@@ -333,7 +334,7 @@ class Channel:
         :class:`InvalidArgumentError` and nothing is written.
 
         ``write_buffer_limits`` is ``(high, low)`` in bytes (default 4 MiB,
-        1 MiB): when more than ``high`` bytes of commands are queued on a
+        1 MiB; ``high`` at most 2**62): when more than ``high`` bytes of commands are queued on a
         connection but not yet written to its socket (a slow or stopped
         server, a flood of concurrent sends), :meth:`send`,
         :meth:`send_many` and :meth:`execute` wait until the queue is down
@@ -372,10 +373,12 @@ class Channel:
         if write_buffer_limits is not None and not (
                 isinstance(write_buffer_limits, tuple) and len(write_buffer_limits) == 2
                 and all(type(n) is int for n in write_buffer_limits)
-                and 0 <= write_buffer_limits[1] <= write_buffer_limits[0]):
+                and 0 <= write_buffer_limits[1] <= write_buffer_limits[0] <= _NO_WRITE_LIMIT):
+            # (The extension keeps the marks in a size_t and does signed
+            # arithmetic on them: past 2**62, OverflowError or a wrapped sum.)
             raise InvalidArgumentError(
                 "write_buffer_limits must be None or a tuple (high, low) of ints with "
-                f"0 <= low <= high, not {write_buffer_limits!r}")
+                f"0 <= low <= high <= 2**62, not {write_buffer_limits!r}")
         if backoff is None:
             backoff = Backoff()
         elif not isinstance(backoff, Backoff):
@@ -1979,6 +1982,14 @@ class Channel:
         conn = await self._main()
         waiter = conn.wait_writable(_command_bytes(args))
         if waiter is not None:
+            # Bad input fails now, as on an idle connection, not after the wait
+            # (the transport checks it only when the command is issued).
+            try:
+                encode_command(args)
+                check_command(args)
+            except BaseException:
+                waiter.cancel()     # gives its turn to the next waiting writer
+                raise
             await waiter
         return await conn.execute(*args)
 
