@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -114,6 +115,47 @@ def test_bench_load_rows():
         row = rows[name]
         assert row["unit"] == "s"
         assert row["tinytown"] > 0 and row["python_transport"] > 0 and row["redis_py"] > 0
+
+
+# Few and short rounds: a bad argument that slipped through would run the
+# whole bench before failing; these keep that failure short.
+_QUICK = ["--rounds", "1", "--per-round", "5", "--e2e-messages", "5", "--no-tcp", "--no-tls"]
+
+
+@pytest.mark.parametrize("bad, named", [
+    (["--e2e-messages", "0"], "--e2e-messages"),
+    (["--e2e-messages", "-3"], "--e2e-messages"),
+    (["--memory-pairs", "-5"], "--memory-pairs"),
+    (["--plot", "/nonexistent-tinytown-dir/latency.png"], "--plot"),
+])
+def test_bench_bad_arguments_exit_2_before_measuring(bad, named):
+    """Bad usage exits 2 with one message naming the option, before anything is
+    measured (no progress line), and prints nothing on stdout even with --json."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytown.bench", *_QUICK, *bad, "--json"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stdout == ""
+    assert f"tinytown bench: error: {named}" in proc.stderr, proc.stderr[-2000:]
+    assert not re.search(r"\[[#.]{30}\]", proc.stderr), proc.stderr[-2000:]  # a progress bar
+
+
+def test_bench_callgrind_without_valgrind_fails_before_measuring(tmp_path):
+    """--callgrind where valgrind is not installed: one line saying so, exit 1,
+    at once (not after every other row was measured and then thrown away)."""
+    import shutil
+
+    server = shutil.which("redis-server") or shutil.which("valkey-server")
+    assert server is not None
+    # PATH holds only the interpreter's directory: no valgrind on it.
+    env = {**os.environ, "NO_COLOR": "1", "PATH": os.path.dirname(sys.executable),
+           "TINYTOWN_REDIS_SERVER": server}
+    proc = subprocess.run([sys.executable, "-m", "tinytown.bench", *_QUICK, "--callgrind"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "tinytown bench: --callgrind needs valgrind (apt-get install valgrind)"], proc.stderr[-2000:]
 
 
 def test_instruction_table():

@@ -1667,6 +1667,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.per_round < 1:
         parser.error("--rounds and --per-round must be positive")
+    # Every check that can fail is made here, before minutes of measuring.
+    if args.e2e_messages < 1:
+        parser.error("--e2e-messages must be positive")
+    if args.memory_pairs < 0:
+        parser.error("--memory-pairs must be positive (or 0: not measured)")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        parser.error(f"--plot: no directory to write {args.plot!r} in")
+    if args.callgrind and shutil.which("valgrind") is None:
+        print("tinytown bench: --callgrind needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 1
     try:
         _sizes(args.drain_sizes), _sizes(args.large_counts)
     except ValueError:
