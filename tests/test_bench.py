@@ -158,6 +158,59 @@ def test_bench_callgrind_without_valgrind_fails_before_measuring(tmp_path):
         "tinytown bench: --callgrind needs valgrind (apt-get install valgrind)"], proc.stderr[-2000:]
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_bench_stopped_by_sigterm_leaves_no_redis_server_behind():
+    """`timeout`, CI cancelling a job or `kill` send SIGTERM: the bench's own
+    redis-servers (Unix and TCP) must go with it, not run on as orphans."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tinytown.bench", "--rounds", "5", "--per-round", "300", "--no-tls"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NO_COLOR": "1"})
+    servers: list[int] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:        # measuring has started: both servers are up
+            if "round" in line:
+                break
+        servers = [p for p in _children(proc.pid)
+                   if "redis-server" in open(f"/proc/{p}/cmdline").read()]
+        assert len(servers) == 2
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        for _ in range(100):            # (reparented orphans need a moment to be reaped)
+            alive = [p for p in servers if _running(p)]
+            if not alive:
+                break
+            time.sleep(0.05)
+        assert not alive, "redis-server left running after the bench was terminated"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in servers:             # the bench's own children, if it left them
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_instruction_table():
     table = render_instructions({"hiredis C loop": 10_000, "tinytown SyncChannel": 25_000})
     lines = table.splitlines()

@@ -1688,7 +1688,7 @@ def main(argv: list[str] | None = None) -> int:
     # client or a child process prints meanwhile goes to stderr instead.
     saved_stdout = _stdout_to_stderr() if args.json else None
     try:
-        results = asyncio.run(run_all(args, progress, notes))
+        results = asyncio.run(_until_terminated(run_all(args, progress, notes)))
     except Exception as exc:  # one line, as every CLI error
         progress.close()
         print(f"tinytown bench: {exc}", file=sys.stderr)
@@ -1728,6 +1728,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             print(f"chart written to {args.plot}")
     return 0
+
+
+async def _until_terminated(run: Awaitable[list[Result]]) -> list[Result]:
+    """``await run``; SIGTERM (kill, timeout, a cancelled CI job) cancels it, so
+    that its finally blocks stop the bench's redis-servers and child processes,
+    then exits with status 143. (A loop signal handler: it runs between
+    callbacks, never inside the extension's.)"""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no such loop support
+        return await run
+    try:
+        return await run
+    except asyncio.CancelledError:
+        if terminated:
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _stdout_to_stderr() -> int:
