@@ -407,13 +407,10 @@ async def test_write_buffer_limits_are_checked(redis_url):
         await channel.send(msg(AgentId.new(), "hi"))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "only send, send_many and execute wait on backpressure: send_urgent and broadcast queue "
-    "without bound (20,000 x 1 KB queue ~25 MiB against a 64 KiB high-water mark), so "
-    "'a connection queues at most high plus one command' (connect's docstring, "
-    "docs/performance.md) does not hold for them"))
-@pytest.mark.parametrize("call", ["send_urgent", "broadcast"])
-async def test_message_sends_other_than_send_wait_above_the_high_water_mark(fresh_redis, call):
+@pytest.mark.parametrize("call", ["send_urgent", "broadcast", "set_task", "execute"])
+async def test_every_write_waits_above_the_high_water_mark(fresh_redis, call):
+    """Not only send: every call that writes waits while the queue is over
+    the high-water mark, so the queue stays under high plus one command."""
     import os
     import signal
 
@@ -427,7 +424,13 @@ async def test_message_sends_other_than_send_wait_above_the_high_water_mark(fres
         pid = fresh_redis.pid
         os.kill(pid, signal.SIGSTOP)
         try:
-            calls = [asyncio.ensure_future(getattr(channel, call)(message)) for _ in range(20_000)]
+            if call == "set_task":
+                args: list[object] = [Task.new("t" * 1000)]
+            elif call == "execute":
+                args = ["RPUSH", "flood", message.to_json()]
+            else:
+                args = [message]
+            calls = [asyncio.ensure_future(getattr(channel, call)(*args)) for _ in range(20_000)]
             peak = 0
             for _ in range(20):
                 await asyncio.sleep(0.005)
@@ -436,6 +439,10 @@ async def test_message_sends_other_than_send_wait_above_the_high_water_mark(fres
             os.kill(pid, signal.SIGCONT)
         await asyncio.gather(*calls)
         assert peak <= high + one_command, f"{peak:,} bytes queued"
+        if call == "send_urgent":   # and every one of them arrived
+            assert await channel.execute("LLEN", f"tt:alpha:urgent:{agent}") == 20_000
+        elif call == "execute":
+            assert await channel.execute("LLEN", "flood") == 20_000
 
 
 async def test_write_buffer_limits_too_big_for_a_connection_are_refused(redis_url):
