@@ -85,6 +85,36 @@ def row_ratios() -> list[RowRatio]:
     ]
 
 
+#: The Python peers: every row that measured one must be ahead of it.
+PEERS = (("redis_py", "redis-py"), ("glide", "valkey-glide"), ("coredis", "coredis"))
+
+
+def every_peer_targets(rows: dict[str, dict[str, Any]], covered: set[tuple[str, str]]) -> list[Target]:
+    """Ahead of every Python peer measured in the same run, on every row that
+    has one (latency and client CPU per operation at most 1.0x, rates at
+    least 1.0x), beyond the rows :func:`targets` names."""
+    out = []
+    for name, row in rows.items():
+        unit = row.get("unit")
+        if unit not in ("ns", "ops/s"):
+            continue
+        for peer, label in PEERS:
+            for measure, what in ((f"ratio_{peer}", "median" if unit == "ns" else "rate"),
+                                  (f"cpu_ratio_{peer}", "client CPU/op")):
+                if row.get(measure) is None or (name, measure) in covered:
+                    continue
+                at_most = unit == "ns" or measure.startswith("cpu_")
+                out.append(Target(name, measure, 1.0, at_most, f"{name} {what} vs {label}"))
+    return out
+
+
+def load_targets(rows: dict[str, dict[str, Any]]) -> list[Target]:
+    """The rows of benches/test_load.py (drain after a stall, send_many of
+    1 MB messages): tinytown at most 1.0x its Python transport."""
+    return [Target(name, "ratio_python_transport", 1.0, True, f"{name} vs the Python transport")
+            for name, row in rows.items() if row.get("unit") == "s"]
+
+
 #: Instructions per send (callgrind) as a multiple of the hiredis C loop, at most.
 INSTRUCTION_TARGETS = {"tinytown SyncChannel": 2.0, "tinytown Channel (uvloop)": 3.0,
                        "tinytown Channel (asyncio)": 4.0}
@@ -108,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.report, encoding="utf-8") as f:
         rows = rows_of(json.load(f))
     missed = 0
-    for target in targets():
+    named = targets()
+    load = load_targets(rows)
+    if not load:
+        missed += 0 if args.allow_missing else 1
+        print(f"{'absent' if args.allow_missing else 'MISSING':8} drain and large-message rows: "
+              "no measurement in this run")
+    for target in named + every_peer_targets(rows, {(t.row, t.measure) for t in named}) + load:
         row = rows.get(target.row)
         if row is None:
             status = "absent" if args.allow_missing else "MISSING"
