@@ -805,6 +805,12 @@ class Message:
 
 _object_new = object.__new__
 _set_id = _setter(Message, "id")
+_set_from = _setter(Message, "from_")
+_set_to = _setter(Message, "to")
+_set_msg_type = _setter(Message, "msg_type")
+_set_priority = _setter(Message, "priority")
+_set_created_at = _setter(Message, "created_at")
+_set_correlation_id = _setter(Message, "correlation_id")
 
 
 class _MessageSlots:
@@ -821,14 +827,6 @@ class _MessageSlots:
     priority: Priority
     created_at: Timestamp
     correlation_id: MessageId | None
-
-
-_set_from = _setter(Message, "from_")
-_set_to = _setter(Message, "to")
-_set_msg_type = _setter(Message, "msg_type")
-_set_priority = _setter(Message, "priority")
-_set_created_at = _setter(Message, "created_at")
-_set_correlation_id = _setter(Message, "correlation_id")
 
 
 def _make(
