@@ -71,14 +71,20 @@ def extensions() -> list[Extension]:
     # that folder, so add its parent too.
     flags["include_dirs"] += [os.path.dirname(d) for d in flags["include_dirs"]]
     flags["extra_compile_args"] += ["-O2", "-Wno-unused-function"]
-    # One extension module, tinytown._transport.ext, from ext/transport.pyx
-    # (which includes the other .pyx files).
+    # The transport, tinytown._transport.ext, from ext/transport.pyx (which
+    # includes the other .pyx files); the data model's Message encoder,
+    # tinytown._codec, from ext/codec.pyx, which needs no hiredis.
     modules = [
         Extension(
             "tinytown._transport.ext",
             [os.path.join("ext", "transport.pyx")],
             **flags,
-        )
+        ),
+        Extension(
+            "tinytown._codec",
+            [os.path.join("ext", "codec.pyx")],
+            extra_compile_args=["-O2"],
+        ),
     ]
     return cythonize(
         modules,

@@ -91,7 +91,8 @@ echo "wheel: $(basename "$wheel")"
 sdist_files="$(tar -tzf "$sdist")"
 # (scripts/check_sdist.sh checks every file; here, those the wheel's build needs)
 for needed in ext/connection.pyx ext/reply.pyx ext/tt_reply_guard.h ext/includes/hiredis.pxd \
-              ext/includes/reply_guard.pxd src/tinytown/py.typed src/tinytown/_transport/ext.pyi tests/conftest.py; do
+              ext/includes/reply_guard.pxd ext/codec.pyx ext/tt_json.h src/tinytown/py.typed \
+              src/tinytown/_transport/ext.pyi src/tinytown/_codec.pyi tests/conftest.py; do
     grep -q "/$needed\$" <<<"$sdist_files" || fail "the sdist lacks $needed"
 done
 

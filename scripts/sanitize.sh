@@ -40,7 +40,7 @@ say() { printf 'sanitize: %s\n' "$*"; }
 if [ "$#" -eq 0 ]; then
     # (not the leak tests: ASan's quarantine of freed memory makes RSS grow;
     # they run in the normal suite and under scripts/valgrind.sh)
-    group1=(tests/test_transport_core.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_reconnect.py
+    group1=(tests/test_transport_core.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_reconnect.py tests/test_codec.py
             tests/test_cancel_pops.py tests/test_blocking_cancel.py -k "not leak")
     group2=(tests/test_channel.py tests/test_sync_channel.py
             -k "cancel or close or drop or lost or reconnect or interrupt or timeout")

@@ -21,7 +21,7 @@ command -v valgrind >/dev/null 2>&1 || { echo "valgrind.sh: install valgrind (ap
 scripts/bootstrap.sh
 
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_transport_core.py tests/test_reply_fuzz.py tests/test_misuse.py \
+    set -- tests/test_transport_core.py tests/test_reply_fuzz.py tests/test_misuse.py tests/test_codec.py \
         tests/test_channel.py::test_pending_calls_fail_and_next_call_reconnects \
         tests/test_channel.py::test_cancelled_receive_loses_nothing \
         tests/test_channel.py::test_broadcast_async_for_and_bad_payload \

@@ -1,8 +1,9 @@
-"""Run pytest with the compiled extension unimportable, as on a machine
-where it failed to build or load (``python tests/no_extension.py ARGS...``).
+"""Run pytest with the compiled extensions unimportable, as on a machine
+where they failed to build or load (``python tests/no_extension.py ARGS...``).
 
-A meta-path finder refusing ``tinytown._transport.ext`` is installed before
-anything imports tinytown; then the checks below, then ``pytest ARGS``.
+A meta-path finder refusing ``tinytown._transport.ext`` and ``tinytown._codec``
+is installed before anything imports tinytown; then the checks below, then
+``pytest ARGS``: the Python transports and the Python Message encoder.
 Used by tests/test_no_extension.py.
 """
 
@@ -14,13 +15,14 @@ import sys
 from typing import Any
 
 BLOCKED = "tinytown._transport.ext"
+BLOCKED_CODEC = "tinytown._codec"
 
 
 class RefuseExtension(importlib.abc.MetaPathFinder):
     """Makes ``import tinytown._transport.ext`` fail as a missing .so would."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
-        if fullname == BLOCKED:
+        if fullname in (BLOCKED, BLOCKED_CODEC):
             raise ImportError(f"No module named {BLOCKED!r} (blocked by tests/no_extension.py)",
                               name=fullname)
         return None
@@ -43,9 +45,12 @@ def main(args: list[str]) -> int:
     logging.getLogger("tinytown").addHandler(warnings)
 
     import tinytown
+    from tinytown import message
     from tinytown._transport import choose, pyasync, pysync
 
     assert BLOCKED not in sys.modules, "the extension was imported"
+    assert BLOCKED_CODEC not in sys.modules, "the C encoder was imported"
+    assert tinytown.Message.to_json is message._py_to_json
     assert choose.connection_class() is pyasync.PyConnection
     assert choose.sync_connection_class() is pysync.PySyncConnection
     print(f"no_extension: tinytown {tinytown.__version__} imported from {tinytown.__file__} "
@@ -55,6 +60,7 @@ def main(args: list[str]) -> int:
 
     status = int(pytest.main(args))
     assert BLOCKED not in sys.modules, "the extension was imported"
+    assert BLOCKED_CODEC not in sys.modules, "the C encoder was imported"
     print(f"no_extension: {len(warnings.messages)} fallback warning(s): {warnings.messages}")
     if len(warnings.messages) != 1:
         print("no_extension: FAILED: expected exactly one logged fallback warning", flush=True)

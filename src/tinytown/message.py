@@ -663,22 +663,31 @@ class Message:
     # -- JSON -----------------------------------------------------------------
 
     def to_json(self) -> bytes:
-        """The message as compact JSON, byte-identical to Rust's serde_json."""
-        corr = self.correlation_id
-        # Built as bytes in three pieces, each joined in one copy: the ids,
-        # priority and timestamp are ASCII; the body (the only free text)
-        # comes encoded from the variant.
+        """The message as compact JSON (UTF-8 bytes), byte-identical to Rust's
+        serde_json. Raises :class:`~tinytown.EncodeError` for text with a lone
+        surrogate, which JSON cannot carry. (Replaced by the C encoder of
+        ``tinytown._codec`` where that is built; this is its reference.)"""
         try:
-            return _bjoin((
-                _join(('{"id":"', self.id, '","from":"', self.from_, '","to":"', self.to, '",')).encode(),
-                self.msg_type._body_json(),
-                _join((',"priority":"', self.priority._value_, '","created_at":"', self.created_at.rfc3339(),
-                       '","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')).encode(),
-            ))
+            return self._to_json_py()
         except UnicodeEncodeError as exc:
             raise EncodeError(
                 f"Message contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which JSON cannot carry"
             ) from None
+
+    def _to_json_py(self) -> bytes:
+        """:meth:`to_json` in Python: the reference for the C encoder
+        (``tinytown._codec``) and its stand-in where that did not build.
+        Raises UnicodeEncodeError on a lone surrogate."""
+        corr = self.correlation_id
+        # Built as bytes in three pieces, each joined in one copy: the ids,
+        # priority and timestamp are ASCII; the body (the only free text)
+        # comes encoded from the variant.
+        return _bjoin((
+            _join(('{"id":"', self.id, '","from":"', self.from_, '","to":"', self.to, '",')).encode(),
+            self.msg_type._body_json(),
+            _join((',"priority":"', self.priority._value_, '","created_at":"', self.created_at.rfc3339(),
+                   '","correlation_id":null}' if corr is None else '","correlation_id":"' + corr + '"}')).encode(),
+        ))
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Message:
@@ -859,3 +868,39 @@ def _coerce_priority(value: Any) -> Priority:
             f"Message: priority must be a Priority or one of 'low', 'normal', 'high', 'urgent', got {value!r}"
         ) from None
 
+
+
+# -- the C encoder ---------------------------------------------------------------
+
+
+def _c_templates() -> dict[type, tuple[bytes | str, ...]]:
+    """The body template of each variant whose fields are all text (str, or
+    str | None written as null), for ``tinytown._codec``: its JSON members in
+    declaration order, ``(bytes, field name, bytes, ..., bytes)``. The others
+    (Confirmation's enum) stay with their ``_body_json``."""
+    from dataclasses import fields
+
+    templates: dict[type, tuple[bytes | str, ...]] = {}
+    for variant in _VARIANTS:
+        members = fields(variant)
+        if any(f.type not in ("str", "str | None") for f in members):
+            continue
+        literal = b'"type":"' + variant._tag.encode() + b'"'
+        spec: list[bytes | str] = []
+        for f in members:
+            spec += [literal + b',"' + f.name.encode() + b'":', f.name]
+            literal = b""
+        templates[variant] = (*spec, literal)
+    return templates
+
+
+#: Message.to_json in Python, kept as the C encoder's reference and fallback.
+_py_to_json = Message.to_json
+try:
+    from . import _codec
+except ImportError:     # not built: the Python encoder does it all
+    pass
+else:
+    _codec.configure(Message, _c_templates(), _py_to_json)
+    # The C function is the method itself: no Python frame on the send path.
+    Message.to_json = _codec.to_json  # type: ignore[method-assign]
