@@ -405,3 +405,41 @@ async def test_write_buffer_limits_are_checked(redis_url):
     async with await Channel.connect(redis_url, town="alpha", write_buffer_limits=None) as channel:
         assert channel._conn.wait_writable() is None
         await channel.send(msg(AgentId.new(), "hi"))
+
+
+@pytest.mark.parametrize("call", ["send_urgent", "broadcast", "set_task", "execute"])
+async def test_every_write_waits_above_the_high_water_mark(fresh_redis, call):
+    """Not only send: every call that writes waits while the queue is over
+    the high-water mark, so the queue stays under high plus one command."""
+    import os
+    import signal
+
+    high = 64 * 1024
+    async with await Channel.connect(fresh_redis.url, town="alpha",
+                                     write_buffer_limits=(high, 16 * 1024)) as channel:
+        agent = AgentId.new()
+        message = Message.new(AgentId.supervisor(), agent,
+                              MessageType.Custom(kind="flood", payload="p" * 1000))
+        one_command = 2 * len(message.to_json()) + 200
+        pid = fresh_redis.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            if call == "set_task":
+                args: list[object] = [Task.new("t" * 1000)]
+            elif call == "execute":
+                args = ["RPUSH", "flood", message.to_json()]
+            else:
+                args = [message]
+            calls = [asyncio.ensure_future(getattr(channel, call)(*args)) for _ in range(20_000)]
+            peak = 0
+            for _ in range(20):
+                await asyncio.sleep(0.005)
+                peak = max(peak, channel._conn.write_buffer_size)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await asyncio.gather(*calls)
+        assert peak <= high + one_command, f"{peak:,} bytes queued"
+        if call == "send_urgent":   # and every one of them arrived
+            assert await channel.execute("LLEN", f"tt:alpha:urgent:{agent}") == 20_000
+        elif call == "execute":
+            assert await channel.execute("LLEN", "flood") == 20_000

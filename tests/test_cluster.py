@@ -819,3 +819,41 @@ async def test_send_many_on_one_server_confirms_nothing_on_connection_loss(fresh
             await channel.send_many(batch)
         assert caught.value.written == ()
         assert caught.value.unconfirmed == tuple(batch)
+
+
+async def test_a_stalled_node_does_not_hold_up_sends_to_the_other_nodes(redis_cluster, cluster_url):
+    """Backpressure is per connection: while one master is stopped with more
+    than the high-water mark queued for it, a send to a key of another master
+    goes through. (The master is stopped well under the cluster's node
+    timeout, so no failover starts.)"""
+    import os
+    import signal
+
+    town = "stall"
+    stalled, healthy = agents_on_every_node(redis_cluster, town, per_node=1)[:2]
+    async with await Channel.connect(cluster_url, town=town,
+                                     write_buffer_limits=(64 * 1024, 16 * 1024)) as channel:
+        await channel.send(msg(stalled, "warm"))
+        await channel.send(msg(healthy, "warm"))
+        pid = redis_cluster.node_for(f"tt:{town}:inbox:{stalled}").pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # 20 MB: more than the loopback socket takes, so writers wait.
+            flood = [asyncio.ensure_future(channel.send(msg(stalled, "f" * 1000)))
+                     for _ in range(20_000)]
+            await asyncio.sleep(0.05)
+            assert not all(f.done() for f in flood)
+            other = asyncio.ensure_future(channel.send(msg(healthy, "through")))
+            for _ in range(10):
+                if other.done():
+                    break
+                await asyncio.sleep(0.05)
+            other_went_through = other.done()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        results = await asyncio.gather(*flood, other, return_exceptions=True)
+        assert other_went_through, "a send to a healthy node waited for the stopped one"
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert await channel.inbox_len(stalled) == 20_001   # nothing of the flood lost
+        assert [text_of(m) for m in [await channel.try_receive(healthy) for _ in range(2)]] == \
+            ["warm", "through"]

@@ -505,9 +505,32 @@ class ClusterConnection:
             encode_command(args)  # a bad argument fails now, as on one server
             self._spawn(self._run(args, out, None, None, issued), out)
             return out
+        waiter = conn.wait_writable(_command_bytes(args))
+        if waiter is not None:
+            # Backpressure is per node: only this node's queue holds the
+            # command up, not the other nodes' commands.
+            encode_command(args)  # a bad argument fails now, as on one server
+            waiter.add_done_callback(lambda w: self._issue_after_wait(w, conn, args, out, issued, name))
+            return out
         inner = conn.execute(*args)
         inner.add_done_callback(lambda f: self._on_reply(args, out, f, issued, name))
         return out
+
+    def _issue_after_wait(self, waiter: asyncio.Future[None], conn: Any, args: tuple[Any, ...],
+                          out: PyReplyFuture, issued: float | None, name: str | None) -> None:
+        """Send a command that waited for its node's write queue to drain."""
+        if out.done() and getattr(out, "orphan", None) is None:
+            # The caller gave up while it waited and wants nothing: nothing is
+            # sent. (One that left an orphan handler, a cancelled pop, still
+            # sends: its driver counts on the handler to settle the pop.)
+            return
+        if waiter.cancelled() or waiter.exception() is not None or conn.is_closed or self._closed:
+            # The node's connection went while it waited (nothing was sent):
+            # as for a node not connected, the retrying path takes over.
+            self._spawn(self._run(args, out, None, None, issued), out)
+            return
+        inner = conn.execute(*args)
+        inner.add_done_callback(lambda f: self._on_reply(args, out, f, issued, name))
 
     def _on_reply(self, args: tuple[Any, ...], out: asyncio.Future[Any],
                   inner: asyncio.Future[Any], issued: float | None, name: str | None) -> None:
@@ -724,8 +747,22 @@ class ClusterConnection:
             inner.add_done_callback(lambda f: _copy(f, out))
 
         conn = self._open_conn(name)
-        if conn is not None:
+        waiter = conn.wait_writable(sum(map(_command_bytes, commands))) if conn is not None else None
+        if conn is not None and waiter is None:
             conn.execute_many(commands, replies).add_done_callback(lambda f: _copy(f, out))
+        elif conn is not None and waiter is not None:
+            # Its node's queue is over the high-water mark: the block waits,
+            # whole, for that node only.
+            def issue(w: asyncio.Future[None]) -> None:
+                if out.done() and getattr(out, "orphan", None) is None:
+                    return  # the caller gave up while it waited: nothing is sent (as above)
+                if w.cancelled() or w.exception() is not None or conn.is_closed:
+                    deliver(out, ConnectionError("connection to Redis lost before the transaction "
+                                                 "was sent (nothing of it ran)"), True)
+                    return
+                conn.execute_many(commands, replies).add_done_callback(lambda f: _copy(f, out))
+
+            waiter.add_done_callback(issue)
         else:
             # Not _spawn: the replies must reach ``out`` (or its orphan
             # handler) even when its caller has gone away meanwhile.
@@ -923,13 +960,10 @@ class ClusterConnection:
     def set_write_buffer_limits(self, high: int, low: int | None = None) -> None:
         """Nothing: each node connection has the channel's limits (Channel._connect_one)."""
 
-    def wait_writable(self, nbytes: int = 0) -> asyncio.Future[None] | None:
-        """A future of the first node connection over its high-water mark, or None."""
-        for conn in self._nodes.values():
-            if not conn.is_closed:
-                waiter: asyncio.Future[None] | None = conn.wait_writable(nbytes)
-                if waiter is not None:
-                    return waiter
+    def wait_writable(self, nbytes: int = 0) -> None:
+        """Always None: backpressure is per node, so each command waits in
+        :meth:`execute` (and a transaction in :meth:`execute_many`) for its
+        own node's write queue; a stalled node holds up only its commands."""
         return None
 
     def __repr__(self) -> str:
@@ -974,6 +1008,14 @@ def _cancel_with(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None
 def _is_multi(command: Sequence[Any]) -> bool:
     verb = _as_bytes(command[0]) if command else None
     return verb is not None and verb.upper() == b"MULTI"
+
+
+def _command_bytes(args: Sequence[Any]) -> int:
+    """About the bytes of ``args`` on the wire, for a node's wait_writable."""
+    n = 16 * len(args)
+    for a in args:
+        n += len(a) if isinstance(a, (bytes, str)) else 20
+    return n
 
 
 def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
