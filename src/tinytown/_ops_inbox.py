@@ -41,19 +41,20 @@ def try_receive(keys: TownKeys, agent_id: Any) -> Op[Message | None]:
                     lambda reply: [(LPUSH, key, reply)] if isinstance(reply, bytes) else [])
     if raw is None:
         return None
-    return (yield from decode_popped(keys, agent, key, raw))
-
-
-def decode_popped(keys: TownKeys, agent: AgentId, key: str, raw: bytes) -> Op[Message]:
-    """Decode one popped message; an undecodable one goes to the dead letters
-    (or back to the front of ``key`` if that fails) before DecodeError, with
-    ``raw``, is raised."""
+    # Decoded here rather than in a sub-generator: none to make per message.
     try:
         return Message.from_json(raw)
     except DecodeError as exc:
-        _raise_if_interrupted(exc, raw)
-        exc.raw = raw
-        return (yield from dead_letter(keys.dead(agent), key, raw, exc))
+        return (yield from undecodable(keys, agent, key, raw, exc))
+
+
+def undecodable(keys: TownKeys, agent: AgentId, key: str, raw: bytes, exc: DecodeError) -> Op[Message]:
+    """A popped message that did not decode (``exc``): it goes to the dead
+    letters (or back to the front of ``key`` if that fails) before ``exc``,
+    with ``raw``, is raised."""
+    _raise_if_interrupted(exc, raw)
+    exc.raw = raw
+    return (yield from dead_letter(keys.dead(agent), key, raw, exc))  # raises exc
 
 
 def _raise_if_interrupted(exc: DecodeError, raw: bytes) -> None:

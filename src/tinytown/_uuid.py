@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["match_canonical", "new_uuid4_text", "normalize"]
+__all__ = ["is_canonical", "match_canonical", "new_uuid4_text", "normalize"]
 
 #: ``match_canonical(text)`` is not None when ``text`` is a canonical id:
 #: a lowercase hyphenated UUID.
@@ -17,6 +17,20 @@ match_canonical = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 ).fullmatch
 _simple = re.compile(r"[0-9a-f]{32}").fullmatch
+
+# is_canonical's test, for a str already known to be ASCII: its bytes with
+# each lowercase hex digit made "x" and anything else but "-" made "?" are
+# the canonical shape. The decoders inline it on their hot path (a table
+# lookup a byte is ~3x cheaper than the regex; the result is the same).
+HEX_SHAPE = bytes(
+    0x78 if chr(b) in "0123456789abcdef" else b if b == 0x2D else 0x3F for b in range(256)
+)
+CANONICAL_SHAPE = b"xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+
+
+def is_canonical(text: str) -> bool:
+    """True when ``text`` is a canonical id (as ``match_canonical(text) is not None``)."""
+    return text.isascii() and text.encode().translate(HEX_SHAPE) == CANONICAL_SHAPE
 
 # Random version-4 UUID texts, made in batches: one getrandom() call, two
 # translate() calls for the version and variant bits, and one hex() per batch

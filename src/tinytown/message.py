@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 from . import _json
 from ._json import FieldError, as_enum, as_id, as_opt_str, as_str, as_ts, missing
-from ._uuid import match_canonical, new_uuid4_text
+from ._uuid import CANONICAL_SHAPE, HEX_SHAPE, is_canonical, new_uuid4_text
 from .enums import Priority
 from .errors import EncodeError, InvalidArgumentError
 from .ids import AgentId, MessageId
-from .timestamp import Timestamp
+from .timestamp import Timestamp, parse_text
 
 __all__ = ["Message", "MessageType", "ConfirmationType"]
 
@@ -460,8 +460,11 @@ def _variant1(cls: type[MessageType], name: str) -> Callable[[dict[str, Any]], M
     set_field = _setter(cls, name)
 
     def decode(obj: dict[str, Any]) -> MessageType:
+        text = obj.get(name)
+        if type(text) is not str:
+            text = _s(obj, name)  # raises the error
         value = _obj_new(cls)
-        set_field(value, _s(obj, name))
+        set_field(value, text)
         return value
 
     return decode
@@ -472,9 +475,15 @@ def _variant2(cls: type[MessageType], name1: str, name2: str) -> Callable[[dict[
     set2 = _setter(cls, name2)
 
     def decode(obj: dict[str, Any]) -> MessageType:
+        text1 = obj.get(name1)
+        if type(text1) is not str:
+            text1 = _s(obj, name1)  # raises the error
+        text2 = obj.get(name2)
+        if type(text2) is not str:
+            text2 = _s(obj, name2)
         value = _obj_new(cls)
-        set1(value, _s(obj, name1))
-        set2(value, _s(obj, name2))
+        set1(value, text1)
+        set2(value, text2)
         return value
 
     return decode
@@ -528,6 +537,26 @@ def _decode_msg_type(obj: dict[str, Any]) -> MessageType:
 
 _PRIORITIES = _json.enum_table(Priority)
 _NORMAL = Priority.NORMAL
+
+# Agent ids met in canonical form -> the AgentId made for each: an agent's
+# messages come from and go to a handful of agents, so most decodes find
+# both ids here and skip the check and the copy (AgentIds are immutable; a
+# shared one is as good as a fresh one). Cleared when full.
+_AGENT_IDS: dict[str, AgentId] = {}
+_AGENT_IDS_MAX = 1024
+_agent_ids_get = _AGENT_IDS.get
+
+
+def _agent_id(value: Any, field: str) -> AgentId:
+    """``value`` from the JSON as an AgentId (remembered in _AGENT_IDS when
+    canonical); FieldError for ``field`` if it is not a UUID string."""
+    if type(value) is str and is_canonical(value):
+        agent = _str_new(AgentId, value)
+        if len(_AGENT_IDS) >= _AGENT_IDS_MAX:
+            _AGENT_IDS.clear()
+        _AGENT_IDS[value] = agent
+        return agent
+    return as_id(value, AgentId, field)
 
 
 # -- Message -------------------------------------------------------------------
@@ -670,6 +699,11 @@ class Message:
             obj = None
         if type(obj) is not dict:
             obj = _json.load_object(data, "Message")  # raises the precise DecodeError
+        # The hot path of every receive: the usual case (what Rust and
+        # Tinytown write) is tested inline and the helpers, which make the
+        # errors, are called only for the rest. Fields are checked, and so
+        # errors reported, in the order id, from, to, type, priority,
+        # correlation_id, created_at.
         try:
             try:
                 mid = obj["id"]
@@ -678,20 +712,23 @@ class Message:
                 created_at = obj["created_at"]
             except KeyError as exc:
                 missing(exc.args[0])
-            # Ids in canonical form (all that Rust writes) skip the helper call.
-            if type(mid) is str and match_canonical(mid) is not None:
+            # A canonical id: is_canonical, inline.
+            if type(mid) is str and mid.isascii() and mid.encode().translate(HEX_SHAPE) == CANONICAL_SHAPE:
                 mid = _str_new(MessageId, mid)
             else:
                 mid = as_id(mid, MessageId, "id")
-            if type(from_) is str and match_canonical(from_) is not None:
-                from_ = _str_new(AgentId, from_)
-            else:
-                from_ = as_id(from_, AgentId, "from")
-            if type(to) is str and match_canonical(to) is not None:
-                to = _str_new(AgentId, to)
-            else:
-                to = as_id(to, AgentId, "to")
-            msg_type = _decode_msg_type(obj)
+            try:
+                sender = _agent_ids_get(from_)
+                recipient = _agent_ids_get(to)
+            except TypeError:  # unhashable (a list or an object): an error below
+                sender = recipient = None
+            if sender is None:
+                sender = _agent_id(from_, "from")
+            if recipient is None:
+                recipient = _agent_id(to, "to")
+            tag = obj.get("type")
+            decoder = _DECODERS.get(tag) if type(tag) is str else None
+            msg_type = _decode_msg_type(obj) if decoder is None else decoder(obj)
             priority = obj.get("priority", _NORMAL)
             if priority is not _NORMAL:
                 priority = _PRIORITIES.get(priority) if type(priority) is str else None
@@ -699,13 +736,32 @@ class Message:
                     priority = as_enum(obj["priority"], _PRIORITIES, "priority")
             corr = obj.get("correlation_id")
             if corr is not None:
-                if type(corr) is str and match_canonical(corr) is not None:
+                if type(corr) is str and corr.isascii() and corr.encode().translate(HEX_SHAPE) == CANONICAL_SHAPE:
                     corr = _str_new(MessageId, corr)
                 else:
                     corr = as_id(corr, MessageId, "correlation_id")
-            return _make(
-                cls, mid, from_, to, msg_type, priority, as_ts(created_at, "created_at"), corr
-            )
+            created = None
+            if type(created_at) is str:
+                try:
+                    created = parse_text(created_at)
+                except ValueError:
+                    pass
+            if created is None:
+                created = as_ts(created_at, "created_at")  # raises the error
+            if cls is not Message:  # a subclass: its own layout
+                return _make(cls, mid, sender, recipient, msg_type, priority, created, corr)
+            # Filled as a _MessageSlots (plain slot stores, no Message.__setattr__)
+            # and then made a Message: a third of the cost of the slot setters.
+            self = _object_new(_MessageSlots)
+            self.id = mid
+            self.from_ = sender
+            self.to = recipient
+            self.msg_type = msg_type
+            self.priority = priority
+            self.created_at = created
+            self.correlation_id = corr
+            self.__class__ = Message  # type: ignore[assignment]
+            return self  # type: ignore[return-value]
         except MemoryError:
             raise
         except Exception as exc:
@@ -764,6 +820,22 @@ _set_msg_type = _setter(Message, "msg_type")
 _set_priority = _setter(Message, "priority")
 _set_created_at = _setter(Message, "created_at")
 _set_correlation_id = _setter(Message, "correlation_id")
+
+
+class _MessageSlots:
+    """Message's layout without its immutability: from_json fills one and
+    assigns it Message as its class (the layouts are the same, so Python
+    allows it)."""
+
+    __slots__ = Message.__slots__
+
+    id: MessageId
+    from_: AgentId
+    to: AgentId
+    msg_type: MessageType
+    priority: Priority
+    created_at: Timestamp
+    correlation_id: MessageId | None
 
 
 def _make(
