@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import collections
 import dataclasses
 import logging
 import math
@@ -422,6 +423,9 @@ class ClusterConnection:
         self._sub: tuple[str, Callable[[Any], None], tuple[Any, ...]] | None = None
         self._moving: asyncio.Task[None] | None = None
         self._overlap: _Overlap | None = None
+        # (loop time, channel + payload) of the messages the subscriber handed
+        # on lately: a move counts them as delivered by the old node already.
+        self._recent: collections.deque[tuple[float, bytes]] = collections.deque(maxlen=4096)
         self._closed = False
 
     async def start(self) -> ClusterConnection:
@@ -845,6 +849,8 @@ class ClusterConnection:
             elif self._overlap is not None and _is_message(item):
                 self._overlap.forward(item, old=True)
             else:
+                if _is_message(item):
+                    self._recent.append((self._loop.time(), _Overlap.key(item)))
                 handler(item)
 
         conn.subscribe(on_push, *channels)
@@ -874,10 +880,17 @@ class ClusterConnection:
         name, handler, channels = self._sub
         new: Any = None
         moved = False
+        # From now until the move ends, every message of either node goes
+        # through the overlap, which also counts those the old node handed on
+        # lately: the cluster bus can bring the new node a message published
+        # before its SUBSCRIBE, which the old node delivered already.
+        overlap = _Overlap(handler)
+        since = self._loop.time() - SUBSCRIPTION_OVERLAP
+        overlap.seed(key for when, key in self._recent if when >= since)
+        self._overlap = overlap
         try:
             new = await self._topology.open_node(owner)
             confirmed = self._loop.create_future()
-            overlap = _Overlap(handler)
 
             def on_push(item: Any) -> None:
                 if isinstance(item, BaseException):
@@ -893,16 +906,17 @@ class ClusterConnection:
                 elif type(item) is list and item and item[0] == b"subscribe":
                     if not confirmed.done():
                         confirmed.set_result(None)
-                elif self._subscriber is new or self._overlap is None:
+                elif self._subscriber is new or self._overlap is not overlap:
+                    if _is_message(item):
+                        self._recent.append((self._loop.time(), _Overlap.key(item)))
                     handler(item)
                 elif _is_message(item):
                     overlap.forward(item, old=False)
 
             new.subscribe(on_push, *channels)
             await asyncio.wait_for(confirmed, self._topology.reconnect_timeout)
-            if self._closed:
+            if self._closed or self._overlap is not overlap:
                 return
-            self._overlap = overlap
             await asyncio.sleep(SUBSCRIPTION_OVERLAP)
             if self._closed or self._overlap is not overlap:
                 return
@@ -915,6 +929,8 @@ class ClusterConnection:
             log.info("tinytown: a broadcast subscription could not move to %s: %s", owner, exc)
         finally:
             self._moving = None
+            if not moved and self._overlap is overlap:
+                self._overlap = None    # the old node goes on alone
             if new is not None and not moved:
                 new.close()
 
@@ -985,8 +1001,19 @@ class _Overlap:
         self._handler = handler
         self._from: dict[bool, dict[bytes, int]] = {True: {}, False: {}}
 
+    @staticmethod
+    def key(item: list[Any]) -> bytes:
+        """What tells two deliveries of one message apart from two messages."""
+        return bytes(item[1]) + b"\0" + bytes(item[2])
+
+    def seed(self, keys: Iterable[bytes]) -> None:
+        """Count ``keys`` as handed on from the old node already."""
+        mine = self._from[True]
+        for key in keys:
+            mine[key] = mine.get(key, 0) + 1
+
     def forward(self, item: list[Any], old: bool) -> None:
-        key = item[1] + b"\0" + item[2]
+        key = self.key(item)
         other = self._from[not old]
         if other.get(key):
             other[key] -= 1
