@@ -14,7 +14,7 @@ import pytest
 from resp_fake import FakeRedis
 
 from tinytown import ConnectionError, InvalidArgumentError, ReplyError
-from tinytown._transport.resp import call
+from tinytown._transport.resp import call, check_args, encode_command
 from tinytown.bench import RedisServer
 
 
@@ -84,3 +84,21 @@ def test_bench_server_cli_reads_whole_replies(tmp_path):
             server.cli("NOSUCHCOMMAND")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("args", [
+    (), ("GET", "k"), (b"SET", b"k", b"x" * 70_000), ("SET", "k", "caf\u00e9 \U0001f600" * 100), ("a\ud800",),
+    ("SET", "k", "ok", "bad \udfff"), (True,), ("GET", None), (1.5, 3, -7), (bytearray(b"x"), memoryview(b"y")),
+    ("GET", object()), ("SET", "k", False), (b"",),
+], ids=range(13))
+def test_check_args_refuses_what_encode_command_refuses(args: tuple[object, ...]) -> None:
+    """Channel.execute checks a command that must wait for backpressure with
+    check_args (measuring, not encoding): the same errors, the same messages."""
+    def outcome(check: object) -> tuple[type, str] | None:
+        try:
+            check(args)  # type: ignore[operator]
+        except Exception as exc:
+            return type(exc), str(exc)
+        return None
+
+    assert outcome(check_args) == outcome(encode_command)

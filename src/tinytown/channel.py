@@ -30,7 +30,7 @@ from . import _ops_streams as _streams
 from ._transport.cluster import ClusterConnection, ClusterTopology
 from ._transport.choose import OpenConnection, connection_class, tls_connection_class
 from ._transport.futures import PyReplyFuture
-from ._transport.resp import check_command, encode_command
+from ._transport.resp import check_args, check_command
 from ._commands import (
     LPUSH,
     MAX_BLOCK_SECONDS,
@@ -2012,7 +2012,7 @@ class Channel:
             # Bad input fails now, as on an idle connection, not after the wait
             # (the transport checks it only when the command is issued).
             try:
-                encode_command(args)
+                check_args(args)
                 check_command(args)
             except BaseException:
                 waiter.cancel()     # gives its turn to the next waiting writer

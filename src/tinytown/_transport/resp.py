@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
 
-__all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "RESP2_SCALARS", "call", "check_command", "coerce_arg",
+__all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "RESP2_SCALARS", "call", "check_args", "check_command", "coerce_arg",
            "encode_command", "resp2_shaped"]
 
 _CRLF = b"\r\n"
@@ -150,6 +150,35 @@ def encode_command(args: Sequence[Any]) -> bytes:
             and 16 + sum(len(p) + 24 for p in parts[2::3]) >= MAX_COMMAND_BYTES:
         _too_big()
     return b"".join(parts)
+
+
+def check_args(args: Sequence[Any]) -> None:
+    """Raise what :func:`encode_command` raises for ``args``, without building
+    the command: ASCII text and bytes are only measured (a caller checking
+    its command before it waits for backpressure; encoding a 1 KiB command
+    costs several times this)."""
+    if not args:
+        raise InvalidArgumentError("empty Redis command")
+    big = 0
+    for i, arg in enumerate(args):
+        if type(arg) is bytes:
+            n = len(arg)
+        elif isinstance(arg, str):
+            if arg.isascii():   # O(1): no surrogate possible, UTF-8 as long as the text
+                n = len(arg)
+            else:
+                try:
+                    n = len(arg.encode())
+                except UnicodeEncodeError as exc:
+                    raise EncodeError(f"argument {i} is not encodable as UTF-8: {exc}") from None
+        else:
+            n = len(coerce_arg(arg))
+        if n > 65536:
+            big += n
+            if big >= MAX_COMMAND_BYTES:
+                _too_big()
+    if big + 65560 * len(args) + 16 >= MAX_COMMAND_BYTES:
+        encode_command(args)    # near the limit: the exact count
 
 
 def call(sock: socket.socket, *args: object) -> object:
