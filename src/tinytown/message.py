@@ -748,20 +748,7 @@ class Message:
                     pass
             if created is None:
                 created = as_ts(created_at, "created_at")  # raises the error
-            if cls is not Message:  # a subclass: its own layout
-                return _make(cls, mid, sender, recipient, msg_type, priority, created, corr)
-            # Filled as a _MessageSlots (plain slot stores, no Message.__setattr__)
-            # and then made a Message: a third of the cost of the slot setters.
-            self = _object_new(_MessageSlots)
-            self.id = mid
-            self.from_ = sender
-            self.to = recipient
-            self.msg_type = msg_type
-            self.priority = priority
-            self.created_at = created
-            self.correlation_id = corr
-            self.__class__ = Message  # type: ignore[assignment]
-            return self  # type: ignore[return-value]
+            return _make(cls, mid, sender, recipient, msg_type, priority, created, corr)
         except MemoryError:
             raise
         except Exception as exc:
@@ -849,7 +836,20 @@ def _make(
     correlation_id: MessageId | None,
 ) -> Message:
     """Build a Message from values already of the right types (no checks)."""
-    self = _object_new(cls)
+    if cls is Message:
+        # Filled as a _MessageSlots (plain slot stores, no Message.__setattr__)
+        # and then made a Message: a third of the cost of the slot setters.
+        plain = _object_new(_MessageSlots)
+        plain.id = id
+        plain.from_ = from_
+        plain.to = to
+        plain.msg_type = msg_type
+        plain.priority = priority
+        plain.created_at = created_at
+        plain.correlation_id = correlation_id
+        plain.__class__ = Message  # type: ignore[assignment]
+        return plain  # type: ignore[return-value]
+    self = _object_new(cls)  # a subclass: its own layout, through the setters
     _set_id(self, id)
     _set_from(self, from_)
     _set_to(self, to)
