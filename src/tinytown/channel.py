@@ -21,7 +21,7 @@ import sys
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +30,7 @@ from . import _ops_streams as _streams
 from ._transport.cluster import ClusterConnection, ClusterTopology
 from ._transport.choose import OpenConnection, connection_class, tls_connection_class
 from ._transport.futures import PyReplyFuture
-from ._transport.resp import check_args, check_command
+from ._transport.resp import check_args, check_command, command_bytes as _command_bytes
 from ._commands import (
     LPUSH,
     MAX_BLOCK_SECONDS,
@@ -210,14 +210,6 @@ def _cancelling() -> bool:
 #: ``write_buffer_limits`` of :meth:`Channel.connect`: (high, low) in bytes.
 DEFAULT_WRITE_BUFFER_LIMITS = (4 * 2**20, 2**20)
 _NO_WRITE_LIMIT = 2**62
-
-
-def _command_bytes(args: Sequence[Any]) -> int:
-    """About the bytes of ``args`` on the wire, for wait_writable."""
-    n = 16 * len(args)
-    for a in args:  # (a loop, not sum() of a generator: a third of the time)
-        n += len(a) if isinstance(a, (bytes, str)) else 20
-    return n
 
 
 def _step_bytes(step: Any) -> int:

@@ -58,7 +58,7 @@ from ..address import Address
 from ..backoff import LAST_ATTEMPT, Backoff
 from ..errors import ConnectionError, InvalidArgumentError, ReplyError
 from .futures import PyReplyFuture, deliver
-from .resp import encode_command
+from .resp import command_bytes as _command_bytes, encode_command
 
 __all__ = ["SLOTS", "ClusterConnection", "ClusterTopology", "key_slot"]
 
@@ -1035,14 +1035,6 @@ def _cancel_with(outer: asyncio.Future[Any], inner: asyncio.Future[Any]) -> None
 def _is_multi(command: Sequence[Any]) -> bool:
     verb = _as_bytes(command[0]) if command else None
     return verb is not None and verb.upper() == b"MULTI"
-
-
-def _command_bytes(args: Sequence[Any]) -> int:
-    """About the bytes of ``args`` on the wire, for a node's wait_writable."""
-    n = 16 * len(args)
-    for a in args:
-        n += len(a) if isinstance(a, (bytes, str)) else 20
-    return n
 
 
 def _copy(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import ConnectionError, EncodeError, InvalidArgumentError, ReplyError
 
 __all__ = ["MAX_COMMAND_BYTES", "PLAIN_NAMES", "RESP2_SCALARS", "call", "check_args", "check_command", "coerce_arg",
-           "encode_command", "resp2_shaped"]
+           "command_bytes", "encode_command", "resp2_shaped"]
 
 _CRLF = b"\r\n"
 
@@ -150,6 +150,14 @@ def encode_command(args: Sequence[Any]) -> bytes:
             and 16 + sum(len(p) + 24 for p in parts[2::3]) >= MAX_COMMAND_BYTES:
         _too_big()
     return b"".join(parts)
+
+
+def command_bytes(args: Sequence[Any]) -> int:
+    """About the bytes of ``args`` on the wire (an estimate for wait_writable)."""
+    n = 16 * len(args)
+    for a in args:  # (a loop, not sum() of a generator: a third of the time)
+        n += len(a) if isinstance(a, (bytes, str)) else 20
+    return n
 
 
 def check_args(args: Sequence[Any]) -> None:
